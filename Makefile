@@ -1,0 +1,56 @@
+# Two commands do everything on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+HOST ?= 127.0.0.1
+export BENTOML_DO_NOT_TRACK := True
+
+.DEFAULT_GOAL := help
+.PHONY: help install serve train test test-fast lint typecheck check build contract clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstalls when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install the project with its dev tools
+
+train: install ## train the default model (iris) into the BentoML model store
+	$(BIN)/python train.py
+
+serve: install ## train the default model if the store lacks it, then serve on $(HOST):$(PORT)
+	$(BIN)/python train.py --if-missing
+	$(BIN)/bentoml serve service:KeyedPrediction --host $(HOST) --port $(PORT)
+
+test: install ## run every test, the slow ones (real servers, bento build) included
+	$(BIN)/pytest
+
+test-fast: install ## run the tests that need no real server
+	$(BIN)/pytest -m "not slow"
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install ## mypy
+	$(BIN)/mypy
+
+check: lint typecheck test ## everything CI should be happy with
+
+build: install ## bentoml build (the bento carries the model named by MODEL_TAG)
+	$(BIN)/python train.py --if-missing
+	$(BIN)/bentoml build .
+
+contract: ## check a running server (URL=...) against the shared wire contract
+	$(BIN)/python ../shared/contract_check.py $(or $(URL),http://127.0.0.1:$(PORT))
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

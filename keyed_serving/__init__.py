@@ -1,0 +1,13 @@
+"""Keyed batch prediction serving on BentoML.
+
+The request path, one module per stage:
+
+1. entry: ``service.py`` (``KeyedPrediction``), the HTTP surface;
+2. validate: :mod:`keyed_serving.validate`, wire instances -> keyed rows or per-key errors;
+3. cut: :mod:`keyed_serving.chunking`, keyed rows -> runner-sized chunks;
+4. runner: ``service.py`` (``ModelRunner``), adaptive micro-batches of keyed rows;
+5. model: :mod:`keyed_serving.model`, the loaded pipeline and what it takes;
+6. reassemble: :mod:`keyed_serving.reassemble`, chunk results -> one answer, checked key by key.
+
+:mod:`keyed_serving.dispatch` carries chunks from 3 to 4 and back (retries, deadline).
+"""

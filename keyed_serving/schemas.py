@@ -1,0 +1,182 @@
+"""The wire schemas: what callers send and get back, and what crosses the runner hop.
+
+Public (``/predict``, ``/model_info``): ``Instance``, ``PredictionPublic``,
+``PredictResponse``, ``ModelInfo``. Internal (entry -> runner): ``KeyedRow`` in,
+``KeyedResult`` out; both carry the caller's key and the id of the chunk the row
+belongs to, so that equal keys from different requests in one micro-batch stay apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+MAX_KEY_LENGTH = 256
+
+
+def _is_usable_key(key: object) -> bool:
+    if isinstance(key, bool):
+        return False
+    if isinstance(key, int):
+        return True
+    return isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH
+
+
+def _check_key(value: object) -> str | int:
+    if not _is_usable_key(value):
+        raise PydanticCustomError(
+            "invalid_key",
+            "key must be a non-empty string of at most {max} characters or an integer, got {got}",
+            {"max": MAX_KEY_LENGTH, "got": repr(value)[:80]},
+        )
+    return value  # type: ignore[return-value]
+
+
+# A key is echoed back exactly as sent: 1 stays 1 and "1" stays "1" (no coercion).
+Key = Annotated[
+    str | int,
+    PlainValidator(_check_key),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+                {"type": "integer"},
+            ],
+            "description": "Your id for the instance: a non-empty string or an integer.",
+        }
+    ),
+]
+# What a feature may hold on the wire; the model's own types are checked in validate.py.
+FeatureValue = StrictInt | StrictFloat | StrictStr | StrictBool | None
+Prediction = StrictInt | StrictFloat | StrictStr | StrictBool
+
+
+class Instance(BaseModel):
+    """One thing to predict: the caller's key and the features by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: Key = Field(description="Your id for this instance, echoed back with its prediction.")
+    features: dict[str, FeatureValue] = Field(
+        description="Feature values by name; see /model_info for the names and types."
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _errors_name_the_key(cls, data: Any, handler: Any) -> Instance:
+        # Pydantic locates errors by list index; callers think in keys. When the key
+        # itself is usable, say it in the message so every 4xx names key and field.
+        try:
+            return handler(data)  # type: ignore[no-any-return]
+        except ValidationError as exc:
+            key = data.get("key") if isinstance(data, dict) else None
+            if not _is_usable_key(key):
+                raise
+            first = exc.errors()[0]
+            loc = first["loc"]
+            if len(loc) >= 2 and loc[0] == "features":
+                # A union's error names its members ("features.x.int"); say what fits.
+                field, reason = (
+                    f"features.{loc[1]}",
+                    "expected a number, a string, true/false or null",
+                )
+            else:
+                field, reason = ".".join(map(str, loc)) or "instance", first["msg"]
+            raise PydanticCustomError(
+                "invalid_instance",
+                "instance with key {key}: field {field}: {reason}",
+                {"key": repr(key), "field": repr(field), "reason": reason},
+            ) from None
+
+
+class PredictionPublic(BaseModel):
+    key: Key
+    prediction: Prediction
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="Classifiers only: probability per class label; they sum to 1."
+    )
+
+    @model_serializer(mode="wrap")
+    def _absent_not_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Regressors have no probabilities: the field is left out rather than null.
+        data: dict[str, Any] = handler(self)
+        if data.get("probabilities") is None:
+            data.pop("probabilities", None)
+        return data
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(description="The model that answered, name:version.")
+    predictions: list[PredictionPublic] = Field(
+        description="One per instance, in request order, each with its instance's key."
+    )
+
+
+class FeatureInfo(BaseModel):
+    name: str
+    type: Literal["number", "category"]
+    categories: list[str] | None = Field(
+        default=None, description="Categories seen in training; others are accepted too."
+    )
+
+
+class Score(BaseModel):
+    metric: str
+    value: float
+
+
+class ModelInfo(BaseModel):
+    model: str = Field(description="name:version")
+    task: Literal["classification", "regression"]
+    target: str
+    features: list[FeatureInfo]
+    classes: list[str | int | float | bool] | None = None
+    holdout_score: Score
+    max_instances: int = Field(description="The most instances one /predict request may hold.")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Machine-readable code, e.g. missing_feature, duplicate_key.")
+    msg: str = Field(description="What is wrong, naming the key and the field.")
+    loc: list[str | int] = Field(description="Where in the body: ['instances', index, ...].")
+    key: Key | None = None
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: list[ErrorDetail] = Field(default_factory=list)
+
+
+# ---- entry -> runner hop -------------------------------------------------------------
+
+
+class KeyedRow(BaseModel):
+    """A row inside a runner micro-batch: values in the model's feature order."""
+
+    chunk: str
+    key: Key
+    values: list[FeatureValue]
+
+
+class KeyedResult(BaseModel):
+    chunk: str
+    key: Key
+    prediction: Prediction
+    probabilities: list[float] | None = None
