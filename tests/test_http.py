@@ -1,0 +1,136 @@
+"""The entry's HTTP surface in-process, through BentoML's own ASGI app (no real server)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+GOOD = {
+    "sepal_length_cm": 5.1,
+    "sepal_width_cm": 3.5,
+    "petal_length_cm": 1.4,
+    "petal_width_cm": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def client(default_model: str) -> Iterator[TestClient]:
+    import service
+
+    with TestClient(service.KeyedPrediction.to_asgi()) as test_client:
+        yield test_client
+
+
+def post(client: TestClient, body: Any, **kwargs: Any) -> Any:
+    return client.post(
+        "/predict",
+        content=json.dumps(body),
+        **{"headers": {"content-type": "application/json"}, **kwargs},
+    )
+
+
+def test_predict_answers_each_key_with_its_prediction(client: TestClient) -> None:
+    body = {
+        "instances": [
+            {"key": "c-001", "features": GOOD},
+            {"key": 42, "features": {**GOOD, "petal_length_cm": 5.9, "petal_width_cm": None}},
+        ]
+    }
+    response = post(client, body)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["model"].startswith("iris_classifier:")
+    assert [p["key"] for p in answer["predictions"]] == ["c-001", 42]
+    assert answer["predictions"][0]["prediction"] == "setosa"
+    assert set(answer["predictions"][0]) == {"key", "prediction", "probabilities"}
+    assert response.headers["x-bentoml-request-id"]
+
+
+def test_model_info_answers_on_post_and_on_get(client: TestClient) -> None:
+    by_post, by_get = client.post("/model_info", json={}), client.get("/model_info")
+    assert by_post.status_code == by_get.status_code == 200
+    assert by_post.json() == by_get.json()
+    assert [f["name"] for f in by_get.json()["features"]] == list(GOOD)
+
+
+@pytest.mark.parametrize(
+    ("body", "must_name"),
+    [
+        (
+            {"instances": [{"key": "a", "features": GOOD}, {"key": "a", "features": GOOD}]},
+            ["'a'", "duplicate_key"],
+        ),
+        (
+            {"instances": [{"key": "k1", "features": {**GOOD, "petal_width_cm": "wide"}}]},
+            ["'k1'", "petal_width_cm", "wrong_type"],
+        ),
+        (
+            {"instances": [{"key": "k2", "features": {"sepal_length_cm": 1.0}}]},
+            ["'k2'", "sepal_width_cm", "missing_feature"],
+        ),
+        (
+            {"instances": [{"key": 9, "features": {**GOOD, "colour": "blue"}}]},
+            ["9", "colour", "unknown_feature"],
+        ),
+        (
+            {"instances": [{"key": "k3", "features": {**GOOD, "sepal_width_cm": [1]}}]},
+            ["'k3'", "sepal_width_cm"],
+        ),
+        ({"instances": [{"features": GOOD}]}, ["key", "missing"]),
+        ({"instances": [{"key": "", "features": GOOD}]}, ["key", "invalid_key"]),
+        ({"instances": []}, ["empty_instances"]),
+        ({"rows": []}, ["instances"]),
+        ([1, 2], ["model_type"]),
+    ],
+)
+def test_bad_input_gets_400_naming_the_key_and_field(
+    client: TestClient, body: Any, must_name: list[str]
+) -> None:
+    response = post(client, body)
+    assert response.status_code == 400
+    text = response.text
+    for word in must_name:
+        assert word in text, f"{word!r} not in {text}"
+    assert "error" in response.json()
+
+
+def test_malformed_json_gets_400(client: TestClient) -> None:
+    response = client.post(
+        "/predict", content=b'{"instances": [', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and "json_invalid" in response.text
+
+
+def test_non_finite_numbers_are_refused_by_key(client: TestClient) -> None:
+    # Python's JSON writes NaN; a strict client would not, but a careless one might.
+    raw = '{"instances": [{"key": "n", "features": {"sepal_length_cm": NaN, '
+    raw += '"sepal_width_cm": 1, "petal_length_cm": 1, "petal_width_cm": 1}}]}'
+    response = client.post("/predict", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "'n'" in response.text and "sepal_length_cm" in response.text
+
+
+def test_more_instances_than_the_limit_are_refused(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service
+
+    monkeypatch.setattr(
+        service, "settings", service.settings.model_copy(update={"max_instances": 3})
+    )
+    body = {"instances": [{"key": i, "features": GOOD} for i in range(4)]}
+    response = post(client, body)
+    assert response.status_code == 400 and "too_many_instances" in response.text
+
+
+def test_pickle_bodies_are_refused_on_the_public_entry(client: TestClient) -> None:
+    response = client.post(
+        "/predict",
+        content=b"\x80\x04N.",
+        headers={"content-type": "application/vnd.bentoml+pickle"},
+    )
+    assert response.status_code == 415
