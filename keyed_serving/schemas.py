@@ -15,14 +15,12 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    SerializerFunctionWrapHandler,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
     WithJsonSchema,
-    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -105,20 +103,20 @@ class Instance(BaseModel):
             ) from None
 
 
+def _is_none(value: object) -> bool:
+    # An answer leaves out a field that does not apply rather than sending null: regressors
+    # have no probabilities, and BentoML's own client fails on a null where an array may be.
+    return value is None
+
+
 class PredictionPublic(BaseModel):
     key: Key
     prediction: Prediction
     probabilities: dict[str, float] | None = Field(
-        default=None, description="Classifiers only: probability per class label; they sum to 1."
+        default=None,
+        exclude_if=_is_none,
+        description="Classifiers only: probability per class label; they sum to 1.",
     )
-
-    @model_serializer(mode="wrap")
-    def _absent_not_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Regressors have no probabilities: the field is left out rather than null.
-        data: dict[str, Any] = handler(self)
-        if data.get("probabilities") is None:
-            data.pop("probabilities", None)
-        return data
 
 
 class PredictResponse(BaseModel):
@@ -132,7 +130,9 @@ class FeatureInfo(BaseModel):
     name: str
     type: Literal["number", "category"]
     categories: list[str] | None = Field(
-        default=None, description="Categories seen in training; others are accepted too."
+        default=None,
+        exclude_if=_is_none,
+        description="Categories seen in training (when at most 50); others are accepted too.",
     )
 
 
@@ -146,7 +146,7 @@ class ModelInfo(BaseModel):
     task: Literal["classification", "regression"]
     target: str
     features: list[FeatureInfo]
-    classes: list[str | int | float | bool] | None = None
+    classes: list[str | int | float | bool] | None = Field(default=None, exclude_if=_is_none)
     holdout_score: Score
     max_instances: int = Field(description="The most instances one /predict request may hold.")
 
@@ -155,8 +155,8 @@ class ErrorDetail(BaseModel):
     type: str = Field(description="Machine-readable code, e.g. missing_feature, duplicate_key.")
     msg: str = Field(description="What is wrong, naming the key and the field.")
     loc: list[str | int] = Field(description="Where in the body: ['instances', index, ...].")
-    key: Key | None = None
-    field: str | None = None
+    key: Key | None = Field(default=None, exclude_if=_is_none)
+    field: str | None = Field(default=None, exclude_if=_is_none)
 
 
 class ErrorResponse(BaseModel):
