@@ -269,3 +269,18 @@ def test_model_info_says_what_a_request_needs(entry: Any) -> None:
     assert all(f.type == "number" for f in info.features)
     assert info.classes == ["setosa", "versicolor", "virginica"]
     assert info.max_instances == get_settings().max_instances
+
+
+def test_the_runner_predicts_a_micro_batch_of_keyed_rows_and_counts_it(service: Any) -> None:
+    runner_service = service.ModelRunner()
+    instances = flowers(5, seed=9)
+    rows = [
+        KeyedRow(chunk=f"c{n % 2}", key=n % 3, values=[i.features[f] for f in FEATURES])
+        for n, i in enumerate(instances)
+    ]
+    batches_before = REGISTRY.get_sample_value("keyed_micro_batch_rows_count") or 0.0
+    results = runner_service.predict(rows)
+    assert [(r.chunk, r.key) for r in results] == [(r.chunk, r.key) for r in rows]
+    assert [r.prediction for r in results] == own_predictions(runner_service.model, instances)
+    assert REGISTRY.get_sample_value("keyed_micro_batch_rows_count") == batches_before + 1
+    assert REGISTRY.get_sample_value("keyed_micro_batch_chunks_sum") is not None

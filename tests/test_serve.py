@@ -94,6 +94,15 @@ def test_the_shared_wire_contract_holds(iris: Served) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_bentomls_own_client_reads_both_apis(iris: Served) -> None:
+    instances = random_request(4)
+    with bentoml.SyncHTTPClient(iris.url) as client:
+        info = client.model_info()
+        answer = client.predict(instances=instances)
+    assert [f["name"] for f in info["features"]] == [f.name for f in iris.spec.features]
+    assert [p["key"] for p in answer["predictions"]] == [i["key"] for i in instances]
+
+
 def test_concurrent_clients_each_get_exactly_their_keys_and_predictions(iris: Served) -> None:
     batches_before, single_before = iris.micro_batches()
 
