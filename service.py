@@ -10,7 +10,6 @@ micro-batches -> reassemble, with keys checked on the way back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import bentoml
 
@@ -19,17 +18,29 @@ from keyed_serving.dispatch import RunnerUnavailable, send_chunks
 from keyed_serving.http import GetAlias, error_response
 from keyed_serving.metrics import get_metrics
 from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec
-from keyed_serving.reassemble import KeyMismatch, reassemble_by_key
+from keyed_serving.reassemble import (
+    KeyMismatch,
+    answer_in_request_order,
+    model_error_details,
+    reassemble_by_key,
+)
 from keyed_serving.schemas import (
+    ErrorMode,
     Instance,
     KeyedResult,
     KeyedRow,
     ModelInfo,
-    PredictionPublic,
     PredictResponse,
+    Summary,
 )
 from keyed_serving.settings import get_settings
-from keyed_serving.validate import InvalidRequest, validate_instances
+from keyed_serving.validate import (
+    InvalidRequest,
+    ValidRow,
+    check_request,
+    rejection,
+    validate_instances,
+)
 
 logger = logging.getLogger("keyed_serving")
 settings = get_settings()
@@ -87,31 +98,32 @@ class KeyedPrediction:
         self.metrics = get_metrics()
 
     @bentoml.api
-    async def predict(self, instances: list[Instance]) -> PredictResponse:
-        """Predict every instance. The answer holds one prediction per instance, in request
+    async def predict(
+        self, instances: list[Instance], errors: ErrorMode = "reject"
+    ) -> PredictResponse:
+        """Predict every instance. The answer holds one entry per instance, in request
         order, each with the key it was sent with. Keys must be unique within a request.
 
-        Errors: 400 names the key and field at fault (nothing is predicted); 503 with
-        Retry-After when the model runner is overloaded or unavailable (safe to retry)."""
+        errors="reject" (default): any invalid instance fails the request with 400 (422 if
+        the model itself could not take an instance), naming each key and field; nothing
+        is predicted. errors="per_instance": such instances are answered with
+        {"key", "error": {"code", "message"}} and the others are predicted.
+
+        503 with Retry-After when the model runner stays overloaded or unavailable past the
+        request's deadline: safe to retry as a whole."""
         try:
-            rows = validate_instances(instances, self.spec, settings.max_instances)
+            check_request(instances, settings.max_instances)
+            rows, failures = validate_instances(instances, self.spec)
+            if failures and errors == "reject":
+                raise rejection(failures)
         except InvalidRequest as exc:
-            self.metrics.instances.labels("rejected").inc(len(instances))
+            self.metrics.count_rejected(len(instances), exc.details)
             return error_response(400, exc.summary, exc.details)
-        chunks = cut(rows, settings.chunk_rows)
         try:
-            results = await send_chunks(
-                chunks,
-                self._predict_rows,
-                deadline_s=settings.request_deadline_s,
-                initial_backoff_s=settings.retry_initial_backoff_s,
-                max_backoff_s=settings.retry_max_backoff_s,
-                on_retry=lambda exc: self.metrics.runner_retries.labels(type(exc).__name__).inc(),
-            )
-            ordered = reassemble_by_key(chunks, results)
+            results = await self._predict_rows_by_key(rows)
         except RunnerUnavailable as exc:
             logger.warning("answering 503: %s", exc)
-            self.metrics.instances.labels("failed").inc(len(rows))
+            self.metrics.instances.labels("failed").inc(len(instances))
             return error_response(
                 503,
                 "the model runner is overloaded or unavailable; retry later",
@@ -120,12 +132,26 @@ class KeyedPrediction:
         except KeyMismatch as exc:
             logger.error("answering 500, key mismatch: %s", exc)
             self.metrics.key_mismatches.inc()
-            self.metrics.instances.labels("failed").inc(len(rows))
+            self.metrics.instances.labels("failed").inc(len(instances))
             return error_response(500, "internal error: results did not match the keys sent")
-        self.metrics.instances.labels("predicted").inc(len(ordered))
+        model_failures = [r for r in results if r.error is not None]
+        if model_failures and errors == "reject":
+            details = model_error_details(rows, results)
+            self.metrics.count_rejected(len(instances), details)
+            return error_response(
+                422, f"the model could not predict {len(details)} instance(s)", details
+            )
+        entries = answer_in_request_order(
+            len(instances), rows, results, failures, self.spec.classes
+        )
+        failed = len(failures) + len(model_failures)
+        self.metrics.count_answered(len(instances) - failed, failures, model_failures)
         return PredictResponse(
             model=self.spec.tag,
-            predictions=[_public(result, self.spec.classes) for result in ordered],
+            predictions=entries,
+            summary=Summary(
+                received=len(instances), predicted=len(instances) - failed, failed=failed
+            ),
         )
 
     @bentoml.api
@@ -134,19 +160,20 @@ class KeyedPrediction:
         holdout score. Also served on GET."""
         return self.spec.info(settings.max_instances)
 
-    async def _predict_rows(self, rows: list[KeyedRow]) -> Sequence[KeyedResult]:
-        return await self.runner.to_async.predict(rows)  # type: ignore[no-any-return]
+    async def _predict_rows_by_key(self, rows: list[ValidRow]) -> list[KeyedResult]:
+        """Rows -> chunks -> runner micro-batches -> results in row order, keys verified."""
+        if not rows:
+            return []
+        chunks = cut(rows, settings.chunk_rows)
+        results = await send_chunks(
+            chunks,
+            self.runner.to_async.predict,
+            deadline_s=settings.request_deadline_s,
+            initial_backoff_s=settings.retry_initial_backoff_s,
+            max_backoff_s=settings.retry_max_backoff_s,
+            on_retry=lambda exc: self.metrics.runner_retries.labels(type(exc).__name__).inc(),
+        )
+        return reassemble_by_key(chunks, results)
 
 
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
-
-
-def _public(result: KeyedResult, classes: Sequence[object] | None) -> PredictionPublic:
-    probabilities = None
-    if result.probabilities is not None and classes is not None:
-        probabilities = {
-            str(label): p for label, p in zip(classes, result.probabilities, strict=True)
-        }
-    return PredictionPublic(
-        key=result.key, prediction=result.prediction, probabilities=probabilities
-    )

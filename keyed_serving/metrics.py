@@ -7,8 +7,13 @@ before that never writes where ``/metrics`` reads (see ``bentoml/metrics.py``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from keyed_serving.schemas import ErrorDetail, KeyedResult
+    from keyed_serving.validate import InstanceFailure
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 CHUNK_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
@@ -30,8 +35,14 @@ class Metrics:
         )
         self.instances: Any = prom.Counter(
             "keyed_instances",
-            "Instances by outcome: predicted, rejected (4xx), failed (5xx).",
+            "Instances by outcome: predicted; answered with an error of their own (per-instance "
+            "mode); rejected with their request (4xx); failed with it (5xx).",
             ["outcome"],
+        )
+        self.instance_errors: Any = prom.Counter(
+            "keyed_instance_errors",
+            "Instance-level errors by code (missing_feature, wrong_type, model_error, ...).",
+            ["code"],
         )
         self.runner_retries: Any = prom.Counter(
             "keyed_runner_retries",
@@ -42,6 +53,24 @@ class Metrics:
             "keyed_key_mismatches",
             "Requests whose runner results did not match the keys sent (must stay 0).",
         )
+
+    def count_rejected(self, instances: int, details: Sequence[ErrorDetail]) -> None:
+        self.instances.labels("rejected").inc(instances)
+        for detail in details:
+            self.instance_errors.labels(detail.type).inc()
+
+    def count_answered(
+        self,
+        predicted: int,
+        failures: Sequence[InstanceFailure],
+        model_failures: Sequence[KeyedResult],
+    ) -> None:
+        self.instances.labels("predicted").inc(predicted)
+        self.instances.labels("answered_with_error").inc(len(failures) + len(model_failures))
+        for failure in failures:
+            self.instance_errors.labels(failure.details[0].type).inc()
+        for result in model_failures:
+            self.instance_errors.labels(result.error.code if result.error else "unknown").inc()
 
 
 @lru_cache(maxsize=1)

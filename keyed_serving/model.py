@@ -6,6 +6,7 @@ time, so the pipeline always sees columns of the dtypes it was fitted on.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,8 +16,16 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from keyed_serving.schemas import FeatureInfo, KeyedResult, KeyedRow, ModelInfo, Score
+from keyed_serving.schemas import (
+    FeatureInfo,
+    InstanceError,
+    KeyedResult,
+    KeyedRow,
+    ModelInfo,
+    Score,
+)
 
+logger = logging.getLogger("keyed_serving.model")
 MODEL_FILE = "model.joblib"
 Task = Literal["classification", "regression"]
 
@@ -89,6 +98,19 @@ class LoadedModel:
         return cls(ModelSpec.from_metadata(tag, metadata), joblib.load(path))
 
     def predict_rows(self, rows: Sequence[KeyedRow]) -> list[KeyedResult]:
+        """One result per row, in order. If the model raises on the micro-batch, the rows it
+        cannot take are found by bisection and answered with an error each; the others,
+        which may belong to other callers, are predicted as usual."""
+        try:
+            return self._predict(rows)
+        except Exception as exc:
+            if len(rows) == 1:
+                logger.warning("model raised on one row: %s", _first_line(exc))
+                return [_failed(rows[0], exc)]
+        middle = len(rows) // 2
+        return self.predict_rows(rows[:middle]) + self.predict_rows(rows[middle:])
+
+    def _predict(self, rows: Sequence[KeyedRow]) -> list[KeyedResult]:
         if not rows:
             return []
         names = self.spec.feature_names
@@ -117,6 +139,26 @@ class LoadedModel:
             )
             for i, row in enumerate(rows)
         ]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _failed(row: KeyedRow, exc: BaseException) -> KeyedResult:
+    # The exception's first line only: it says what the model could not take (an unknown
+    # category, a value out of range), never a stack trace.
+    return KeyedResult(
+        chunk=row.chunk,
+        key=row.key,
+        error=InstanceError(
+            code="model_error",
+            message=f"instance with key {row.key!r}: the model could not predict it: "
+            f"{_first_line(exc)}",
+        ),
+    )
 
 
 def _native(value: Any) -> Any:

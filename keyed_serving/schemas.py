@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     PlainValidator,
     StrictBool,
     StrictFloat,
@@ -60,9 +61,25 @@ Key = Annotated[
         }
     ),
 ]
-# What a feature may hold on the wire; the model's own types are checked in validate.py.
+# What a row holds for the model once validate.py has checked it against the model's types.
 FeatureValue = StrictInt | StrictFloat | StrictStr | StrictBool | None
 Prediction = StrictInt | StrictFloat | StrictStr | StrictBool
+ErrorMode = Literal["reject", "per_instance"]
+
+# On the wire any JSON value is taken, so that a wrong type is that instance's own error
+# (with "errors": "per_instance") rather than a schema error that fails the whole request.
+# The documented type is what the model can take.
+WireFeatures = Annotated[
+    dict[str, JsonValue],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": {"type": ["number", "string", "null"]},
+            "description": "Feature values by name: numbers for number features, strings for "
+            "category features, null where unknown. See /model_info.",
+        }
+    ),
+]
 
 
 class Instance(BaseModel):
@@ -71,9 +88,7 @@ class Instance(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     key: Key = Field(description="Your id for this instance, echoed back with its prediction.")
-    features: dict[str, FeatureValue] = Field(
-        description="Feature values by name; see /model_info for the names and types."
-    )
+    features: WireFeatures
 
     @model_validator(mode="wrap")
     @classmethod
@@ -87,15 +102,7 @@ class Instance(BaseModel):
             if not _is_usable_key(key):
                 raise
             first = exc.errors()[0]
-            loc = first["loc"]
-            if len(loc) >= 2 and loc[0] == "features":
-                # A union's error names its members ("features.x.int"); say what fits.
-                field, reason = (
-                    f"features.{loc[1]}",
-                    "expected a number, a string, true/false or null",
-                )
-            else:
-                field, reason = ".".join(map(str, loc)) or "instance", first["msg"]
+            field, reason = ".".join(map(str, first["loc"])) or "instance", first["msg"]
             raise PydanticCustomError(
                 "invalid_instance",
                 "instance with key {key}: field {field}: {reason}",
@@ -119,11 +126,33 @@ class PredictionPublic(BaseModel):
     )
 
 
+class InstanceError(BaseModel):
+    code: str = Field(
+        description="missing_feature, unknown_feature, wrong_type, out_of_range, model_error"
+    )
+    message: str = Field(description="What is wrong, naming the key and the field.")
+
+
+class FailedInstance(BaseModel):
+    """An instance that was not predicted (only with "errors": "per_instance")."""
+
+    key: Key
+    error: InstanceError
+
+
+class Summary(BaseModel):
+    received: int
+    predicted: int
+    failed: int
+
+
 class PredictResponse(BaseModel):
     model: str = Field(description="The model that answered, name:version.")
-    predictions: list[PredictionPublic] = Field(
-        description="One per instance, in request order, each with its instance's key."
+    predictions: list[PredictionPublic | FailedInstance] = Field(
+        description="One entry per instance, in request order, each with its instance's key: "
+        "a prediction, or (with errors=per_instance) the reason it has none."
     )
+    summary: Summary
 
 
 class FeatureInfo(BaseModel):
@@ -176,7 +205,10 @@ class KeyedRow(BaseModel):
 
 
 class KeyedResult(BaseModel):
+    """A row's result: a prediction, or the error the model raised on that row alone."""
+
     chunk: str
     key: Key
-    prediction: Prediction
+    prediction: Prediction | None = None
     probabilities: list[float] | None = None
+    error: InstanceError | None = None

@@ -1,29 +1,44 @@
 """The validate stage: wire instances -> keyed rows in the model's feature order, or errors.
 
-Every error names the key (when the instance has one) and the field at fault. A request
-with any error is rejected whole: nothing of it is predicted.
+Two levels. Request-level problems (no instances, too many, a key sent twice) reject the
+whole request: there is no unambiguous key to answer them by. Instance-level problems
+(a missing, unknown or mistyped feature, a value out of the model's range) belong to one
+key: the entry rejects the request with all of them, or, in per-instance mode, answers
+them as that key's error. Every error names the key and the field at fault.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from keyed_serving.model import ModelSpec
 from keyed_serving.schemas import ErrorDetail, FeatureInfo, FeatureValue, Instance, Key
 
 # Enough to fix a request in one go without an error body that dwarfs the request.
 MAX_REPORTED_ERRORS = 100
+# scikit-learn's trees compare features as float32: a larger magnitude becomes infinity
+# and the model raises on it (1e308 would poison a micro-batch). Refused at the door.
+LARGEST_MAGNITUDE = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
 class ValidRow:
+    index: int
     key: Key
     values: list[FeatureValue]
+
+
+@dataclass(frozen=True)
+class InstanceFailure:
+    index: int
+    key: Key
+    details: list[ErrorDetail]
 
 
 class InvalidRequest(Exception):
@@ -35,9 +50,8 @@ class InvalidRequest(Exception):
         self.details = details
 
 
-def validate_instances(
-    instances: Sequence[Instance], spec: ModelSpec, max_instances: int
-) -> list[ValidRow]:
+def check_request(instances: Sequence[Instance], max_instances: int) -> None:
+    """Request-level checks; raises ``InvalidRequest``."""
     if not instances:
         raise InvalidRequest(
             "instances is empty",
@@ -59,17 +73,34 @@ def validate_instances(
                 )
             ],
         )
-    errors = _duplicate_key_errors(instances)
+    duplicates = _duplicate_key_errors(instances)
+    if duplicates:
+        raise InvalidRequest(
+            f"{len(duplicates)} duplicated key(s)", duplicates[:MAX_REPORTED_ERRORS]
+        )
+
+
+def validate_instances(
+    instances: Sequence[Instance], spec: ModelSpec
+) -> tuple[list[ValidRow], list[InstanceFailure]]:
+    """Each instance as a row for the model, or as the failure that keeps it from being one."""
     rows: list[ValidRow] = []
+    failures: list[InstanceFailure] = []
     for index, instance in enumerate(instances):
-        values, instance_errors = _row_values(index, instance, spec.features)
-        errors.extend(instance_errors)
-        rows.append(ValidRow(instance.key, values))
-    if errors:
-        shown = errors[:MAX_REPORTED_ERRORS]
-        more = f" (first {len(shown)} shown)" if len(errors) > len(shown) else ""
-        raise InvalidRequest(f"{len(errors)} invalid instance field(s){more}", shown)
-    return rows
+        values, details = _row_values(index, instance, spec.features)
+        if details:
+            failures.append(InstanceFailure(index, instance.key, details))
+        else:
+            rows.append(ValidRow(index, instance.key, values))
+    return rows, failures
+
+
+def rejection(failures: Sequence[InstanceFailure]) -> InvalidRequest:
+    """The whole request's 4xx for instance failures, when the caller asked for all-or-nothing."""
+    details = [detail for failure in failures for detail in failure.details]
+    shown = details[:MAX_REPORTED_ERRORS]
+    more = f" (first {len(shown)} shown)" if len(details) > len(shown) else ""
+    return InvalidRequest(f"{len(details)} invalid instance field(s){more}", shown)
 
 
 def _duplicate_key_errors(instances: Sequence[Instance]) -> list[ErrorDetail]:
@@ -123,24 +154,37 @@ def _row_values(
             values.append(None)
             continue
         value = instance.features[feature.name]
-        problem = _type_problem(value, feature)
+        problem = _value_problem(value, feature)
         if problem:
-            error("wrong_type", feature.name, problem)
-        values.append(value)
+            error(*problem)
+        values.append(value)  # type: ignore[arg-type]  # checked just above
     return values, errors
 
 
-def _type_problem(value: Any, feature: FeatureInfo) -> str | None:
+def _value_problem(value: Any, feature: FeatureInfo) -> tuple[str, str, str] | None:
     if value is None:
         return None  # the pipeline imputes missing values
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     if feature.type == "number":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"expected a number or null, got {type(value).__name__} {value!r}"
+            return (
+                "wrong_type",
+                feature.name,
+                f"expected a number or null, got {type(value).__name__} {shown}",
+            )
         if isinstance(value, float) and not math.isfinite(value):
-            return f"expected a finite number, got {value!r}"
-        if isinstance(value, int) and abs(value) > sys.float_info.max:
-            return "number too large for the model (beyond float64)"
+            return "out_of_range", feature.name, f"expected a finite number, got {shown}"
+        if abs(value) > LARGEST_MAGNITUDE:
+            return (
+                "out_of_range",
+                feature.name,
+                f"magnitude above {LARGEST_MAGNITUDE:.3g}, which the model cannot take",
+            )
         return None
     if not isinstance(value, str):
-        return f"expected a string (category) or null, got {type(value).__name__} {value!r}"
+        return (
+            "wrong_type",
+            feature.name,
+            f"expected a string (category) or null, got {type(value).__name__} {shown}",
+        )
     return None

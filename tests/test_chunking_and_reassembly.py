@@ -11,7 +11,7 @@ from keyed_serving.validate import ValidRow
 
 
 def rows(keys: list) -> list[ValidRow]:
-    return [ValidRow(key, [float(i)]) for i, key in enumerate(keys)]
+    return [ValidRow(i, key, [float(i)]) for i, key in enumerate(keys)]
 
 
 def answer(chunks) -> list[list[KeyedResult]]:

@@ -284,3 +284,125 @@ def test_the_runner_predicts_a_micro_batch_of_keyed_rows_and_counts_it(service: 
     assert [r.prediction for r in results] == own_predictions(runner_service.model, instances)
     assert REGISTRY.get_sample_value("keyed_micro_batch_rows_count") == batches_before + 1
     assert REGISTRY.get_sample_value("keyed_micro_batch_chunks_sum") is not None
+
+
+class PoisonedPipeline:
+    """The real pipeline, except that it raises on any frame holding a sepal length of 666,
+    as a model raises on a value or category it cannot take."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.calls = 0
+
+    def _check(self, frame: Any) -> None:
+        self.calls += 1
+        if (frame["sepal_length_cm"] == 666).any():
+            raise ValueError("Input contains a value the model cannot take")
+
+    def predict(self, frame: Any) -> Any:
+        self._check(frame)
+        return self.pipeline.predict(frame)
+
+    def predict_proba(self, frame: Any) -> Any:
+        self._check(frame)
+        return self.pipeline.predict_proba(frame)
+
+
+@pytest.fixture
+def poisoned_model(model: Any) -> Any:
+    from keyed_serving.model import LoadedModel
+
+    return LoadedModel(model.spec, PoisonedPipeline(model.pipeline))
+
+
+def poison(instances: list[Instance], *positions: int) -> list[Instance]:
+    for position in positions:
+        instances[position].features["sepal_length_cm"] = 666
+    return instances
+
+
+def test_bisection_isolates_the_rows_the_model_raises_on(poisoned_model: Any, model: Any) -> None:
+    instances = poison(flowers(64, seed=20), 5, 40)
+    rows = [
+        KeyedRow(chunk="c", key=i.key, values=[i.features[f] for f in FEATURES]) for i in instances
+    ]
+    results = poisoned_model.predict_rows(rows)
+    assert [r.key for r in results] == [r.key for r in rows]
+    failed = [r.key for r in results if r.error is not None]
+    assert failed == [5, 40]
+    assert all(
+        r.error.code == "model_error" and "Traceback" not in r.error.message
+        for r in results
+        if r.error is not None
+    )
+    clean = [i for i in instances if i.key not in (5, 40)]
+    assert [r.prediction for r in results if r.error is None] == own_predictions(model, clean)
+    # Two poisoned rows in 64: about 2 x 2 x log2(64) frames, not one per row.
+    assert poisoned_model.pipeline.calls <= 2 * (1 + 2 * 2 * 6)
+
+
+def test_one_clients_poison_does_not_fail_the_others_in_its_micro_batch(
+    entry: Any, poisoned_model: Any, model: Any
+) -> None:
+    batching = MicroBatchingRunner(poisoned_model, callers=3)
+    entry.runner = runner(batching.predict)
+    clean_a, poisoned, clean_b = (
+        flowers(7, seed=31),
+        poison(flowers(5, seed=32), 2),
+        flowers(9, seed=33),
+    )
+
+    async def three_clients() -> list[Any]:
+        return await asyncio.gather(
+            entry.predict(instances=clean_a),
+            entry.predict(instances=poisoned, errors="per_instance"),
+            entry.predict(instances=clean_b),
+        )
+
+    answer_a, answer_poisoned, answer_b = asyncio.run(three_clients())
+    assert batching.batch_sizes == [21]  # all three shared one micro-batch
+    for instances, answer in ((clean_a, answer_a), (clean_b, answer_b)):
+        assert [p.prediction for p in answer.predictions] == own_predictions(model, instances)
+    entries = answer_poisoned.predictions
+    assert [e.key for e in entries] == [0, 1, 2, 3, 4]
+    assert entries[2].error.code == "model_error"
+    assert answer_poisoned.summary.model_dump() == {"received": 5, "predicted": 4, "failed": 1}
+    clean = [i for i in poisoned if i.key != 2]
+    assert [e.prediction for e in entries if hasattr(e, "prediction")] == own_predictions(
+        model, clean
+    )
+
+
+def test_in_reject_mode_a_row_the_model_cannot_take_fails_its_request_with_422(
+    entry: Any, poisoned_model: Any
+) -> None:
+    entry.runner = runner(MicroBatchingRunner(poisoned_model, callers=1).predict)
+    answer = asyncio.run(entry.predict(instances=poison(flowers(4, seed=34), 3)))
+    assert answer.status_code == 422
+    assert b"model_error" in answer.body and b"key 3" in answer.body
+
+
+def test_per_instance_mode_answers_every_key_in_order_with_a_prediction_or_its_error(
+    entry: Any, model: Any
+) -> None:
+    entry.runner = runner(lambda rows: asyncio.sleep(0, model.predict_rows(rows)))
+    instances = flowers(6, seed=40, keys=["a", "b", "c", "d", "e", "f"])
+    instances[1] = Instance(key="b", features={**instances[1].features, "sepal_width_cm": "x"})
+    del instances[3].features["petal_length_cm"]
+    instances[4].features["petal_width_cm"] = float("inf")
+    answer = asyncio.run(entry.predict(instances=instances, errors="per_instance"))
+    assert [e.key for e in answer.predictions] == ["a", "b", "c", "d", "e", "f"]
+    codes = {e.key: e.error.code for e in answer.predictions if hasattr(e, "error")}
+    assert codes == {"b": "wrong_type", "d": "missing_feature", "e": "out_of_range"}
+    assert "'b'" in answer.predictions[1].error.message
+    clean = [instances[i] for i in (0, 2, 5)]
+    assert [e.prediction for e in answer.predictions if hasattr(e, "prediction")] == (
+        own_predictions(model, clean)
+    )
+    assert answer.summary.model_dump() == {"received": 6, "predicted": 3, "failed": 3}
+
+
+def test_duplicate_keys_reject_the_request_even_in_per_instance_mode(entry: Any) -> None:
+    instances = flowers(3, seed=41, keys=["a", "b", "a"])
+    answer = asyncio.run(entry.predict(instances=instances, errors="per_instance"))
+    assert answer.status_code == 400 and b"duplicate_key" in answer.body

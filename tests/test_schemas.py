@@ -19,11 +19,16 @@ def test_unusable_keys_are_refused(key: object) -> None:
     assert caught.value.errors()[0]["type"] == "invalid_key"
 
 
-def test_a_wire_type_error_names_the_key_and_the_feature() -> None:
+def test_features_that_are_not_an_object_are_refused_naming_the_key() -> None:
     with pytest.raises(ValidationError) as caught:
-        Instance.model_validate({"key": "k-9", "features": {"age": [1, 2]}})
+        Instance.model_validate({"key": "k-9", "features": [1, 2]})
     message = caught.value.errors()[0]["msg"]
-    assert "'k-9'" in message and "features.age" in message
+    assert "'k-9'" in message and "features" in message
+
+
+def test_any_json_feature_value_passes_the_wire_schema_for_validate_to_judge() -> None:
+    parsed = Instance.model_validate({"key": 1, "features": {"a": [1], "b": {"c": None}}})
+    assert parsed.features == {"a": [1], "b": {"c": None}}
 
 
 def test_unknown_instance_fields_are_refused_with_the_key() -> None:

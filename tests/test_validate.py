@@ -4,7 +4,12 @@ import pytest
 
 from keyed_serving.model import ModelSpec
 from keyed_serving.schemas import FeatureInfo, Instance, Score
-from keyed_serving.validate import InvalidRequest, validate_instances
+from keyed_serving.validate import (
+    InvalidRequest,
+    check_request,
+    rejection,
+    validate_instances,
+)
 
 SPEC = ModelSpec(
     tag="m:1",
@@ -20,21 +25,25 @@ def instance(key: object, **features: object) -> Instance:
     return Instance.model_validate({"key": key, "features": features})
 
 
-def rejection(instances: list[Instance], max_instances: int = 100) -> InvalidRequest:
+def refused(instances: list[Instance], max_instances: int = 100) -> InvalidRequest:
     with pytest.raises(InvalidRequest) as caught:
-        validate_instances(instances, SPEC, max_instances)
+        check_request(instances, max_instances)
     return caught.value
 
 
 def test_valid_instances_become_rows_in_the_models_feature_order() -> None:
-    rows = validate_instances(
-        [instance("a", plan="pro", age=31), instance(7, age=None, plan=None)], SPEC, 100
+    rows, failures = validate_instances(
+        [instance("a", plan="pro", age=31), instance(7, age=None, plan=None)], SPEC
     )
-    assert [(row.key, row.values) for row in rows] == [("a", [31, "pro"]), (7, [None, None])]
+    assert failures == []
+    assert [(row.index, row.key, row.values) for row in rows] == [
+        (0, "a", [31, "pro"]),
+        (1, 7, [None, None]),
+    ]
 
 
 def test_duplicate_keys_are_rejected_by_name() -> None:
-    error = rejection(
+    error = refused(
         [
             instance("c-1", age=1, plan="a"),
             instance("c-2", age=1, plan="a"),
@@ -47,10 +56,7 @@ def test_duplicate_keys_are_rejected_by_name() -> None:
 
 
 def test_integer_and_string_keys_that_look_alike_are_different_keys() -> None:
-    rows = validate_instances(
-        [instance(1, age=1, plan="a"), instance("1", age=1, plan="a")], SPEC, 100
-    )
-    assert [row.key for row in rows] == [1, "1"]
+    check_request([instance(1, age=1, plan="a"), instance("1", age=1, plan="a")], 100)
 
 
 @pytest.mark.parametrize(
@@ -60,22 +66,40 @@ def test_integer_and_string_keys_that_look_alike_are_different_keys() -> None:
         ({"age": 1, "plan": "a", "colour": "red"}, "unknown_feature", "colour"),
         ({"age": "31", "plan": "a"}, "wrong_type", "age"),
         ({"age": True, "plan": "a"}, "wrong_type", "age"),
+        ({"age": [1, 2], "plan": "a"}, "wrong_type", "age"),
         ({"age": 1, "plan": 3}, "wrong_type", "plan"),
-        ({"age": float("nan"), "plan": "a"}, "wrong_type", "age"),
-        ({"age": float("inf"), "plan": "a"}, "wrong_type", "age"),
-        ({"age": 10**400, "plan": "a"}, "wrong_type", "age"),
+        ({"age": 1, "plan": {"tier": 1}}, "wrong_type", "plan"),
+        ({"age": float("nan"), "plan": "a"}, "out_of_range", "age"),
+        ({"age": float("inf"), "plan": "a"}, "out_of_range", "age"),
+        ({"age": 1e308, "plan": "a"}, "out_of_range", "age"),
+        ({"age": -(10**400), "plan": "a"}, "out_of_range", "age"),
     ],
 )
-def test_each_bad_feature_is_named_with_its_key(features: dict, kind: str, field: str) -> None:
-    error = rejection([instance("ok", age=1, plan="a"), instance("bad-one", **features)])
-    [detail] = error.details
+def test_each_bad_feature_is_that_instances_failure_named_with_its_key(
+    features: dict, kind: str, field: str
+) -> None:
+    rows, failures = validate_instances(
+        [instance("ok", age=1, plan="a"), instance("bad-one", **features)], SPEC
+    )
+    assert [row.key for row in rows] == ["ok"]
+    [failure] = failures
+    assert (failure.index, failure.key) == (1, "bad-one")
+    [detail] = failure.details
     assert (detail.type, detail.key, detail.field) == (kind, "bad-one", field)
     assert detail.loc == ["instances", 1, "features", field]
     assert "'bad-one'" in detail.msg and repr(field) in detail.msg
 
 
-def test_every_problem_of_a_request_is_reported_at_once() -> None:
-    error = rejection([instance("x", plan="a"), instance("y", age="old", plan=5)])
+def test_large_but_finite_numbers_the_model_can_take_are_accepted() -> None:
+    rows, failures = validate_instances([instance(1, age=3e38, plan="a")], SPEC)
+    assert failures == [] and rows[0].values == [3e38, "a"]
+
+
+def test_a_rejection_reports_every_problem_of_the_request_at_once() -> None:
+    _, failures = validate_instances(
+        [instance("x", plan="a"), instance("y", age="old", plan=5)], SPEC
+    )
+    error = rejection(failures)
     assert sorted((d.key, d.field) for d in error.details) == [
         ("x", "age"),
         ("y", "age"),
@@ -83,9 +107,9 @@ def test_every_problem_of_a_request_is_reported_at_once() -> None:
     ]
 
 
-def test_empty_and_oversized_requests_are_rejected() -> None:
-    assert rejection([]).details[0].type == "empty_instances"
+def test_empty_and_oversized_requests_are_refused() -> None:
+    assert refused([]).details[0].type == "empty_instances"
     many = [instance(i, age=i, plan="a") for i in range(4)]
-    error = rejection(many, max_instances=3)
+    error = refused(many, max_instances=3)
     assert error.details[0].type == "too_many_instances"
     assert "at most 3" in error.details[0].msg
