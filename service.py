@@ -15,7 +15,8 @@ import bentoml
 
 from keyed_serving.chunking import cut
 from keyed_serving.dispatch import RunnerUnavailable, send_chunks
-from keyed_serving.http import GetAlias, error_response
+from keyed_serving.http import EntryGate, GetAlias, RequestIdFilter, error_response
+from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
 from keyed_serving.metrics import get_metrics
 from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec
 from keyed_serving.reassemble import (
@@ -43,6 +44,8 @@ from keyed_serving.validate import (
 )
 
 logger = logging.getLogger("keyed_serving")
+for _name in ("keyed_serving", "keyed_serving.dispatch", "keyed_serving.model"):
+    logging.getLogger(_name).addFilter(RequestIdFilter())
 settings = get_settings()
 
 
@@ -70,6 +73,11 @@ class ModelRunner:
         )
         self.metrics = get_metrics()
 
+    @bentoml.on_startup
+    def stop_after_the_entry(self) -> None:
+        # On SIGTERM the entry drains its in-flight requests; they need this runner alive.
+        outlive_the_entry(max_s=settings.drain_max_s)
+
     @bentoml.api(
         batchable=True,
         max_batch_size=settings.max_batch_size,
@@ -96,6 +104,7 @@ class KeyedPrediction:
         stored = self.model_ref
         self.spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
         self.metrics = get_metrics()
+        self.entry_lock = hold_entry_lock()  # the runner stops only after this worker
 
     @bentoml.api
     async def predict(
@@ -176,4 +185,12 @@ class KeyedPrediction:
         return reassemble_by_key(chunks, results)
 
 
+# Starlette runs the first middleware added outermost: the gate sees every request first.
+KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
+    EntryGate,
+    api_token=settings.api_token,
+    max_body_bytes=settings.max_body_bytes,
+    max_concurrency=settings.max_concurrency,
+    retry_after_s=settings.retry_after_s,
+)
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]

@@ -1,14 +1,27 @@
-"""HTTP helpers of the entry: the one error body shape, and a GET alias for POST-only APIs."""
+"""HTTP helpers of the entry: the one error body shape, the gate every request passes, and
+a GET alias for POST-only APIs."""
 
 from __future__ import annotations
 
+import contextvars
+import hmac
+import logging
+import re
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyed_serving.schemas import ErrorDetail, ErrorResponse
+
+# Probes and scrapers must work without a token and must never be refused for load.
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+OVERLOAD_STATUSES = frozenset({429, 503, 504})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
 def error_response(
@@ -28,6 +41,163 @@ def error_response(
     )
 
 
+class RequestIdFilter(logging.Filter):
+    """Appends the current request's id to this project's log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = request_id.get()
+        if current != "-" and "request_id=" not in str(record.msg):
+            record.msg = f"{record.msg} [request_id={current}]"
+        return True
+
+
+class EntryGate:
+    """Every request to the entry passes here first.
+
+    - gives it a request id (the caller's ``X-Request-ID`` if sane), sent back on the answer
+      and added to this project's log lines;
+    - with a token configured, asks for ``Authorization: Bearer <token>`` (401 otherwise,
+      compared in constant time), except on the probe and metrics paths;
+    - refuses bodies that are not JSON (415) or larger than ``max_body_bytes`` (413);
+    - answers 429 when ``max_concurrency`` requests are already in flight on this worker;
+    - makes sure every 429/503/504 carries ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_token: str | None,
+        max_body_bytes: int,
+        max_concurrency: int,
+        retry_after_s: int,
+    ) -> None:
+        self.app = app
+        self.token = f"Bearer {api_token}".encode() if api_token else None
+        self.max_body_bytes = max_body_bytes
+        self.max_concurrency = max_concurrency
+        self.retry_after = str(retry_after_s)
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        incoming = headers.get("x-request-id", "")
+        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+        try:
+            await self._gate(scope, headers, receive, self._stamped(send, rid))
+        finally:
+            request_id.reset(token)
+
+    def _stamped(self, send: Send, rid: str) -> Send:
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                response_headers["x-request-id"] = rid
+                if message["status"] in OVERLOAD_STATUSES and "retry-after" not in response_headers:
+                    response_headers["retry-after"] = self.retry_after
+            await send(message)
+
+        return stamped
+
+    async def _gate(self, scope: Scope, headers: Headers, receive: Receive, send: Send) -> None:
+        if scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.token is not None:
+            offered = headers.get("authorization", "").encode()
+            if not hmac.compare_digest(offered, self.token):
+                await _refuse(
+                    scope,
+                    receive,
+                    send,
+                    401,
+                    "missing or wrong bearer token",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                return
+        if self.in_flight >= self.max_concurrency:
+            await _refuse(
+                scope,
+                receive,
+                send,
+                429,
+                f"more than {self.max_concurrency} requests in flight; retry later",
+                {"Retry-After": self.retry_after},
+            )
+            return
+        self.in_flight += 1
+        try:
+            await self._admit(scope, headers, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _admit(self, scope: Scope, headers: Headers, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _refuse(scope, receive, send, 413, self._too_large())
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                await _refuse(scope, receive, send, 413, self._too_large())
+                return
+            if not message.get("more_body", False):
+                break
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if body and media_type != "application/json":
+            shown = media_type or "none"
+            await _refuse(
+                scope,
+                receive,
+                send,
+                415,
+                f"content type {shown!r} is not accepted; send application/json",
+            )
+            return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    def _too_large(self) -> str:
+        return (
+            f"request body larger than {self.max_body_bytes} bytes; "
+            "split the instances over several requests"
+        )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()  # the client's disconnect, if it comes
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _refuse(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    summary: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    await error_response(status, summary, headers=headers)(scope, receive, send)
+
+
 class GetAlias:
     """Answers ``GET path`` as ``POST path`` with an empty JSON body.
 
@@ -43,18 +213,8 @@ class GetAlias:
         if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
-        headers = [
-            (k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")
-        ]
+        replaced = (b"content-type", b"content-length")
+        headers = [(k, v) for k, v in scope["headers"] if k not in replaced]
         headers += [(b"content-type", b"application/json"), (b"content-length", b"2")]
         post_scope: dict[str, Any] = {**scope, "method": "POST", "headers": headers}
-        sent = False
-
-        async def empty_json_body() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()  # the client's disconnect, if it comes
-            sent = True
-            return {"type": "http.request", "body": b"{}", "more_body": False}
-
-        await self.app(post_scope, empty_json_body, send)
+        await self.app(post_scope, _replay(b"{}", receive), send)

@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     retry_initial_backoff_s: float = Field(default=0.05, gt=0)
     retry_max_backoff_s: float = Field(default=1.0, gt=0)
     retry_after_s: int = Field(default=1, ge=1)
+    # On SIGTERM the runner serves on until the entry has exited, at most this long: just
+    # below the 30 s after which circus (bentoml serve) kills a worker that has not stopped.
+    drain_max_s: float = Field(default=28.0, gt=0)
+    # The entry's own bounds (per worker). See README "Limits" for how they were chosen.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_concurrency: int = Field(default=128, ge=1)
+    api_token: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("API_TOKEN", "KEYED_API_TOKEN"),
+        repr=False,
+        description="When set, every API asks for Authorization: Bearer <token>.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -134,3 +134,41 @@ def test_pickle_bodies_are_refused_on_the_public_entry(client: TestClient) -> No
         headers={"content-type": "application/vnd.bentoml+pickle"},
     )
     assert response.status_code == 415
+
+
+def test_bodies_that_are_not_json_are_refused(client: TestClient) -> None:
+    response = client.post(
+        "/predict", content=b'{"instances": []}', headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+
+
+def test_every_answer_carries_a_request_id(client: TestClient) -> None:
+    ok = post(client, {"instances": [{"key": 1, "features": GOOD}]})
+    bad = post(client, {"instances": []})
+    assert ok.headers["x-request-id"] and bad.headers["x-request-id"]
+    assert ok.headers["x-request-id"] != bad.headers["x-request-id"]
+
+
+def test_per_instance_errors_answer_every_key_with_200(client: TestClient) -> None:
+    body = {
+        "errors": "per_instance",
+        "instances": [
+            {"key": "good", "features": GOOD},
+            {"key": "list", "features": {**GOOD, "sepal_width_cm": [1, 2]}},
+            {"key": "huge", "features": {**GOOD, "petal_width_cm": 1e308}},
+        ],
+    }
+    response = post(client, body)
+    assert response.status_code == 200
+    answer = response.json()
+    assert [e["key"] for e in answer["predictions"]] == ["good", "list", "huge"]
+    assert answer["predictions"][0]["prediction"] == "setosa"
+    assert answer["predictions"][1]["error"]["code"] == "wrong_type"
+    assert answer["predictions"][2]["error"]["code"] == "out_of_range"
+    assert answer["summary"] == {"received": 3, "predicted": 1, "failed": 2}
+
+
+def test_an_unknown_error_mode_is_refused(client: TestClient) -> None:
+    response = post(client, {"errors": "ignore", "instances": [{"key": 1, "features": GOOD}]})
+    assert response.status_code == 400 and "errors" in response.text
