@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 export BENTOML_DO_NOT_TRACK := True
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve train test test-fast lint typecheck check build contract clean
+.PHONY: help install serve train test test-fast lint typecheck check build contract soak bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ check: lint typecheck test ## everything CI should be happy with
 build: install ## bentoml build (the bento carries the model named by MODEL_TAG)
 	$(BIN)/python train.py --if-missing
 	$(BIN)/bentoml build .
+
+soak: install ## 64 clients x 60 s with 5% poisoned instances against a real server; fails on any lost or mispaired key
+	$(BIN)/python bench/soak.py --clients 64 --seconds 60 --poison 0.05 --out bench/soak.md
+
+bench: install ## the batching sweep (bench/batching_sweep.md)
+	$(BIN)/python bench/batching_sweep.py
 
 contract: ## check a running server (URL=...) against the shared wire contract
 	$(BIN)/python ../shared/contract_check.py $(or $(URL),http://127.0.0.1:$(PORT))

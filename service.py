@@ -15,7 +15,7 @@ import bentoml
 
 from keyed_serving.chunking import cut
 from keyed_serving.dispatch import RunnerUnavailable, send_chunks
-from keyed_serving.http import EntryGate, GetAlias, RequestIdFilter, error_response
+from keyed_serving.http import EntryGate, GetAlias, RefinedDocs, RequestIdFilter, error_response
 from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
 from keyed_serving.metrics import get_metrics
 from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec
@@ -194,3 +194,4 @@ KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
     retry_after_s=settings.retry_after_s,
 )
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
+KeyedPrediction.add_asgi_middleware(RefinedDocs, model_tag=settings.model_tag)  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import hmac
+import json
 import logging
 import re
 import uuid
@@ -196,6 +197,41 @@ async def _refuse(
     headers: Mapping[str, str] | None = None,
 ) -> None:
     await error_response(status, summary, headers=headers)(scope, receive, send)
+
+
+class RefinedDocs:
+    """Serves ``/docs.json`` refined for the served model (see ``keyed_serving.openapi``)."""
+
+    def __init__(self, app: ASGIApp, model_tag: str, path: str = "/docs.json") -> None:
+        self.app = app
+        self.model_tag = model_tag
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        body = b"".join(chunks)
+        if start.get("status") == 200:
+            from keyed_serving.model import ModelSpec
+            from keyed_serving.openapi import refine_openapi
+
+            refined = refine_openapi(json.loads(body), ModelSpec.load(self.model_tag))
+            body = json.dumps(refined).encode()
+        headers = MutableHeaders(raw=list(start.get("headers", [])))
+        headers["content-length"] = str(len(body))
+        await send({**start, "headers": headers.raw})
+        await send({"type": "http.response.body", "body": body})
 
 
 class GetAlias:

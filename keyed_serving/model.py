@@ -53,6 +53,14 @@ class ModelSpec:
             holdout_score=Score.model_validate(metadata["holdout_score"]),
         )
 
+    @classmethod
+    def load(cls, tag: str) -> ModelSpec:
+        """From the model store, metadata only: the pipeline is not unpickled."""
+        import bentoml
+
+        stored = bentoml.models.get(tag)
+        return cls.from_metadata(str(stored.tag), stored.info.metadata)
+
     @property
     def feature_names(self) -> list[str]:
         return [feature.name for feature in self.features]

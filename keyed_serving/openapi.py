@@ -1,0 +1,99 @@
+"""Makes the served OpenAPI document say what the API really takes and gives.
+
+BentoML generates ``/docs.json`` from the Python signatures, which know nothing of the
+model: features are "any object", and the error answers are BentoML's generic ones.
+Here the document gets the served model's feature names and types, every status the
+entry answers with its body shape and ``Retry-After`` where it applies, and the GET alias
+of ``/model_info``. A fuzzer (schemathesis, in the tests) then checks the service
+against a document that means something.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from keyed_serving.model import ModelSpec
+from keyed_serving.schemas import ErrorResponse
+
+ERROR_REF = "#/components/schemas/ErrorResponse"
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before sending the same request again.",
+        "schema": {"type": "integer"},
+        "required": True,
+    }
+}
+PREDICT_ERRORS = {
+    "400": ("Invalid request: each problem names the key and the field at fault.", False),
+    "401": ("Missing or wrong bearer token (when the server has one configured).", False),
+    "413": ("Request body larger than the server accepts.", False),
+    "415": ("Body is not application/json.", False),
+    "422": ("The model could not predict some instances (errors=reject).", False),
+    "429": ("Too many requests in flight on this worker.", True),
+    "500": ("Internal error: the results did not match the keys sent (counted, logged).", False),
+    "503": ("The model runner stayed overloaded or unavailable; retry later.", True),
+}
+
+
+def feature_schema(spec: ModelSpec) -> dict[str, Any]:
+    properties = {}
+    for feature in spec.features:
+        # OpenAPI 3.0 (what BentoML writes) says "nullable", not a list of types.
+        if feature.type == "number":
+            properties[feature.name] = {
+                "type": "number",
+                "nullable": True,
+                "minimum": -3.4e38,
+                "maximum": 3.4e38,
+            }
+        else:
+            entry: dict[str, Any] = {"type": "string", "nullable": True}
+            if feature.categories:
+                entry["examples"] = feature.categories[:5]
+            properties[feature.name] = entry
+    return {
+        "type": "object",
+        "description": "Every feature of the model, by name: numbers for number features, "
+        "strings for category features (unseen categories are taken), null where unknown.",
+        "properties": properties,
+        "required": spec.feature_names,
+        "additionalProperties": False,
+    }
+
+
+def refine_openapi(document: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    doc = copy.deepcopy(document)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(error_schema.pop("$defs", {}))
+    schemas["ErrorResponse"] = error_schema
+    if "Instance" in schemas:
+        schemas["Instance"]["properties"]["features"] = feature_schema(spec)
+
+    paths = doc.get("paths", {})
+    if "/predict" in paths:
+        responses = paths["/predict"]["post"]["responses"]
+        responses.pop("404", None)
+        for status, (description, retry) in PREDICT_ERRORS.items():
+            response: dict[str, Any] = {
+                "description": description,
+                "content": {"application/json": {"schema": {"$ref": ERROR_REF}}},
+            }
+            if retry:
+                response["headers"] = RETRY_AFTER
+            responses[status] = response
+    if "/model_info" in paths:
+        post = paths["/model_info"]["post"]
+        for status in ("400", "404", "500"):
+            post["responses"].pop(status, None)
+        post["responses"]["401"] = {
+            "description": PREDICT_ERRORS["401"][0],
+            "content": {"application/json": {"schema": {"$ref": ERROR_REF}}},
+        }
+        post["requestBody"]["required"] = False
+        get = copy.deepcopy(post)
+        get.pop("requestBody", None)
+        get["operationId"] = post.get("operationId", "model_info") + "_get"
+        paths["/model_info"]["get"] = get
+    return doc
