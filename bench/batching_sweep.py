@@ -149,13 +149,17 @@ def in_process_rows_per_s(tag: str) -> dict[int, float]:
 
 
 def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="keyed-bench-home-") as home:
+        os.environ["BENTOML_HOME"] = home  # a store of its own, removed afterwards
+        return run()
+
+
+def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "batching_sweep.md"))
     args = parser.parse_args()
 
-    home = tempfile.mkdtemp(prefix="keyed-bench-")
-    os.environ["BENTOML_HOME"] = home
     os.environ["BENTOML_DO_NOT_TRACK"] = "True"
     from conftest import served  # the tests' server helper: free port, stops the workers
 

@@ -117,6 +117,24 @@ def customer_model(customer_csv: Path) -> str:
     return tag
 
 
+def save_strict_copy(tag: str, name: str) -> str:
+    """A copy of a trained model that raises on a category it has not seen, as many real
+    pipelines do (ours ignore them): a value that passes validation and still makes the
+    model raise on a micro-batch, to exercise the runner's poison isolation. Its tag."""
+    import bentoml
+    import joblib
+
+    from keyed_serving.model import MODEL_FILE
+
+    stored = bentoml.models.get(tag)
+    pipeline = joblib.load(stored.path_of(MODEL_FILE))
+    encoder = pipeline.named_steps["preprocess"].named_transformers_["categories"]
+    encoder.named_steps["encode"].handle_unknown = "error"
+    with bentoml.models.create(name, metadata=stored.info.metadata) as ref:
+        joblib.dump(pipeline, ref.path_of(MODEL_FILE))
+    return str(ref.tag)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

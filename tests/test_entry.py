@@ -96,6 +96,17 @@ class MicroBatchingRunner:
         return await future
 
 
+def always_raising(error: Exception) -> tuple[Callable[[list[KeyedRow]], Any], list[int]]:
+    """A runner call that always fails with `error`, and the list of its attempts' sizes."""
+    attempts: list[int] = []
+
+    async def predict(rows: list[KeyedRow]) -> list[KeyedResult]:
+        attempts.append(len(rows))
+        raise error
+
+    return predict, attempts
+
+
 def mismatches() -> float:
     return REGISTRY.get_sample_value("keyed_key_mismatches_total") or 0.0
 
@@ -200,18 +211,12 @@ def test_a_runner_that_stays_overloaded_gets_503_with_retry_after(
         "settings",
         get_settings().model_copy(update={"request_deadline_s": 0.3, "retry_max_backoff_s": 0.05}),
     )
-    attempts = 0
-
-    async def overloaded(rows: list[KeyedRow]) -> list[KeyedResult]:
-        nonlocal attempts
-        attempts += 1
-        raise ServiceUnavailable("process is overloaded")
-
+    overloaded, attempts = always_raising(ServiceUnavailable("process is overloaded"))
     entry.runner = runner(overloaded)
     answer = asyncio.run(entry.predict(instances=flowers(3, seed=5)))
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == str(get_settings().retry_after_s)
-    assert attempts > 1
+    assert len(attempts) > 1
 
 
 def test_a_runner_that_hangs_gets_503_at_the_deadline(
@@ -233,17 +238,11 @@ def test_a_runner_that_hangs_gets_503_at_the_deadline(
 
 
 def test_a_deterministic_runner_error_is_not_retried(entry: Any) -> None:
-    attempts = 0
-
-    async def broken(rows: list[KeyedRow]) -> list[KeyedResult]:
-        nonlocal attempts
-        attempts += 1
-        raise InternalServerError("model raised")
-
+    broken, attempts = always_raising(InternalServerError("model raised"))
     entry.runner = runner(broken)
     with pytest.raises(InternalServerError):
         asyncio.run(entry.predict(instances=flowers(2, seed=7)))
-    assert attempts == 1
+    assert len(attempts) == 1
 
 
 def test_bad_input_is_rejected_before_anything_is_predicted(entry: Any) -> None:

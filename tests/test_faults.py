@@ -19,7 +19,14 @@ import httpx
 import joblib
 import psutil
 import pytest
-from conftest import ROOT, free_port, make_customer_table, stop_server, wait_until_ready
+from conftest import (
+    ROOT,
+    free_port,
+    make_customer_table,
+    save_strict_copy,
+    stop_server,
+    wait_until_ready,
+)
 
 from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
 
@@ -231,16 +238,7 @@ def test_the_runner_is_not_reachable_over_the_network(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def strict_model(customer_model: str) -> str:
-    """The customer model, except that it raises on a category it has not seen (as many real
-    pipelines do): a value that passes validation and still poisons a micro-batch."""
-    stored = bentoml.models.get(customer_model)
-    pipeline = joblib.load(stored.path_of(MODEL_FILE))
-    pipeline.named_steps["preprocess"].named_transformers_["categories"].named_steps[
-        "encode"
-    ].handle_unknown = "error"
-    with bentoml.models.create("customers_strict", metadata=stored.info.metadata) as ref:
-        joblib.dump(pipeline, ref.path_of(MODEL_FILE))
-    return str(ref.tag)
+    return save_strict_copy(customer_model, "customers_strict")
 
 
 def test_poison_from_some_clients_fails_no_clean_request(strict_model: str) -> None:
