@@ -161,7 +161,7 @@ def run() -> int:
     args = parser.parse_args()
 
     os.environ["BENTOML_DO_NOT_TRACK"] = "True"
-    from conftest import served  # the tests' server helper: free port, stops the workers
+    from support import served  # the tests' server helper: free port, stops the workers
 
     from keyed_serving.training import train_default
 

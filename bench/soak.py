@@ -225,7 +225,7 @@ def run() -> int:
     os.environ["BENTOML_DO_NOT_TRACK"] = "True"
     import bentoml
     import joblib
-    from conftest import make_customer_table, save_strict_copy, served
+    from support import make_customer_table, save_strict_copy, served
 
     from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
     from keyed_serving.training import train_and_save

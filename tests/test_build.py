@@ -10,7 +10,7 @@ import bentoml
 import httpx
 import pytest
 import yaml
-from conftest import ROOT, served
+from support import ROOT, served
 
 
 def test_the_bento_asks_for_the_same_packages_as_the_project() -> None:

@@ -19,7 +19,7 @@ import httpx
 import joblib
 import psutil
 import pytest
-from conftest import (
+from support import (
     ROOT,
     free_port,
     make_customer_table,

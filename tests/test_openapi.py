@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import served
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -16,6 +15,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support import served
 
 from keyed_serving.model import ModelSpec
 from keyed_serving.openapi import refine_openapi

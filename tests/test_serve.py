@@ -14,7 +14,7 @@ import httpx
 import joblib
 import pandas as pd
 import pytest
-from conftest import SHARED, make_customer_table, served
+from support import SHARED, make_customer_table, served
 
 from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
 

@@ -9,8 +9,8 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, make_customer_table
 from sklearn.pipeline import Pipeline
+from support import ROOT, make_customer_table
 
 from keyed_serving.model import MODEL_FILE, LoadedModel, to_frame
 from keyed_serving.schemas import KeyedRow
