@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,32 +98,96 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: floa
     raise TimeoutError(f"server at {url} not ready after {timeout_s} s")
 
 
-@contextlib.contextmanager
-def served(target: str = "service:KeyedPrediction", cwd: Path = ROOT, **env: str) -> Iterator[str]:
-    """A real `bentoml serve` on a free loopback port; stopped, workers and all, on exit.
+class Server:
+    """A real `bentoml serve` on a free loopback port, in a session of its own.
 
-    Its log is printed when the body fails, so a failing test shows what the server saw."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    bentoml_cli = str(Path(sys.executable).parent / "bentoml")
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [bentoml_cli, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+    It gets a BentoML home of its own holding a copy of the current home's models and
+    bentos: two servers sharing a home share one Prometheus directory, and each start
+    wipes it, so neither's /metrics could be trusted."""
+
+    def __init__(
+        self, target: str = "service:KeyedPrediction", cwd: Path = ROOT, **env: str
+    ) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="keyed-server-home-"))
+        source = Path(os.environ["BENTOML_HOME"])
+        for store in ("models", "bentos"):
+            if (source / store).exists():
+                shutil.copytree(source / store, self.home / store, symlinks=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  # closed in stop()
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "bentoml"),
+                "serve",
+                target,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             cwd=cwd,
-            env={**os.environ, **env},
-            stdout=log,
+            env={**os.environ, "BENTOML_HOME": str(self.home), **env},
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
-            wait_until_ready(url, process)
-            yield url
+            wait_until_ready(self.url, self.process)
         except BaseException:
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-6000:])
+            self.print_log()
+            self.stop()
             raise
-        finally:
-            stop_server(process)
+
+    def worker(self, service: str) -> psutil.Process:
+        """The worker process of the entry ("KeyedPrediction") or the runner ("ModelRunner")."""
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                cmdline = " ".join(child.cmdline())
+            except psutil.Error:  # a worker just killed, not yet reaped
+                continue
+            if "_bentoml_impl.worker" in cmdline and (
+                (service == "ModelRunner") == ("--service-name ModelRunner" in cmdline)
+            ):
+                return child
+        raise LookupError(service)
+
+    def kill(self) -> None:
+        """Gone at once, workers and all, as a machine that dies."""
+        family = [
+            psutil.Process(self.process.pid),
+            *psutil.Process(self.process.pid).children(recursive=True),
+        ]
+        for process in family:
+            process.kill()
+        psutil.wait_procs(family, timeout=10)
+        self.process.wait(timeout=10)
+        # The drain lock a graceful runner would have removed (keyed_serving.lifecycle).
+        lock = Path(tempfile.gettempdir()) / f"keyed-serving-{self.process.pid}.entry.lock"
+        lock.unlink(missing_ok=True)
+
+    def print_log(self) -> None:
+        self.log.seek(0)
+        sys.stderr.write(self.log.read().decode(errors="replace")[-6000:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            stop_server(self.process)
+        self.log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def served(target: str = "service:KeyedPrediction", cwd: Path = ROOT, **env: str) -> Iterator[str]:
+    """A real server for the body's duration; its log is printed if the body fails."""
+    server = Server(target, cwd, **env)
+    try:
+        yield server.url
+    except BaseException:
+        server.print_log()
+        raise
+    finally:
+        server.stop()
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:

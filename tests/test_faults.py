@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -19,14 +15,7 @@ import httpx
 import joblib
 import psutil
 import pytest
-from support import (
-    ROOT,
-    free_port,
-    make_customer_table,
-    save_strict_copy,
-    stop_server,
-    wait_until_ready,
-)
+from support import Server, make_customer_table, save_strict_copy
 
 from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
 
@@ -34,49 +23,9 @@ pytestmark = pytest.mark.slow
 FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 
 
-class Server:
-    """A `bentoml serve` whose processes a test may signal; stopped at the end regardless."""
-
-    def __init__(self, tag: str, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "bentoml"),
-                "serve",
-                "service:KeyedPrediction",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            cwd=ROOT,
-            env={**os.environ, "MODEL_TAG": tag, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        wait_until_ready(self.url, self.process)
-
-    def worker(self, service: str) -> psutil.Process:
-        for child in psutil.Process(self.process.pid).children(recursive=True):
-            try:
-                cmdline = " ".join(child.cmdline())
-            except psutil.Error:  # a worker just killed, not yet reaped
-                continue
-            if "_bentoml_impl.worker" in cmdline and (
-                (service == "ModelRunner") == ("--service-name ModelRunner" in cmdline)
-            ):
-                return child
-        raise LookupError(service)
-
-    def stop(self) -> None:
-        stop_server(self.process)
-
-
 @pytest.fixture
 def server(default_model: str) -> Iterator[Server]:
-    running = Server(default_model)
+    running = Server(MODEL_TAG=default_model)
     yield running
     running.stop()
 
@@ -188,7 +137,7 @@ def test_sigterm_lets_a_request_in_flight_finish(server: Server, default_model: 
 
 def test_with_api_token_set_no_api_answers_without_it(default_model: str) -> None:
     token = "t0ken-" + "x" * 20
-    running = Server(default_model, API_TOKEN=token)
+    running = Server(MODEL_TAG=default_model, API_TOKEN=token)
     try:
         body = {"instances": flowers(2, seed=1)}
         bare = httpx.post(f"{running.url}/predict", json=body)
@@ -242,7 +191,7 @@ def strict_model(customer_model: str) -> str:
 
 
 def test_poison_from_some_clients_fails_no_clean_request(strict_model: str) -> None:
-    running = Server(strict_model)
+    running = Server(MODEL_TAG=strict_model)
     try:
         table = make_customer_table(3000, seed=5)
         stored = bentoml.models.get(strict_model)
