@@ -1,7 +1,9 @@
 """The HTTP surface: a public keyed entry service over an adaptive-batching model runner.
 
-    POST /predict      {"instances": [{"key": ..., "features": {...}}, ...]}
-    POST /model_info   (GET too) what the model takes and gives
+    POST /predict            {"instances": [{"key": ..., "features": {...}}, ...]}
+    POST /predict_file       a table file in (multipart), the scored file out
+    POST /predict_file_task  the same as a background task (/submit, /status, /get)
+    POST /model_info         (GET too) what the model takes and gives
 
 Stages of a request (see keyed_serving/__init__.py): validate -> cut -> runner
 micro-batches -> reassemble, with keys checked on the way back.
@@ -10,11 +12,18 @@ micro-batches -> reassemble, with keys checked on the way back.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import bentoml
+from starlette.background import BackgroundTask
+from starlette.responses import FileResponse, Response
 
 from keyed_serving.chunking import cut
 from keyed_serving.dispatch import RunnerUnavailable, send_chunks
+from keyed_serving.file_scoring import InvalidFile, score_file
 from keyed_serving.http import EntryGate, GetAlias, RefinedDocs, RequestIdFilter, error_response
 from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
 from keyed_serving.metrics import get_metrics
@@ -35,6 +44,7 @@ from keyed_serving.schemas import (
     Summary,
 )
 from keyed_serving.settings import get_settings
+from keyed_serving.tables import MEDIA_TYPES, format_of
 from keyed_serving.validate import (
     InvalidRequest,
     ValidRow,
@@ -47,6 +57,8 @@ logger = logging.getLogger("keyed_serving")
 for _name in ("keyed_serving", "keyed_serving.dispatch", "keyed_serving.model"):
     logging.getLogger(_name).addFilter(RequestIdFilter())
 settings = get_settings()
+# BentoML routes a task at its path (run now) and at /submit (run in the background).
+FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
 
 
 @bentoml.service(
@@ -164,10 +176,73 @@ class KeyedPrediction:
         )
 
     @bentoml.api
+    async def predict_file(self, file: Path, key: str, keep: str = "") -> Path:
+        """Score a table file: multipart/form-data with `file` (CSV, Parquet or JSON Lines,
+        by its extension), `key` (the key column) and `keep` (columns to copy, a,b,c).
+        Answers the scored file in the same format: the key, prediction, one
+        probability_<class> column per class, error (why a key has no prediction), and
+        the kept columns, in file order. 400 names what is wrong with a file (format, key
+        column, duplicate keys, missing features) before anything is predicted."""
+        return await self._score_upload(file, key, keep, in_memory=False)  # type: ignore[no-any-return]
+
+    @bentoml.task
+    async def predict_file_task(self, file: Path, key: str, keep: str = "") -> Path:
+        """The same as /predict_file, as a task for large files: POST
+        /predict_file_task/submit, then GET /predict_file_task/status and /get?task_id=."""
+        return await self._score_upload(file, key, keep, in_memory=True)  # type: ignore[no-any-return]
+
+    @bentoml.api
     def model_info(self) -> ModelInfo:
         """What the model takes and gives: features with their types, classes, task and
         holdout score. Also served on GET."""
         return self.spec.info(settings.max_instances)
+
+    async def _score_upload(self, file: Path, key: str, keep: str, in_memory: bool) -> Any:
+        work = Path(tempfile.mkdtemp(prefix="keyed-file-"))
+        target = work / f"scored{file.suffix.lower()}"
+        try:
+            summary = await score_file(
+                file,
+                target,
+                key,
+                [c for c in keep.split(",") if c],
+                self.spec,
+                self._predict_rows_by_key,
+                settings.file_batch_rows,
+            )
+        except InvalidFile as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            return error_response(400, f"the file cannot be scored: {exc}")
+        except RunnerUnavailable as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            logger.warning("answering 503 to a file: %s", exc)
+            return error_response(
+                503,
+                "the model runner is overloaded or unavailable",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        self.metrics.instances.labels("predicted").inc(summary.predicted)
+        self.metrics.instances.labels("answered_with_error").inc(summary.failed)
+        headers = {
+            "X-Rows": str(summary.rows),
+            "X-Predicted": str(summary.predicted),
+            "X-Failed": str(summary.failed),
+        }
+        media_type = MEDIA_TYPES[format_of(target)]
+        if in_memory:  # a task's result is stored by BentoML, not streamed from this file
+            content = target.read_bytes()
+            shutil.rmtree(work, ignore_errors=True)
+            return Response(content, media_type=media_type, headers=headers)
+        return FileResponse(
+            target,
+            filename=target.name,
+            media_type=media_type,
+            headers=headers,
+            background=BackgroundTask(shutil.rmtree, work),
+        )
 
     async def _predict_rows_by_key(self, rows: list[ValidRow]) -> list[KeyedResult]:
         """Rows -> chunks -> runner micro-batches -> results in row order, keys verified."""
@@ -192,6 +267,8 @@ KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
     max_body_bytes=settings.max_body_bytes,
     max_concurrency=settings.max_concurrency,
     retry_after_s=settings.retry_after_s,
+    file_paths=FILE_PATHS,
+    max_file_bytes=settings.max_file_bytes,
 )
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(RefinedDocs, model_tag=settings.model_tag)  # type: ignore[attr-defined]

@@ -10,4 +10,9 @@ The request path, one module per stage:
 6. reassemble: :mod:`keyed_serving.reassemble`, chunk results -> one answer, checked key by key.
 
 :mod:`keyed_serving.dispatch` carries chunks from 3 to 4 and back (retries, deadline).
+
+Around them: :mod:`keyed_serving.http` (the gate in front of the entry),
+:mod:`keyed_serving.file_scoring` (/predict_file through the same stages),
+:mod:`keyed_serving.client` and :mod:`keyed_serving.cli` (``keyed-score``: wire format
+only), :mod:`keyed_serving.tables` (file formats), :mod:`keyed_serving.training`.
 """

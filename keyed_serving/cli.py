@@ -22,8 +22,16 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from keyed_serving.client import InvalidKeys, KeyedClient, check_keys
-from keyed_serving.tables import TableWriter, columns_of, format_of, iter_batches, read_keys
+from keyed_serving.client import KeyedClient
+from keyed_serving.tables import (
+    InvalidKeys,
+    TableWriter,
+    check_keys,
+    columns_of,
+    format_of,
+    iter_batches,
+    read_keys,
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

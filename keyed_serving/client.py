@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import numpy as np
 import pandas as pd
 
+from keyed_serving.tables import (
+    InvalidKeys,
+    check_keys,
+    json_value,
+    number_or_as_is,
+    scored_table,
+)
+
 Key = str | int
+__all__ = ["InvalidKeys", "KeyedClient", "ScoringError", "check_keys"]
 # Answers that mean "this server is busy or unwell for now": try again, maybe elsewhere.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -43,10 +50,6 @@ class ScoringError(Exception):
         super().__init__(f"{len(failed)} key(s) could not be scored: {shown}{more}")
 
 
-class InvalidKeys(ValueError):
-    """The input's keys are unusable as they are (found before anything is sent)."""
-
-
 @dataclass
 class _Server:
     url: str
@@ -61,44 +64,6 @@ class _Chunk:
     attempts: int = 0
     last_error: str = ""
     tried: set[str] = field(default_factory=set)
-
-
-def check_keys(keys: Sequence[Any]) -> list[Key]:
-    """The keys as JSON keys (int or non-empty str); raises ``InvalidKeys`` naming the bad
-    and duplicated ones."""
-    clean: list[Key] = []
-    empty: list[int] = []
-    for position, key in enumerate(keys):
-        if isinstance(key, np.generic):
-            key = key.item()
-        if isinstance(key, float) and key.is_integer():
-            key = int(key)
-        if isinstance(key, bool) or not isinstance(key, int | str) or key == "":
-            empty.append(position)
-        clean.append(key)
-    if empty:
-        raise InvalidKeys(
-            f"{len(empty)} row(s) without a usable key (empty, missing or not a string or "
-            f"integer), first at rows {empty[:10]}"
-        )
-    seen: dict[tuple[type, Key], int] = {}
-    duplicated: list[Key] = []
-    for key in clean:
-        typed = (type(key), key)
-        seen[typed] = seen.get(typed, 0) + 1
-        if seen[typed] == 2:
-            duplicated.append(key)
-    if duplicated:
-        raise InvalidKeys(f"{len(duplicated)} duplicated key(s): {duplicated[:10]}")
-    return clean
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return None
-    return value
 
 
 class KeyedClient:
@@ -180,14 +145,24 @@ class KeyedClient:
         if absent:
             raise ValueError(f"the input lacks the model's features {absent}")
         columns = {n: frame[n].tolist() for n in names}
+        convert = {
+            f["name"]: number_or_as_is if f["type"] == "number" else json_value
+            for f in info["features"]
+        }
         instances = [
-            {"key": k, "features": {n: _json_value(columns[n][row]) for n in names}}
+            {"key": k, "features": {n: convert[n](columns[n][row]) for n in names}}
             for row, k in enumerate(keys)
         ]
         answered, failed = await self._score_instances(instances, on_progress)
-        return self._table(frame, key, keep, keys, answered, info), {
-            keys[p]: reason for p, reason in sorted(failed.items())
-        }
+        positions = sorted(answered)
+        table = scored_table(
+            [keys[p] for p in positions],
+            [answered[p] for p in positions],
+            key,
+            info.get("classes"),
+            frame[list(keep)].iloc[positions],
+        )
+        return table, {keys[p]: reason for p, reason in sorted(failed.items())}
 
     async def _model_info(self) -> dict[str, Any]:
         errors = []
@@ -329,24 +304,3 @@ class KeyedClient:
         for position in chunk.positions:  # the request itself was refused: final
             failed[position] = chunk.last_error
         return "done"
-
-    @staticmethod
-    def _table(
-        frame: pd.DataFrame,
-        key: str,
-        keep: Sequence[str],
-        keys: list[Key],
-        answered: dict[int, dict[str, Any]],
-        info: dict[str, Any],
-    ) -> pd.DataFrame:
-        positions = sorted(answered)
-        table: dict[str, Any] = {key: [keys[p] for p in positions]}
-        table["prediction"] = [answered[p]["prediction"] for p in positions]
-        for label in info.get("classes") or []:
-            table[f"probability_{label}"] = [
-                answered[p]["probabilities"][str(label)] for p in positions
-            ]
-        for column in keep:
-            values = frame[column].tolist()
-            table[column] = [values[p] for p in positions]
-        return pd.DataFrame(table)

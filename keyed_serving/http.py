@@ -72,6 +72,8 @@ class EntryGate:
         max_body_bytes: int,
         max_concurrency: int,
         retry_after_s: int,
+        file_paths: Iterable[str] = (),
+        max_file_bytes: int = 0,
     ) -> None:
         self.app = app
         self.token = f"Bearer {api_token}".encode() if api_token else None
@@ -79,6 +81,8 @@ class EntryGate:
         self.max_concurrency = max_concurrency
         self.retry_after = str(retry_after_s)
         self.in_flight = 0
+        self.file_paths = frozenset(file_paths)
+        self.max_file_bytes = max_file_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,6 +144,9 @@ class EntryGate:
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
+        if scope["path"] in self.file_paths:
+            await self._admit_upload(scope, headers, receive, send)
+            return
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _refuse(scope, receive, send, 413, self._too_large())
@@ -167,6 +174,26 @@ class EntryGate:
             )
             return
         await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _admit_upload(
+        self, scope: Scope, headers: Headers, receive: Receive, send: Send
+    ) -> None:
+        # Uploads pass through unbuffered (the server spools them to disk); their declared
+        # length is the bound, which the HTTP framing then holds the client to.
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "multipart/form-data":
+            await _refuse(scope, receive, send, 415, "send the file as multipart/form-data")
+            return
+        declared = headers.get("content-length", "")
+        if not declared.isdigit():
+            await _refuse(scope, receive, send, 411, "uploads need a Content-Length")
+            return
+        if int(declared) > self.max_file_bytes:
+            await _refuse(
+                scope, receive, send, 413, f"file larger than {self.max_file_bytes} bytes"
+            )
+            return
+        await self.app(scope, receive, send)
 
     def _too_large(self) -> str:
         return (

@@ -15,6 +15,7 @@ from typing import Any
 
 from keyed_serving.model import ModelSpec
 from keyed_serving.schemas import ErrorResponse
+from keyed_serving.tables import MEDIA_TYPES
 
 ERROR_REF = "#/components/schemas/ErrorResponse"
 RETRY_AFTER = {
@@ -33,6 +34,22 @@ PREDICT_ERRORS = {
     "429": ("Too many requests in flight on this worker.", True),
     "500": ("Internal error: the results did not match the keys sent (counted, logged).", False),
     "503": ("The model runner stayed overloaded or unavailable; retry later.", True),
+}
+FILE_MEDIA_TYPES = tuple(MEDIA_TYPES.values())
+TASK_STATUSES = ["pending", "in_progress", "completed", "failed", "canceled"]
+FILE_ERRORS = {
+    "400": (
+        "The file cannot be scored: unknown format, no key column, duplicate or empty "
+        "keys, missing features.",
+        False,
+    ),
+    "401": PREDICT_ERRORS["401"],
+    "411": ("Uploads need a Content-Length.", False),
+    "413": ("File larger than the server accepts.", False),
+    "415": ("Not multipart/form-data.", False),
+    "429": PREDICT_ERRORS["429"],
+    "500": PREDICT_ERRORS["500"],
+    "503": PREDICT_ERRORS["503"],
 }
 
 
@@ -72,10 +89,16 @@ def refine_openapi(document: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
         schemas["Instance"]["properties"]["features"] = feature_schema(spec)
 
     paths = doc.get("paths", {})
-    if "/predict" in paths:
-        responses = paths["/predict"]["post"]["responses"]
+    scored = [("/predict", PREDICT_ERRORS)] + [
+        (path, FILE_ERRORS)
+        for path in ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
+    ]
+    for path, statuses in scored:
+        if path not in paths or "post" not in paths[path]:
+            continue
+        responses = paths[path]["post"]["responses"]
         responses.pop("404", None)
-        for status, (description, retry) in PREDICT_ERRORS.items():
+        for status, (description, retry) in statuses.items():
             response: dict[str, Any] = {
                 "description": description,
                 "content": {"application/json": {"schema": {"$ref": ERROR_REF}}},
@@ -83,6 +106,33 @@ def refine_openapi(document: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
             if retry:
                 response["headers"] = RETRY_AFTER
             responses[status] = response
+    scored_file = {
+        "description": "The scored table, in the format of the file sent.",
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}} for media in FILE_MEDIA_TYPES
+        },
+    }
+    for path, method in (
+        ("/predict_file", "post"),
+        ("/predict_file_task", "post"),
+        ("/predict_file_task/get", "get"),
+    ):
+        if method in paths.get(path, {}):
+            paths[path][method]["responses"]["200"] = copy.deepcopy(scored_file)
+    if "TaskStatusResponse" in schemas:
+        # What BentoML's task routes really answer (its generated schema asks for fields
+        # and status names they do not send).
+        schemas["TaskStatusResponse"] = {
+            "type": "object",
+            "title": "TaskStatusResponse",
+            "required": ["task_id", "status"],
+            "properties": {
+                "task_id": {"type": "string"},
+                "status": {"type": "string", "enum": TASK_STATUSES},
+                "created_at": {"type": "string", "nullable": True},
+                "executed_at": {"type": "string", "nullable": True},
+            },
+        }
     if "/model_info" in paths:
         post = paths["/model_info"]["post"]
         for status in ("400", "404", "500"):

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # The entry's own bounds (per worker). See README "Limits" for how they were chosen.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_concurrency: int = Field(default=128, ge=1)
+    # /predict_file uploads are streamed to disk, not held in memory: a larger bound.
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    file_batch_rows: int = Field(default=20_000, ge=1)
     api_token: str | None = Field(
         default=None,
         validation_alias=AliasChoices("API_TOKEN", "KEYED_API_TOKEN"),

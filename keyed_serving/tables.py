@@ -3,15 +3,23 @@ and written incrementally so that a large table is never held whole."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+Key = str | int
 Format = Literal["csv", "parquet", "jsonl"]
+MEDIA_TYPES: dict[Format, str] = {
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "jsonl": "application/jsonl",
+}
 EXTENSIONS: dict[str, Format] = {
     ".csv": "csv",
     ".parquet": "parquet",
@@ -19,6 +27,92 @@ EXTENSIONS: dict[str, Format] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
+
+
+class InvalidKeys(ValueError):
+    """The input's keys are unusable as they are (found before anything is sent)."""
+
+
+def check_keys(keys: Sequence[Any]) -> list[Key]:
+    """The keys as JSON keys (int or non-empty str); raises ``InvalidKeys`` naming the bad
+    and duplicated ones."""
+    clean: list[Key] = []
+    empty: list[int] = []
+    for position, key in enumerate(keys):
+        if isinstance(key, np.generic):
+            key = key.item()
+        if isinstance(key, float) and key.is_integer():
+            key = int(key)
+        if isinstance(key, bool) or not isinstance(key, int | str) or key == "":
+            empty.append(position)
+        clean.append(key)
+    if empty:
+        raise InvalidKeys(
+            f"{len(empty)} row(s) without a usable key (empty, missing or not a string or "
+            f"integer), first at rows {empty[:10]}"
+        )
+    seen: dict[tuple[type, Key], int] = {}
+    duplicated: list[Key] = []
+    for key in clean:
+        typed = (type(key), key)
+        seen[typed] = seen.get(typed, 0) + 1
+        if seen[typed] == 2:
+            duplicated.append(key)
+    if duplicated:
+        raise InvalidKeys(f"{len(duplicated)} duplicated key(s): {duplicated[:10]}")
+    return clean
+
+
+def json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    return value
+
+
+def number_or_as_is(value: Any) -> Any:
+    """A number feature's cell: text that reads as a number becomes one. A CSV column with
+    one bad cell is read as text throughout; this keeps that one cell the only failure."""
+    value = json_value(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value  # judged, and refused for that key alone, by the server
+        return None if math.isnan(number) else number
+    return value
+
+
+def scored_table(
+    keys: Sequence[Key],
+    entries: Sequence[dict[str, Any]],
+    key: str,
+    classes: Sequence[Any] | None,
+    kept: pd.DataFrame,
+    error_column: bool = False,
+) -> pd.DataFrame:
+    """The scored rows: the key column, ``prediction``, one ``probability_<class>`` column per
+    class, an ``error`` column (when asked for, or when an entry is an error), then the kept
+    columns. Typed columns, so that every batch of a file has the same schema."""
+    table: dict[str, Any] = {key: list(keys)}
+    table["prediction"] = [e.get("prediction") for e in entries]
+    for label in classes or []:
+        table[f"probability_{label}"] = pd.array(
+            [e["probabilities"][str(label)] if "probabilities" in e else None for e in entries],
+            dtype="Float64",
+        )
+    if error_column or any("error" in e for e in entries):
+        table["error"] = pd.array(
+            [
+                f"{e['error']['code']}: {e['error']['message']}" if "error" in e else None
+                for e in entries
+            ],
+            dtype="string",
+        )
+    for column in kept.columns:
+        table[str(column)] = kept[column].tolist()
+    return pd.DataFrame(table)
 
 
 def format_of(path: str | Path) -> Format:

@@ -17,7 +17,9 @@ os.environ.pop("MODEL_TAG", None)
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 from support import ROOT, make_customer_table  # noqa: E402
@@ -38,6 +40,18 @@ def default_model() -> str:
     from keyed_serving.training import train_default
 
     return train_default().tag
+
+
+@pytest.fixture(scope="session")
+def asgi_client(default_model: str) -> Iterator[Any]:
+    """The entry's HTTP surface in-process, through BentoML's own ASGI app: one per session,
+    since BentoML registers its Prometheus metrics once per process."""
+    from starlette.testclient import TestClient
+
+    import service
+
+    with TestClient(service.KeyedPrediction.to_asgi()) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

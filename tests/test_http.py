@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,12 +16,9 @@ GOOD = {
 }
 
 
-@pytest.fixture(scope="module")
-def client(default_model: str) -> Iterator[TestClient]:
-    import service
-
-    with TestClient(service.KeyedPrediction.to_asgi()) as test_client:
-        yield test_client
+@pytest.fixture
+def client(asgi_client: TestClient) -> TestClient:
+    return asgi_client
 
 
 def post(client: TestClient, body: Any, **kwargs: Any) -> Any:

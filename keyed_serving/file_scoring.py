@@ -1,0 +1,108 @@
+"""Server-side file scoring: an uploaded table in, the scored table out, in the same format.
+
+The file goes through the same stages as a /predict request, a batch of rows at a time
+(validate -> cut -> runner micro-batches -> reassemble by key), so a large file is never
+held whole. Every key comes back: predicted, or with its reason in the ``error`` column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from keyed_serving.model import ModelSpec
+from keyed_serving.reassemble import answer_in_request_order
+from keyed_serving.schemas import Instance, KeyedResult
+from keyed_serving.tables import (
+    InvalidKeys,
+    TableWriter,
+    check_keys,
+    columns_of,
+    format_of,
+    iter_batches,
+    json_value,
+    number_or_as_is,
+    read_keys,
+    scored_table,
+)
+from keyed_serving.validate import ValidRow, validate_instances
+
+PredictRowsByKey = Callable[[list[ValidRow]], Awaitable[list[KeyedResult]]]
+
+
+class InvalidFile(ValueError):
+    """The file cannot be scored as sent; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    rows: int
+    predicted: int
+    failed: int
+
+
+def check_file(path: Path, key: str, keep: Sequence[str], spec: ModelSpec) -> None:
+    """Everything that can be said against the file before any row is predicted."""
+    try:
+        format_of(path)
+        columns = columns_of(path, key)
+    except ValueError as exc:
+        raise InvalidFile(str(exc)) from None
+    except Exception as exc:  # a parser's own complaint about a broken file
+        raise InvalidFile(f"could not read the file: {type(exc).__name__}: {exc}") from None
+    if key not in columns:
+        raise InvalidFile(f"no key column {key!r}; the file has {columns[:20]}")
+    missing = [n for n in spec.feature_names if n not in columns]
+    if missing:
+        raise InvalidFile(f"the file lacks the model's features {missing}")
+    missing_keep = [c for c in keep if c not in columns]
+    if missing_keep:
+        raise InvalidFile(f"columns to keep not in the file: {missing_keep}")
+    try:
+        check_keys(read_keys(path, key))
+    except InvalidKeys as exc:
+        raise InvalidFile(str(exc)) from None
+
+
+async def score_file(
+    source: Path,
+    target: Path,
+    key: str,
+    keep: Sequence[str],
+    spec: ModelSpec,
+    predict_rows_by_key: PredictRowsByKey,
+    batch_rows: int,
+) -> FileSummary:
+    check_file(source, key, keep, spec)
+    names = spec.feature_names
+    writer = TableWriter(target)
+    rows = predicted = 0
+    try:
+        for batch in iter_batches(source, batch_rows, key):
+            keys = check_keys(batch[key].tolist())
+            columns = {n: batch[n].tolist() for n in names}
+            convert = {
+                f.name: number_or_as_is if f.type == "number" else json_value for f in spec.features
+            }
+            instances = [
+                # Built without validation: validate_instances is where values are judged.
+                Instance.model_construct(
+                    key=k, features={n: convert[n](columns[n][row]) for n in names}
+                )
+                for row, k in enumerate(keys)
+            ]
+            valid, failures = validate_instances(instances, spec)
+            results = await predict_rows_by_key(valid)
+            entries = answer_in_request_order(
+                len(instances), valid, results, failures, spec.classes
+            )
+            dumped = [e.model_dump(mode="json", exclude_none=True) for e in entries]
+            writer.write(
+                scored_table(keys, dumped, key, spec.classes, batch[list(keep)], error_column=True)
+            )
+            rows += len(keys)
+            predicted += sum(1 for e in dumped if "error" not in e)
+    finally:
+        writer.close()
+    return FileSummary(rows=rows, predicted=predicted, failed=rows - predicted)

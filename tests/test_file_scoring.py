@@ -1,0 +1,134 @@
+"""/predict_file and its task variant, through BentoML's ASGI app in-process."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import bentoml
+import httpx
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+from support import served
+
+from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
+
+FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+
+
+@pytest.fixture
+def client(asgi_client: TestClient) -> TestClient:
+    return asgi_client
+
+
+def flowers(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(np.round(rng.uniform(0.1, 7.9, (n, 4)), 1), columns=FEATURES)
+    frame.insert(0, "id", [f"00{i}" for i in range(n)])  # leading zeros must survive
+    frame["shelf"] = [f"s{i % 4}" for i in range(n)]
+    return frame
+
+
+def encode(frame: pd.DataFrame, suffix: str) -> bytes:
+    buffer = io.BytesIO()
+    if suffix == ".csv":
+        frame.to_csv(buffer, index=False)
+    elif suffix == ".parquet":
+        frame.to_parquet(buffer)
+    else:
+        frame.to_json(buffer, orient="records", lines=True)
+    return buffer.getvalue()
+
+
+def decode(content: bytes, suffix: str) -> pd.DataFrame:
+    if suffix == ".csv":
+        return pd.read_csv(io.BytesIO(content), dtype={"id": str})
+    if suffix == ".parquet":
+        return pd.read_parquet(io.BytesIO(content))
+    return pd.read_json(io.BytesIO(content), lines=True, dtype=False)
+
+
+def own(default_model: str, frame: pd.DataFrame) -> list[Any]:
+    stored = bentoml.models.get(default_model)
+    spec = ModelSpec.from_metadata(default_model, stored.info.metadata)
+    columns = {n: frame[n].tolist() for n in FEATURES}
+    pipeline = joblib.load(stored.path_of(MODEL_FILE))
+    return pipeline.predict(to_frame(columns, spec.features)).tolist()
+
+
+def upload(
+    client: TestClient, content: bytes, name: str, path: str = "/predict_file", **fields: str
+) -> Any:
+    return client.post(path, files={"file": (name, content)}, data=fields)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_a_file_comes_back_scored_in_its_own_format(
+    client: TestClient, default_model: str, suffix: str
+) -> None:
+    frame = flowers(2_500, seed=1)
+    response = upload(client, encode(frame, suffix), f"flowers{suffix}", key="id", keep="shelf")
+    assert response.status_code == 200, response.text
+    scored = decode(response.content, suffix)
+    assert scored["id"].tolist() == frame["id"].tolist()
+    assert scored["prediction"].tolist() == own(default_model, frame)
+    assert scored["shelf"].tolist() == frame["shelf"].tolist()
+    assert scored["error"].isna().all()
+    assert response.headers["x-rows"] == "2500" and response.headers["x-failed"] == "0"
+
+
+def test_a_bad_cell_fails_only_its_own_key(client: TestClient) -> None:
+    frame = flowers(50, seed=2).astype({"petal_width_cm": object})
+    frame.loc[7, "petal_width_cm"] = "wide"
+    response = upload(client, encode(frame, ".csv"), "f.csv", key="id")
+    scored = decode(response.content, ".csv")
+    failed = scored[scored["error"].notna()]
+    assert failed["id"].tolist() == ["007"]
+    assert "wrong_type" in failed["error"].iloc[0]
+    assert scored["prediction"].notna().sum() == 49
+
+
+@pytest.mark.parametrize(
+    ("change", "name", "says"),
+    [
+        (lambda f: f, "flowers.txt", "unknown format"),
+        (lambda f: f.drop(columns=["id"]), "flowers.csv", "no key column 'id'"),
+        (lambda f: f.drop(columns=["petal_width_cm"]), "flowers.csv", "petal_width_cm"),
+        (lambda f: f.assign(id=["dup"] * len(f)), "flowers.csv", "duplicated key"),
+    ],
+)
+def test_a_file_that_cannot_be_scored_gets_400_saying_why(
+    client: TestClient, change: Any, name: str, says: str
+) -> None:
+    response = upload(client, encode(change(flowers(20)), ".csv"), name, key="id")
+    assert response.status_code == 400 and says in response.json()["error"]
+
+
+@pytest.mark.slow
+def test_the_task_variant_scores_a_file_in_the_background(default_model: str) -> None:
+    # BentoML creates the task store only under `bentoml serve`: a real server here.
+    frame = flowers(3_000, seed=3)
+    with served(MODEL_TAG=default_model) as url, httpx.Client(base_url=url, timeout=60) as http:
+        submitted = http.post(
+            "/predict_file_task/submit",
+            data={"key": "id"},
+            files={"file": ("big.csv", encode(frame, ".csv"))},
+        )
+        assert submitted.status_code == 200, submitted.text
+        task_id = submitted.json()["task_id"]
+        deadline = time.monotonic() + 120
+        status = "in_progress"
+        while status == "in_progress" and time.monotonic() < deadline:
+            time.sleep(0.1)  # the task API has no push; polling it is its protocol
+            status = http.get("/predict_file_task/status", params={"task_id": task_id}).json()[
+                "status"
+            ]
+        assert status == "completed"
+        result = http.get("/predict_file_task/get", params={"task_id": task_id})
+    scored = decode(result.content, ".csv")
+    assert scored["id"].tolist() == frame["id"].tolist()
+    assert scored["prediction"].tolist() == own(default_model, frame)
