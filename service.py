@@ -142,19 +142,8 @@ class KeyedPrediction:
             return error_response(400, exc.summary, exc.details)
         try:
             results = await self._predict_rows_by_key(rows)
-        except RunnerUnavailable as exc:
-            logger.warning("answering 503: %s", exc)
-            self.metrics.instances.labels("failed").inc(len(instances))
-            return error_response(
-                503,
-                "the model runner is overloaded or unavailable; retry later",
-                headers={"Retry-After": str(settings.retry_after_s)},
-            )
-        except KeyMismatch as exc:
-            logger.error("answering 500, key mismatch: %s", exc)
-            self.metrics.key_mismatches.inc()
-            self.metrics.instances.labels("failed").inc(len(instances))
-            return error_response(500, "internal error: results did not match the keys sent")
+        except (RunnerUnavailable, KeyMismatch) as exc:
+            return self._runner_failure(exc, len(instances))
         model_failures = [r for r in results if r.error is not None]
         if model_failures and errors == "reject":
             details = model_error_details(rows, results)
@@ -213,14 +202,9 @@ class KeyedPrediction:
         except InvalidFile as exc:
             shutil.rmtree(work, ignore_errors=True)
             return error_response(400, f"the file cannot be scored: {exc}")
-        except RunnerUnavailable as exc:
+        except (RunnerUnavailable, KeyMismatch) as exc:
             shutil.rmtree(work, ignore_errors=True)
-            logger.warning("answering 503 to a file: %s", exc)
-            return error_response(
-                503,
-                "the model runner is overloaded or unavailable",
-                headers={"Retry-After": str(settings.retry_after_s)},
-            )
+            return self._runner_failure(exc, None)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -242,6 +226,22 @@ class KeyedPrediction:
             media_type=media_type,
             headers=headers,
             background=BackgroundTask(shutil.rmtree, work),
+        )
+
+    def _runner_failure(self, exc: RunnerUnavailable | KeyMismatch, instances: int | None) -> Any:
+        """The answer when the runner path failed: 503 + Retry-After (safe to retry), or 500
+        for results that did not match the keys sent (logged and counted)."""
+        if instances is not None:
+            self.metrics.instances.labels("failed").inc(instances)
+        if isinstance(exc, KeyMismatch):
+            logger.error("answering 500, key mismatch: %s", exc)
+            self.metrics.key_mismatches.inc()
+            return error_response(500, "internal error: results did not match the keys sent")
+        logger.warning("answering 503: %s", exc)
+        return error_response(
+            503,
+            "the model runner is overloaded or unavailable; retry later",
+            headers={"Retry-After": str(settings.retry_after_s)},
         )
 
     async def _predict_rows_by_key(self, rows: list[ValidRow]) -> list[KeyedResult]:
