@@ -205,9 +205,8 @@ class TableWriter:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
-        if self.format == "parquet":
-            if self._parquet is None and self._copy_from is None:
-                pd.DataFrame().to_parquet(self._staging)
-            if self._parquet is not None:
-                self._parquet.close()
-                self._staging.replace(self.path)
+        if self._parquet is not None:
+            self._parquet.close()
+            self._staging.replace(self.path)
+        elif self.format == "parquet" and self._copy_from is None:
+            pd.DataFrame().to_parquet(self.path)  # nothing was written: an empty table
