@@ -7,6 +7,7 @@ scripts set their own).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,6 +59,31 @@ def make_customer_table(rows: int, seed: int = 7) -> pd.DataFrame:
     for column, share in (("monthly_spend", 0.08), ("region", 0.1), ("tenure_months", 0.05)):
         table.loc[rng.random(rows) < share, column] = np.nan
     return table
+
+
+@functools.lru_cache(maxsize=8)
+def _stored_pipeline(tag: str) -> tuple[Any, Any]:
+    import bentoml
+    import joblib
+
+    from keyed_serving.model import MODEL_FILE, ModelSpec
+
+    stored = bentoml.models.get(tag)
+    spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
+    return spec, joblib.load(stored.path_of(MODEL_FILE))
+
+
+def own_predictions(tag: str, rows: pd.DataFrame | list[dict[str, Any]]) -> list[Any]:
+    """What the model itself predicts for these rows, without any server: a frame with the
+    feature columns, or wire instances ``[{"key", "features"}]``."""
+    from keyed_serving.model import to_frame
+
+    spec, pipeline = _stored_pipeline(tag)
+    if isinstance(rows, pd.DataFrame):
+        columns = {f.name: rows[f.name].tolist() for f in spec.features}
+    else:
+        columns = {f.name: [i["features"][f.name] for i in rows] for f in spec.features}
+    return list(pipeline.predict(to_frame(columns, spec.features)).tolist())
 
 
 def save_strict_copy(tag: str, name: str) -> str:

@@ -10,14 +10,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import bentoml
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from support import Server
-
-from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
+from support import Server, own_predictions
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "keyed-score")
@@ -38,14 +34,6 @@ def flowers(n: int, seed: int = 0) -> pd.DataFrame:
     frame.insert(0, "flower_id", [f"f{i:07d}" for i in range(n)])
     frame["batch"] = [f"b{i % 13}" for i in range(n)]
     return frame
-
-
-def own_predictions(tag: str, frame: pd.DataFrame) -> list[str]:
-    stored = bentoml.models.get(tag)
-    spec = ModelSpec.from_metadata(tag, stored.info.metadata)
-    pipeline = joblib.load(stored.path_of(MODEL_FILE))
-    columns = {f.name: frame[f.name].tolist() for f in spec.features}
-    return list(pipeline.predict(to_frame(columns, spec.features)))
 
 
 def score(path: Path, out: Path, urls: list[str], *extra: str) -> subprocess.CompletedProcess:

@@ -12,12 +12,11 @@ from typing import Any
 
 import bentoml
 import httpx
-import joblib
 import psutil
 import pytest
-from support import Server, make_customer_table, save_strict_copy
+from support import Server, make_customer_table, own_predictions, save_strict_copy
 
-from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
+from keyed_serving.model import ModelSpec
 
 pytestmark = pytest.mark.slow
 FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
@@ -38,14 +37,6 @@ def flowers(n: int, seed: int) -> list[dict]:
     ]
 
 
-def truth(tag: str, instances: list[dict]) -> list[Any]:
-    stored = bentoml.models.get(tag)
-    spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
-    pipeline = joblib.load(stored.path_of(MODEL_FILE))
-    columns = {f.name: [i["features"][f.name] for i in instances] for f in spec.features}
-    return pipeline.predict(to_frame(columns, spec.features)).tolist()
-
-
 def check_answer(response: httpx.Response, instances: list[dict], expected: list[Any]) -> str:
     """'ok' for a right 200, 'retry' for an honest refusal; fails the test on anything else."""
     if response.status_code == 200:
@@ -63,7 +54,7 @@ def test_killing_the_runner_under_load_loses_and_mispairs_nothing(
     server: Server, default_model: str
 ) -> None:
     requests = [flowers(random.Random(n).randint(1, 30), seed=n) for n in range(16)]
-    expected = [truth(default_model, r) for r in requests]
+    expected = [own_predictions(default_model, r) for r in requests]
     outcomes: list[str] = []
     stop = threading.Event()
 
@@ -114,7 +105,7 @@ def test_killing_the_runner_under_load_loses_and_mispairs_nothing(
 
 def test_sigterm_lets_a_request_in_flight_finish(server: Server, default_model: str) -> None:
     instances = flowers(40_000, seed=99)
-    expected = truth(default_model, instances)
+    expected = own_predictions(default_model, instances)
     result: dict[str, Any] = {}
 
     def big_request() -> None:
@@ -204,7 +195,9 @@ def test_poison_from_some_clients_fails_no_clean_request(strict_model: str) -> N
             }
             for r in table.to_dict("records")
         ]
-        expected = dict(zip(table["customer_id"], truth(strict_model, clean_rows), strict=True))
+        expected = dict(
+            zip(table["customer_id"], own_predictions(strict_model, clean_rows), strict=True)
+        )
 
         def client(seed: int) -> tuple[list[dict], set[str], httpx.Response]:
             rng = random.Random(seed)

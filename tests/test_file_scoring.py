@@ -6,16 +6,12 @@ import io
 import time
 from typing import Any
 
-import bentoml
 import httpx
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
 from starlette.testclient import TestClient
-from support import served
-
-from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
+from support import own_predictions, served
 
 FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 
@@ -52,14 +48,6 @@ def decode(content: bytes, suffix: str) -> pd.DataFrame:
     return pd.read_json(io.BytesIO(content), lines=True, dtype=False)
 
 
-def own(default_model: str, frame: pd.DataFrame) -> list[Any]:
-    stored = bentoml.models.get(default_model)
-    spec = ModelSpec.from_metadata(default_model, stored.info.metadata)
-    columns = {n: frame[n].tolist() for n in FEATURES}
-    pipeline = joblib.load(stored.path_of(MODEL_FILE))
-    return pipeline.predict(to_frame(columns, spec.features)).tolist()
-
-
 def upload(
     client: TestClient, content: bytes, name: str, path: str = "/predict_file", **fields: str
 ) -> Any:
@@ -75,7 +63,7 @@ def test_a_file_comes_back_scored_in_its_own_format(
     assert response.status_code == 200, response.text
     scored = decode(response.content, suffix)
     assert scored["id"].tolist() == frame["id"].tolist()
-    assert scored["prediction"].tolist() == own(default_model, frame)
+    assert scored["prediction"].tolist() == own_predictions(default_model, frame)
     assert scored["shelf"].tolist() == frame["shelf"].tolist()
     assert scored["error"].isna().all()
     assert response.headers["x-rows"] == "2500" and response.headers["x-failed"] == "0"
@@ -131,4 +119,4 @@ def test_the_task_variant_scores_a_file_in_the_background(default_model: str) ->
         result = http.get("/predict_file_task/get", params={"task_id": task_id})
     scored = decode(result.content, ".csv")
     assert scored["id"].tolist() == frame["id"].tolist()
-    assert scored["prediction"].tolist() == own(default_model, frame)
+    assert scored["prediction"].tolist() == own_predictions(default_model, frame)

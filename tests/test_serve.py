@@ -11,12 +11,11 @@ from typing import Any
 
 import bentoml
 import httpx
-import joblib
 import pandas as pd
 import pytest
-from support import SHARED, make_customer_table, served
+from support import SHARED, make_customer_table, own_predictions, served
 
-from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
+from keyed_serving.model import ModelSpec
 
 pytestmark = pytest.mark.slow
 
@@ -24,18 +23,15 @@ pytestmark = pytest.mark.slow
 class Served:
     def __init__(self, url: str, tag: str) -> None:
         self.url = url
-        stored = bentoml.models.get(tag)
-        self.spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
-        self.pipeline = joblib.load(stored.path_of(MODEL_FILE))
+        self.tag = tag
+        self.spec = ModelSpec.load(tag)
         self.http = httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=64))
 
     def predict(self, instances: list[dict]) -> httpx.Response:
         return self.http.post("/predict", json={"instances": instances})
 
     def own_predictions(self, instances: list[dict]) -> list[Any]:
-        """The model's own predict on these rows, without the server."""
-        columns = {f.name: [i["features"][f.name] for i in instances] for f in self.spec.features}
-        return self.pipeline.predict(to_frame(columns, self.spec.features)).tolist()
+        return own_predictions(self.tag, instances)
 
     def micro_batches(self) -> tuple[float, float]:
         """(micro-batches so far, of which holding rows of a single chunk)."""
