@@ -151,6 +151,19 @@ class EntryGate:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _refuse(scope, receive, send, 413, self._too_large())
             return
+        # Judged on the headers, before a byte of the body is read.
+        declares_body = "transfer-encoding" in headers or declared not in (None, "0")
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if declares_body and media_type != "application/json":
+            shown = media_type or "none"
+            await _refuse(
+                scope,
+                receive,
+                send,
+                415,
+                f"content type {shown!r} is not accepted; send application/json",
+            )
+            return
         body = bytearray()
         while True:
             message = await receive()
@@ -162,17 +175,6 @@ class EntryGate:
                 return
             if not message.get("more_body", False):
                 break
-        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if body and media_type != "application/json":
-            shown = media_type or "none"
-            await _refuse(
-                scope,
-                receive,
-                send,
-                415,
-                f"content type {shown!r} is not accepted; send application/json",
-            )
-            return
         await self.app(scope, _replay(bytes(body), receive), send)
 
     async def _admit_upload(

@@ -153,3 +153,17 @@ def test_every_answer_carries_a_request_id_and_a_sane_one_is_kept() -> None:
         and len(replaced.headers["x-request-id"]) == 16
     )
     assert run(app, "GET", "/readyz").headers["x-request-id"]
+
+
+def test_a_body_that_is_not_json_is_refused_before_it_is_read() -> None:
+    app, _ = app_behind_gate(max_body_bytes=10**9)
+    pulled: list[int] = []
+
+    async def chunks() -> Any:
+        for n in range(100):
+            pulled.append(n)
+            yield b"\x80" * 10_000
+
+    response = run(app, content=chunks(), headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 415
+    assert len(pulled) < 100
