@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     errors_path = out.with_name(out.name + ".errors.jsonl")
     keep = [c for c in args.keep.split(",") if c]
     try:
-        format_of(args.input), format_of(out)
+        for path in (args.input, out):
+            format_of(path)  # raises on an extension it does not know
         keys = check_keys(read_keys(args.input, args.key))
         present = columns_of(args.input, args.key)
         missing = [c for c in keep if c not in present]

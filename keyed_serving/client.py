@@ -18,7 +18,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -63,7 +63,6 @@ class _Chunk:
     positions: list[int]
     attempts: int = 0
     last_error: str = ""
-    tried: set[str] = field(default_factory=set)
 
 
 class KeyedClient:
