@@ -235,6 +235,7 @@ class RefinedDocs:
         self.app = app
         self.model_tag = model_tag
         self.path = path
+        self._refined: bytes | None = None  # the document does not change while serving
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != self.path:
@@ -252,11 +253,13 @@ class RefinedDocs:
         await self.app(scope, receive, capture)
         body = b"".join(chunks)
         if start.get("status") == 200:
-            from keyed_serving.model import ModelSpec
-            from keyed_serving.openapi import refine_openapi
+            if self._refined is None:
+                from keyed_serving.model import ModelSpec
+                from keyed_serving.openapi import refine_openapi
 
-            refined = refine_openapi(json.loads(body), ModelSpec.load(self.model_tag))
-            body = json.dumps(refined).encode()
+                refined = refine_openapi(json.loads(body), ModelSpec.load(self.model_tag))
+                self._refined = json.dumps(refined).encode()
+            body = self._refined
         headers = MutableHeaders(raw=list(start.get("headers", [])))
         headers["content-length"] = str(len(body))
         await send({**start, "headers": headers.raw})
