@@ -1,39 +1,40 @@
-"""The cut stage: keyed rows -> runner-sized chunks, each row still holding its key.
+"""The cut stage: validated keyed columns -> runner-sized blocks, each row still with its key.
 
-Each chunk gets an id that no other chunk, in this request or any other, shares. The
-id travels with every row, so equal keys from different requests (everyone numbers
+Each block gets an id that no other block, in this request or any other, shares. The id
+travels with the block's keys, so equal keys from different requests (everyone numbers
 rows 0..n-1) can sit in one micro-batch and still never be taken for one another.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 
-from keyed_serving.schemas import KeyedRow
-from keyed_serving.validate import ValidRow
+import numpy as np
 
-
-@dataclass(frozen=True)
-class Chunk:
-    id: str
-    rows: list[KeyedRow]
+from keyed_serving.schemas import Key, KeyedBlock
+from keyed_serving.validate import ValidBatch
 
 
-def cut(rows: Sequence[ValidRow], chunk_rows: int) -> list[Chunk]:
+def cut(batch: ValidBatch, chunk_rows: int) -> list[KeyedBlock]:
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
-    chunks = []
-    for start in range(0, len(rows), chunk_rows):
-        chunk_id = uuid.uuid4().hex
-        chunks.append(
-            Chunk(
-                chunk_id,
-                [
-                    KeyedRow(chunk=chunk_id, key=row.key, values=row.values)
-                    for row in rows[start : start + chunk_rows]
-                ],
+    blocks = []
+    for start in range(0, len(batch.keys), chunk_rows):
+        end = start + chunk_rows
+        blocks.append(
+            # Built without validation: the values were judged in validate, and the keys
+            # are checked when the block's results come back.
+            KeyedBlock.model_construct(
+                chunk=uuid.uuid4().hex,
+                keys=key_array(batch.keys[start:end]),
+                columns=[column[start:end] for column in batch.columns],
             )
         )
-    return chunks
+    return blocks
+
+
+def key_array(keys: list[Key]) -> np.ndarray:
+    """Keys as a 1-d object array, each key the very object sent (1 and "1" stay apart)."""
+    array = np.empty(len(keys), dtype=object)
+    array[:] = keys
+    return array

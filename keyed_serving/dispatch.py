@@ -1,6 +1,13 @@
-"""Carries chunks from the entry to the runner and back: concurrently, retried, bounded.
+"""Carries blocks from the entry to the runner and back: coalesced, retried, bounded.
 
-A keyed chunk is idempotent (predicting it twice gives the same keyed results), so a
+Coalescing: each runner call costs an HTTP hop and a model call whose cost is mostly
+fixed, so the entry does not call the runner once per request. Blocks of concurrent
+requests queue in a ``Coalescer``, which sends whatever is queued in one call as soon as
+fewer than ``max_calls`` calls are in flight: no timer, so a lone request goes at once,
+and under load each call carries many requests' blocks. The runner's adaptive batching
+then merges the calls of several entry workers.
+
+A keyed block is idempotent (predicting it twice gives the same keyed results), so a
 chunk that the runner shed (503) or that the inter-service hop dropped (aiohttp errors
 under concurrency, see shared BENTOML_NOTES) is retried with jittered exponential
 backoff. The whole request has one deadline; past it, or when retries run out, the
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
@@ -25,12 +33,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from keyed_serving.chunking import Chunk
-from keyed_serving.schemas import KeyedResult, KeyedRow
+from keyed_serving.reassemble import KeyMismatch
+from keyed_serving.schemas import BlockResult, KeyedBlock
 
 logger = logging.getLogger("keyed_serving.dispatch")
 
-PredictRows = Callable[[list[KeyedRow]], Awaitable[Sequence[KeyedResult]]]
+PredictBlock = Callable[[KeyedBlock], Awaitable[BlockResult]]
+PredictBlocks = Callable[[list[KeyedBlock]], Awaitable[Sequence[BlockResult]]]
 
 _TRANSIENT_STATUSES = {
     HTTPStatus.TOO_MANY_REQUESTS,
@@ -51,16 +60,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientError | ConnectionError | asyncio.TimeoutError)
 
 
-async def send_chunks(
-    chunks: Sequence[Chunk],
-    predict_rows: PredictRows,
+async def send_blocks(
+    blocks: Sequence[KeyedBlock],
+    predict_block: PredictBlock,
     *,
     deadline_s: float,
     initial_backoff_s: float,
     max_backoff_s: float,
     on_retry: Callable[[BaseException], None] = lambda exc: None,
-) -> list[Sequence[KeyedResult]]:
-    """Results per chunk, in chunk order. Raises ``RunnerUnavailable`` or a runner error."""
+) -> list[BlockResult]:
+    """Results per block, in block order. Raises ``RunnerUnavailable`` or a runner error."""
     started = time.monotonic()
 
     def log_retry(state: RetryCallState) -> None:
@@ -74,7 +83,7 @@ async def send_chunks(
                 exc,
             )
 
-    async def send(chunk: Chunk) -> Sequence[KeyedResult]:
+    async def send(block: KeyedBlock) -> BlockResult:
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
             # Measured from the request's start, so all chunks share one deadline.
@@ -83,21 +92,104 @@ async def send_chunks(
             before_sleep=log_retry,
             reraise=True,
         )
+        await asyncio.sleep(min(initial_backoff_s, max_backoff_s) * random.random())
         async for attempt in retrying:
             with attempt:
-                return await predict_rows(chunk.rows)
+                return await predict_block(block)
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def first_then_retried(block: KeyedBlock) -> BlockResult:
+        # The first attempt without tenacity's machinery: it is most of the calls.
+        try:
+            return await predict_block(block)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log_retry_of(exc)
+        return await send(block)
+
+    def log_retry_of(exc: BaseException) -> None:
+        on_retry(exc)
+        logger.warning("runner call failed (attempt 1), retrying: %s: %s", type(exc).__name__, exc)
 
     try:
         async with asyncio.timeout(deadline_s):
+            if len(blocks) == 1:
+                return [await first_then_retried(blocks[0])]
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(send(chunk)) for chunk in chunks]
+                tasks = [group.create_task(first_then_retried(block)) for block in blocks]
     except TimeoutError as exc:
         raise RunnerUnavailable(f"runner did not answer within {deadline_s:g} s") from exc
     except ExceptionGroup as group_exc:
-        # TaskGroup cancelled the other chunks; report the first real failure.
+        # TaskGroup cancelled the other blocks; report the first real failure.
         first = group_exc.exceptions[0]
         if is_transient(first):
             raise RunnerUnavailable(f"runner unavailable: {first}") from first
         raise first from None
+    except Exception as exc:  # the single block's failure
+        if is_transient(exc):
+            raise RunnerUnavailable(f"runner unavailable: {exc}") from exc
+        raise
     return [task.result() for task in tasks]
+
+
+class Coalescer:
+    """Merges the blocks of concurrent requests into few runner calls (see module doc).
+
+    ``predict`` is what ``send_blocks`` calls per block. A call's failure fails every block
+    in it; each request then retries its own blocks within its own deadline."""
+
+    def __init__(self, predict_blocks: PredictBlocks, max_calls: int, max_rows: int) -> None:
+        self.predict_blocks = predict_blocks
+        self.max_calls = max_calls
+        self.max_rows = max_rows
+        self.queue: list[tuple[KeyedBlock, asyncio.Future[BlockResult]]] = []
+        self.in_flight = 0
+        self.scheduled = False
+
+    async def predict(self, block: KeyedBlock) -> BlockResult:
+        future: asyncio.Future[BlockResult] = asyncio.get_running_loop().create_future()
+        self.queue.append((block, future))
+        if not self.scheduled:
+            # At the end of this turn of the event loop, so that every block queued in it
+            # (a request's blocks, requests that arrived together) goes in one call.
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_queued)
+        return await future
+
+    def _send_queued(self) -> None:
+        self.scheduled = False
+        while self.queue and self.in_flight < self.max_calls:
+            taken, rows = 0, 0
+            for block, _ in self.queue:
+                if taken and rows + len(block.keys) > self.max_rows:
+                    break
+                taken += 1
+                rows += len(block.keys)
+            call, self.queue = self.queue[:taken], self.queue[taken:]
+            call = [(block, future) for block, future in call if not future.done()]
+            if not call:
+                continue
+            self.in_flight += 1
+            asyncio.get_running_loop().create_task(self._call(call))
+
+    async def _call(self, call: list[tuple[KeyedBlock, asyncio.Future[BlockResult]]]) -> None:
+        try:
+            results = await self.predict_blocks([block for block, _ in call])
+            if len(results) != len(call):
+                raise KeyMismatch([], [], [])  # answers cannot be told apart: none is used
+        except BaseException as exc:
+            for _, future in call:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            # By position, as BentoML hands results back; reassemble_by_key then checks
+            # that each result carries its block's chunk id and keys.
+            for (_, future), result in zip(call, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self.in_flight -= 1
+            self._send_queued()

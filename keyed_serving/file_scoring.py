@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keyed_serving.model import ModelSpec
-from keyed_serving.reassemble import answer_in_request_order
-from keyed_serving.schemas import Instance, KeyedResult
+from keyed_serving.reassemble import Scored, row_answer
 from keyed_serving.tables import (
     InvalidKeys,
     TableWriter,
@@ -26,9 +25,9 @@ from keyed_serving.tables import (
     read_keys,
     scored_table,
 )
-from keyed_serving.validate import ValidRow, validate_instances
+from keyed_serving.validate import InvalidRequest, ValidBatch, validate_request
 
-PredictRowsByKey = Callable[[list[ValidRow]], Awaitable[list[KeyedResult]]]
+PredictBatch = Callable[[ValidBatch], Awaitable[Scored]]
 
 
 class InvalidFile(ValueError):
@@ -71,7 +70,7 @@ async def score_file(
     key: str,
     keep: Sequence[str],
     spec: ModelSpec,
-    predict_rows_by_key: PredictRowsByKey,
+    predict_batch: PredictBatch,
     batch_rows: int,
 ) -> FileSummary:
     check_file(source, key, keep, spec)
@@ -81,28 +80,25 @@ async def score_file(
     try:
         for batch in iter_batches(source, batch_rows, key):
             keys = check_keys(batch[key].tolist())
-            columns = {n: batch[n].tolist() for n in names}
             convert = {
                 f.name: number_or_as_is if f.type == "number" else json_value for f in spec.features
             }
-            instances = [
-                # Built without validation: validate_instances is where values are judged.
-                Instance.model_construct(
-                    key=k, features={n: convert[n](columns[n][row]) for n in names}
+            columns = {n: [convert[n](value) for value in batch[n].tolist()] for n in names}
+            try:
+                valid = validate_request(
+                    {"keys": keys, "columns": columns, "errors": "per_instance"},
+                    spec,
+                    max_instances=max(len(keys), 1),
                 )
-                for row, k in enumerate(keys)
-            ]
-            valid, failures = validate_instances(instances, spec)
-            results = await predict_rows_by_key(valid)
-            entries = answer_in_request_order(
-                len(instances), valid, results, failures, spec.classes
-            )
-            dumped = [e.model_dump(mode="json", exclude_none=True) for e in entries]
+            except InvalidRequest as exc:
+                raise InvalidFile(f"{exc.summary}: {exc.details[0].msg}") from None
+            scored = await predict_batch(valid)
+            dumped = row_answer(valid, scored, spec.classes)
             writer.write(
                 scored_table(keys, dumped, key, spec.classes, batch[list(keep)], error_column=True)
             )
             rows += len(keys)
-            predicted += sum(1 for e in dumped if "error" not in e)
+            predicted += sum(1 for entry in dumped if "error" not in entry)
     finally:
         writer.close()
     return FileSummary(rows=rows, predicted=predicted, failed=rows - predicted)

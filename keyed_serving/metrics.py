@@ -7,15 +7,15 @@ before that never writes where ``/metrics`` reads (see ``bentoml/metrics.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from keyed_serving.schemas import ErrorDetail, KeyedResult
+    from keyed_serving.schemas import ErrorDetail, InstanceError
     from keyed_serving.validate import InstanceFailure
 
-ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 CHUNK_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
@@ -54,6 +54,10 @@ class Metrics:
             "Requests whose runner results did not match the keys sent (must stay 0).",
         )
 
+        # Labelled children resolved once: .labels() costs more than the increment.
+        self.predicted = self.instances.labels("predicted")
+        self.answered_with_error = self.instances.labels("answered_with_error")
+
     def count_rejected(self, instances: int, details: Sequence[ErrorDetail]) -> None:
         self.instances.labels("rejected").inc(instances)
         for detail in details:
@@ -63,14 +67,15 @@ class Metrics:
         self,
         predicted: int,
         failures: Sequence[InstanceFailure],
-        model_failures: Sequence[KeyedResult],
+        model_failures: Mapping[int, InstanceError],
     ) -> None:
-        self.instances.labels("predicted").inc(predicted)
-        self.instances.labels("answered_with_error").inc(len(failures) + len(model_failures))
+        self.predicted.inc(predicted)
+        if failures or model_failures:
+            self.answered_with_error.inc(len(failures) + len(model_failures))
         for failure in failures:
             self.instance_errors.labels(failure.details[0].type).inc()
-        for result in model_failures:
-            self.instance_errors.labels(result.error.code if result.error else "unknown").inc()
+        for error in model_failures.values():
+            self.instance_errors.labels(error.code).inc()
 
 
 @lru_cache(maxsize=1)

@@ -7,7 +7,6 @@ time, so the pipeline always sees columns of the dtypes it was fitted on.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from keyed_serving.schemas import (
+    BlockError,
+    BlockResult,
     FeatureInfo,
     InstanceError,
-    KeyedResult,
-    KeyedRow,
+    KeyedBlock,
     ModelInfo,
     Score,
 )
@@ -77,7 +77,9 @@ class ModelSpec:
         )
 
 
-def to_frame(columns: Mapping[str, Sequence[Any]], features: Sequence[FeatureInfo]) -> pd.DataFrame:
+def to_frame(
+    columns: Mapping[str, Sequence[Any] | np.ndarray], features: Sequence[FeatureInfo]
+) -> pd.DataFrame:
     """Columns by feature name -> the frame the pipeline takes (missing values as NaN)."""
     data: dict[str, Any] = {}
     for feature in features:
@@ -94,91 +96,158 @@ def to_frame(columns: Mapping[str, Sequence[Any]], features: Sequence[FeatureInf
     return pd.DataFrame(data, columns=[f.name for f in features])
 
 
+@dataclass
+class Predicted:
+    """The model's output for a run of rows: a prediction per row (``None`` where the model
+    raised on that row alone), a row of class probabilities per row for classifiers (NaN
+    where it raised), and the errors by row."""
+
+    predictions: np.ndarray
+    probabilities: np.ndarray | None
+    errors: dict[int, str]
+
+
 class LoadedModel:
-    """The fitted pipeline with its spec; predicts keyed rows, keys kept beside each row."""
+    """The fitted pipeline with its spec; predicts keyed blocks, keys kept beside each row."""
 
     def __init__(self, spec: ModelSpec, pipeline: Any) -> None:
         self.spec = spec
         self.pipeline = pipeline
+        self.derive_predictions = _predicts_by_largest_probability(pipeline)
 
     @classmethod
     def load(cls, tag: str, metadata: dict[str, Any], path: str) -> LoadedModel:
         return cls(ModelSpec.from_metadata(tag, metadata), joblib.load(path))
 
-    def predict_rows(self, rows: Sequence[KeyedRow]) -> list[KeyedResult]:
-        """One result per row, in order. If the model raises on the micro-batch, the rows it
-        cannot take are found by bisection and answered with an error each; the others,
-        which may belong to other callers, are predicted as usual."""
-        try:
-            return self._predict(rows)
-        except Exception as exc:
-            if len(rows) == 1:
-                logger.warning("model raised on one row: %s", _first_line(exc))
-                return [_failed(rows[0], exc)]
-        middle = len(rows) // 2
-        return self.predict_rows(rows[:middle]) + self.predict_rows(rows[middle:])
-
-    def _predict(self, rows: Sequence[KeyedRow]) -> list[KeyedResult]:
-        if not rows:
-            return []
+    def predict_blocks(self, blocks: Sequence[KeyedBlock]) -> list[BlockResult]:
+        """One result per block, in order, each with its block's chunk id and keys. The
+        blocks are predicted as one frame: the model's cost is mostly per call."""
         names = self.spec.feature_names
-        for row in rows:
-            if len(row.values) != len(names):
+        for block in blocks:
+            if len(block.columns) != len(names) or any(
+                len(column) != len(block.keys) for column in block.columns
+            ):
                 raise ValueError(
-                    f"row with key {row.key!r} has {len(row.values)} values, "
-                    f"the model takes {len(names)}"
+                    f"block {block.chunk[:8]} does not hold {len(names)} columns of "
+                    f"{len(block.keys)} values"
                 )
-        columns = {name: [row.values[i] for row in rows] for i, name in enumerate(names)}
+        columns = {
+            name: np.concatenate([block.columns[i] for block in blocks])
+            for i, name in enumerate(names)
+        }
+        predicted = self.predict_columns(columns)
+        results, start = [], 0
+        for block in blocks:
+            end = start + len(block.keys)
+            errors = [
+                BlockError(
+                    row=row - start,
+                    error=InstanceError(
+                        code="model_error",
+                        message=f"instance with key {block.keys[row - start]!r}: the model "
+                        f"could not predict it: {predicted.errors[row]}",
+                    ),
+                )
+                for row in sorted(predicted.errors)
+                if start <= row < end
+            ]
+            results.append(
+                BlockResult.model_construct(
+                    chunk=block.chunk,
+                    keys=block.keys,
+                    predictions=predicted.predictions[start:end],
+                    probabilities=None
+                    if predicted.probabilities is None
+                    else predicted.probabilities[start:end],
+                    errors=errors,
+                )
+            )
+            start = end
+        return results
+
+    def predict_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Predicted:
+        """Columns by feature name -> ``Predicted``. If the model raises on the rows, the
+        ones it cannot take are found by bisection and get an error each; the others, which
+        may belong to other callers, are predicted as usual."""
         frame = to_frame(columns, self.spec.features)
-        predictions = self.pipeline.predict(frame)
-        probabilities = (
-            self.pipeline.predict_proba(frame) if self.spec.task == "classification" else None
-        )
-        if len(predictions) != len(rows):  # a pipeline that drops rows must not shift keys
-            raise RuntimeError(
-                f"model returned {len(predictions)} predictions for {len(rows)} rows"
-            )
-        return [
-            KeyedResult(
-                chunk=row.chunk,
-                key=row.key,
-                prediction=_native(predictions[i]),
-                probabilities=None if probabilities is None else _probabilities(probabilities[i]),
-            )
-            for i, row in enumerate(rows)
-        ]
+        n = len(frame)
+        try:  # the usual case: one call for every row
+            predictions, probabilities = self._predict(frame)
+            return Predicted(predictions, probabilities, {})
+        except Exception as exc:
+            if n <= 1:
+                logger.warning("model raised on one row: %s", _first_line(exc))
+                return Predicted(
+                    np.full(n, None, dtype=object), self._no_probabilities(n), {0: _first_line(exc)}
+                )
+        predictions = np.full(n, None, dtype=object)
+        probabilities = self._no_probabilities(n)
+        errors: dict[int, str] = {}
+
+        def run(start: int, end: int) -> None:
+            try:
+                part, part_probabilities = self._predict(frame.iloc[start:end])
+            except Exception as exc:
+                if end - start == 1:
+                    logger.warning("model raised on one row: %s", _first_line(exc))
+                    errors[start] = _first_line(exc)
+                    return
+                middle = (start + end) // 2
+                run(start, middle)
+                run(middle, end)
+                return
+            predictions[start:end] = part
+            if probabilities is not None and part_probabilities is not None:
+                probabilities[start:end] = part_probabilities
+
+        middle = n // 2
+        run(0, middle)
+        run(middle, n)
+        return Predicted(predictions, probabilities, errors)
+
+    def _no_probabilities(self, n: int) -> np.ndarray | None:
+        if self.spec.task != "classification" or self.spec.classes is None:
+            return None
+        return np.full((n, len(self.spec.classes)), np.nan)
+
+    def _predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        probabilities = None
+        if self.spec.task != "classification":
+            values = np.asarray(self.pipeline.predict(frame))
+        else:
+            proba = np.asarray(self.pipeline.predict_proba(frame), dtype=np.float64)
+            if self.derive_predictions:
+                # What the forest's own predict does; one pass over the trees, not two.
+                values = np.asarray(self.pipeline.classes_).take(np.argmax(proba, axis=1))
+            else:
+                values = np.asarray(self.pipeline.predict(frame))
+            # predict_proba rows sum to 1 up to float error; renormalised so that callers
+            # can rely on it.
+            probabilities = proba / proba.sum(axis=1, keepdims=True)
+        if len(values) != len(frame):  # a pipeline that drops rows must not shift keys
+            raise RuntimeError(f"model returned {len(values)} predictions for {len(frame)} rows")
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            raise ValueError("model produced a non-finite prediction")
+        return values, probabilities
+
+
+def _predicts_by_largest_probability(pipeline: Any) -> bool:
+    """True where scikit-learn defines ``predict`` as the class of largest
+    ``predict_proba`` (forests and trees), so one call gives both."""
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
+
+    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    forests_and_trees = (
+        RandomForestClassifier,
+        ExtraTreesClassifier,
+        DecisionTreeClassifier,
+        ExtraTreeClassifier,
+    )
+    return isinstance(final, forests_and_trees)
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _failed(row: KeyedRow, exc: BaseException) -> KeyedResult:
-    # The exception's first line only: it says what the model could not take (an unknown
-    # category, a value out of range), never a stack trace.
-    return KeyedResult(
-        chunk=row.chunk,
-        key=row.key,
-        error=InstanceError(
-            code="model_error",
-            message=f"instance with key {row.key!r}: the model could not predict it: "
-            f"{_first_line(exc)}",
-        ),
-    )
-
-
-def _native(value: Any) -> Any:
-    """numpy scalar -> the JSON-able Python scalar it stands for."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"model produced a non-finite prediction: {value}")
-    return value
-
-
-def _probabilities(row: np.ndarray) -> list[float]:
-    # predict_proba rows sum to 1 up to float error; renormalise so callers can rely on it.
-    total = float(row.sum())
-    return [float(p) / total for p in row]

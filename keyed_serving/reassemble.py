@@ -1,28 +1,23 @@
-"""The reassemble stage: chunk results -> one answer in request order, checked key by key.
+"""The reassemble stage: block results -> one answer in request order, checked key by key.
 
 BentoML splits a micro-batch's output back to its callers by position and never checks
-it. This is where the pairing is verified: every (chunk, key) sent must come back exactly
-once, and nothing else may come back. Any difference is a ``KeyMismatch``; the caller
-must fail the request rather than answer with a wrong or missing pairing.
+it. This is where the pairing is verified: each block's results must carry that block's
+chunk id and exactly its keys, in its order, with a prediction (or an error) for each.
+Any difference is a ``KeyMismatch``; the caller must fail the request rather than answer
+with a wrong or missing pairing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any
 
-from keyed_serving.chunking import Chunk
-from keyed_serving.schemas import (
-    ErrorDetail,
-    FailedInstance,
-    InstanceError,
-    Key,
-    KeyedResult,
-    PredictionPublic,
-)
-from keyed_serving.validate import InstanceFailure, ValidRow
+import numpy as np
 
-Result = TypeVar("Result", bound=KeyedResult)
+from keyed_serving.schemas import BlockResult, ErrorDetail, InstanceError, Key, KeyedBlock
+from keyed_serving.validate import ValidBatch
+
 # (chunk id, type of key, key): 1 and "1" are different keys.
 PairId = tuple[str, type, Key]
 
@@ -38,92 +33,193 @@ class KeyMismatch(Exception):
         )
 
 
-def _pair_id(chunk: str, key: Key) -> PairId:
-    return (chunk, type(key), key)
-
-
 def _show(ids: list[PairId]) -> str:
     return repr([(chunk[:8], key) for chunk, _, key in ids[:3]])
 
 
-def reassemble_by_key(chunks: Sequence[Chunk], results: Sequence[Sequence[Result]]) -> list[Result]:
-    """Results of every chunk, in the order the rows were sent; raises ``KeyMismatch``."""
-    by_id: dict[PairId, Result] = {}
-    repeated: list[PairId] = []
-    for chunk_results in results:
-        for result in chunk_results:
-            pair = _pair_id(result.chunk, result.key)
-            if pair in by_id:
-                repeated.append(pair)
-            by_id[pair] = result
-    ordered: list[Result] = []
-    missing: list[PairId] = []
-    for chunk in chunks:
-        for row in chunk.rows:
-            pair = _pair_id(chunk.id, row.key)
-            found = by_id.pop(pair, None)
-            if found is None:
-                missing.append(pair)
-            else:
-                ordered.append(found)
-    unexpected = list(by_id)
-    if missing or unexpected or repeated:
-        raise KeyMismatch(missing, unexpected, repeated)
-    return ordered
+@dataclass
+class Scored:
+    """Results of a batch's rows, in the batch's row order."""
+
+    predictions: list[Any]  # None where the model raised on the row (see errors)
+    probabilities: np.ndarray | None  # rows x classes, for classifiers
+    errors: dict[int, InstanceError]  # by row of the batch
+
+    @property
+    def failed(self) -> int:
+        return len(self.errors)
 
 
-def answer_in_request_order(
-    received: int,
-    rows: Sequence[ValidRow],
-    results: Sequence[KeyedResult],
-    failures: Sequence[InstanceFailure],
-    classes: Sequence[object] | None,
-) -> list[PredictionPublic | FailedInstance]:
-    """One entry per instance received: its prediction, or why it has none."""
-    if len(results) != len(rows):
-        raise ValueError(f"{len(results)} results for {len(rows)} rows")
-    entries: list[PredictionPublic | FailedInstance | None] = [None] * received
-    for row, result in zip(rows, results, strict=True):
-        entries[row.index] = _public(result, classes)
-    for failure in failures:
-        first = failure.details[0]
-        message = "; ".join(detail.msg for detail in failure.details)
-        entries[failure.index] = FailedInstance(
-            key=failure.key, error=InstanceError(code=first.type, message=message)
-        )
+def reassemble_by_key(blocks: Sequence[KeyedBlock], results: Sequence[BlockResult]) -> Scored:
+    """The results of every block, in the order the rows were sent; raises ``KeyMismatch``
+    unless every (chunk, key) sent came back exactly once and nothing else did. Results may
+    come back in any order, of blocks and of rows within a block: they are matched by chunk
+    id and key (a cheap comparison when nothing was reordered, which is the usual case)."""
+    by_chunk: dict[str, BlockResult] = {}
+    for result in results:
+        if result.chunk in by_chunk or not _well_formed(result):
+            raise _mismatch(blocks, results)
+        by_chunk[result.chunk] = result
+    predictions: list[np.ndarray] = []
+    probabilities: list[np.ndarray] | None = []
+    errors: dict[int, InstanceError] = {}
+    start = 0
+    for block in blocks:
+        found = by_chunk.pop(block.chunk, None)
+        order = None if found is None else _row_order(block, found)
+        if found is None or isinstance(order, bool):
+            raise _mismatch(blocks, results)
+        result = found
+        block_predictions = np.asarray(result.predictions)
+        block_probabilities = result.probabilities
+        block_errors = {failed.row: failed.error for failed in result.errors}
+        if order is not None:  # rows came back in another order: put them back in ours
+            block_predictions = block_predictions[order]
+            if block_probabilities is not None:
+                block_probabilities = np.asarray(block_probabilities)[order]
+            block_errors = {
+                row: block_errors[got] for row, got in enumerate(order) if got in block_errors
+            }
+        predictions.append(block_predictions)
+        if block_probabilities is None:
+            probabilities = None
+        elif probabilities is not None:
+            probabilities.append(np.asarray(block_probabilities))
+        errors.update({start + row: error for row, error in block_errors.items()})
+        start += len(block.keys)
+    if by_chunk:  # results of chunks this request did not send
+        raise _mismatch(blocks, results)
+    return Scored(
+        predictions=np.concatenate(predictions).tolist() if predictions else [],
+        probabilities=np.concatenate(probabilities) if probabilities else None,
+        errors=errors,
+    )
+
+
+def _well_formed(result: BlockResult) -> bool:
+    """One prediction (and probability row) per key; an error exactly where a row has no
+    prediction."""
+    n = len(result.keys)
+    predictions = np.asarray(result.predictions)
+    missing = sum(p is None for p in predictions) if predictions.dtype == object else 0
+    rows = {failed.row for failed in result.errors}
+    return (
+        len(predictions) == n
+        and (result.probabilities is None or len(result.probabilities) == n)
+        and len(rows) == len(result.errors) == missing
+        and all(0 <= row < n and predictions[row] is None for row in rows)
+    )
+
+
+def _row_order(block: KeyedBlock, result: BlockResult) -> list[int] | bool | None:
+    """None: the result has the block's keys in the block's order. A list: the result's row
+    for each of the block's rows. False: the keys differ."""
+    sent, got = _as_list(block.keys), _as_list(result.keys)
+    if got == sent and list(map(type, got)) == list(map(type, sent)):
+        return None
+    where = {(type(key), key): row for row, key in enumerate(got)}
+    if len(where) != len(got) or len(got) != len(sent):
+        return False
+    order = [where.get((type(key), key), -1) for key in sent]
+    return False if -1 in order else order
+
+
+def _as_list(values: Any) -> list[Any]:
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def _mismatch(blocks: Sequence[KeyedBlock], results: Sequence[BlockResult]) -> KeyMismatch:
+    sent = [(block.chunk, type(key), key) for block in blocks for key in _as_list(block.keys)]
+    got = [(result.chunk, type(key), key) for result in results for key in _as_list(result.keys)]
+    wanted = set(sent)
+    seen: set[PairId] = set()
+    repeated = []
+    for pair in got:
+        if pair in seen:
+            repeated.append(pair)
+        seen.add(pair)
+    missing = [pair for pair in sent if pair not in seen]
+    unexpected = [pair for pair in got if pair not in wanted]
+    if not (missing or unexpected or repeated):
+        # The same pairs came back, but out of order or with predictions that do not line
+        # up with their keys: a mismatch all the same.
+        unexpected = [pair for pair, mine in zip(got, sent, strict=False) if pair != mine]
+    return KeyMismatch(missing, unexpected, repeated)
+
+
+def row_answer(
+    batch: ValidBatch, scored: Scored, classes: Sequence[object] | None
+) -> list[dict[str, Any]]:
+    """Row format: one entry per instance received, in request order, with its key."""
+    labels = [str(label) for label in classes] if classes is not None else None
+    entries: list[dict[str, Any] | None] = [None] * batch.received
+    positions = batch.positions if batch.positions is not None else range(len(batch.keys))
+    probabilities = None if scored.probabilities is None else scored.probabilities.tolist()
+    for row, (position, key, prediction) in enumerate(
+        zip(positions, batch.keys, scored.predictions, strict=True)
+    ):
+        if prediction is None:
+            error = scored.errors[row]
+            entries[position] = {"key": key, "error": error.model_dump()}
+        elif probabilities is not None and labels is not None:
+            entries[position] = {
+                "key": key,
+                "prediction": prediction,
+                "probabilities": dict(zip(labels, probabilities[row], strict=True)),
+            }
+        else:
+            entries[position] = {"key": key, "prediction": prediction}
+    for failure in batch.failures:
+        entries[failure.index] = {"key": failure.key, "error": _error(failure.details)}
     missing = [index for index, entry in enumerate(entries) if entry is None]
     if missing:
         raise ValueError(f"instances at {missing[:5]} have neither a result nor a failure")
     return entries  # type: ignore[return-value]  # no None left, checked above
 
 
-def _public(
-    result: KeyedResult, classes: Sequence[object] | None
-) -> PredictionPublic | FailedInstance:
-    if result.error is not None:
-        return FailedInstance(key=result.key, error=result.error)
-    probabilities = None
-    if result.probabilities is not None and classes is not None:
-        pairs = zip(classes, result.probabilities, strict=True)
-        probabilities = {str(label): p for label, p in pairs}
-    return PredictionPublic(
-        key=result.key,
-        prediction=result.prediction,  # type: ignore[arg-type]  # set when error is None
-        probabilities=probabilities,
-    )
+def column_answer(
+    batch: ValidBatch, scored: Scored, classes: Sequence[object] | None
+) -> dict[str, Any]:
+    """Columnar format: predictions (and a column per class) at the positions of the keys."""
+    predictions: list[Any] = scored.predictions
+    probabilities = scored.probabilities
+    if batch.positions is not None:
+        predictions = [None] * batch.received
+        for row, position in enumerate(batch.positions):
+            predictions[position] = scored.predictions[row]
+        if scored.probabilities is not None:
+            probabilities = np.full((batch.received, scored.probabilities.shape[1]), np.nan)
+            probabilities[batch.positions] = scored.probabilities
+    answer: dict[str, Any] = {"keys": batch.all_keys, "predictions": predictions}
+    if probabilities is not None and classes is not None:
+        # NaN where a key has no prediction: serialised as null.
+        by_class = np.ascontiguousarray(probabilities.T)
+        answer["probabilities"] = {str(label): by_class[i] for i, label in enumerate(classes)}
+    positions = batch.positions if batch.positions is not None else range(len(batch.keys))
+    errors = [(failure.index, failure.key, _error(failure.details)) for failure in batch.failures]
+    errors += [
+        (positions[row], batch.keys[row], error.model_dump())
+        for row, error in scored.errors.items()
+    ]
+    errors.sort(key=lambda entry: entry[0])
+    answer["errors"] = [{"key": key, "error": error} for _, key, error in errors]
+    return answer
 
 
-def model_error_details(
-    rows: Sequence[ValidRow], results: Sequence[KeyedResult]
-) -> list[ErrorDetail]:
+def _error(details: Sequence[ErrorDetail]) -> dict[str, str]:
+    return {"code": details[0].type, "message": "; ".join(detail.msg for detail in details)}
+
+
+def model_error_details(batch: ValidBatch, scored: Scored) -> list[ErrorDetail]:
     """The rows the model could not take, as a rejection's details (all-or-nothing mode)."""
+    positions = batch.positions if batch.positions is not None else range(len(batch.keys))
+    where = "instances" if batch.shape == "rows" else "keys"
     return [
         ErrorDetail(
-            type=result.error.code,
-            msg=result.error.message,
-            loc=["instances", row.index],
-            key=row.key,
+            type=error.code,
+            msg=error.message,
+            loc=[where, positions[row]],
+            key=batch.keys[row],
         )
-        for row, result in zip(rows, results, strict=True)
-        if result.error is not None
+        for row, error in sorted(scored.errors.items())
     ]

@@ -22,12 +22,21 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MODEL_TAG", "KEYED_MODEL_TAG"),
         description="The BentoML model served, name:version (or name:latest).",
     )
-    # Runner micro-batching. See README "Batching defaults" for the measurement behind them.
-    max_batch_size: int = Field(default=1000, gt=1)
+    # Processes per service. See README "Batching defaults" for the sweep behind them.
+    entry_workers: int = Field(default=1, ge=1)
+    runner_workers: int = Field(default=1, ge=1)
+    # Runner micro-batching: blocks (request chunks) per micro-batch, and the latency bound
+    # past which BentoML's dispatcher sheds a call (503, retried by the entry).
+    max_batch_size: int = Field(default=64, gt=1)
     max_latency_ms: int = Field(default=2000, gt=0)
-    # Rows per chunk the entry sends to the runner. Smaller than max_batch_size so that a
-    # big request spreads over micro-batches without starving concurrent small ones.
-    chunk_rows: int = Field(default=500, ge=1)
+    # Rows per block. The model's cost is mostly per call, so blocks are large; a bigger
+    # request is cut so that its blocks spread over runner workers.
+    chunk_rows: int = Field(default=5000, ge=1)
+    # Entry-side coalescing: runner calls in flight per entry worker, rows per call.
+    runner_calls: int = Field(default=2, ge=1)
+    coalesce_rows: int = Field(default=10_000, ge=1)
+    # One log line per request costs about a tenth of a small request's CPU.
+    access_log: bool = False
     max_instances: int = Field(default=100_000, ge=1)
     # The whole request (all chunks, all retries) must finish within this, or 503.
     request_deadline_s: float = Field(default=30.0, gt=0)

@@ -1,10 +1,17 @@
-"""The validate stage: wire instances -> keyed rows in the model's feature order, or errors.
+"""The validate stage: a decoded /predict body -> keyed columns in the model's feature order.
 
-Two levels. Request-level problems (no instances, too many, a key sent twice) reject the
-whole request: there is no unambiguous key to answer them by. Instance-level problems
-(a missing, unknown or mistyped feature, a value out of the model's range) belong to one
-key: the entry rejects the request with all of them, or, in per-instance mode, answers
-them as that key's error. Every error names the key and the field at fault.
+Two shapes come in: rows (``{"instances": [{"key", "features"}]}``) and columns
+(``{"keys": [...], "columns": {name: [...]}}``). Both become one ``ValidBatch``: the keys
+and a list of values per feature for the rows the model can take, plus the failures of
+the others. Nothing here makes an object per row: a 10,000-row request is a handful of
+list comprehensions and one type check per column.
+
+Two levels of problem. Request-level (no instances, too many, a key sent twice, a
+malformed body, a columnar request missing a feature) rejects the whole request: there is
+no unambiguous key to answer it by. Instance-level (a missing, unknown or mistyped feature,
+a value out of the model's range) belongs to one key: the entry rejects the request with
+all of them, or, in per-instance mode, answers them as that key's error. Every error names
+the key and the field at fault.
 """
 
 from __future__ import annotations
@@ -12,26 +19,23 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from keyed_serving.model import ModelSpec
-from keyed_serving.schemas import ErrorDetail, FeatureInfo, FeatureValue, Instance, Key
+from keyed_serving.schemas import MAX_KEY_LENGTH, ErrorDetail, FeatureInfo, Key
 
 # Enough to fix a request in one go without an error body that dwarfs the request.
 MAX_REPORTED_ERRORS = 100
 # scikit-learn's trees compare features as float32: a larger magnitude becomes infinity
 # and the model raises on it (1e308 would poison a micro-batch). Refused at the door.
 LARGEST_MAGNITUDE = float(np.finfo(np.float32).max)
-
-
-@dataclass(frozen=True)
-class ValidRow:
-    index: int
-    key: Key
-    values: list[FeatureValue]
+ERROR_MODES = ("reject", "per_instance")
+_NUMBER_TYPES = frozenset({int, float, type(None)})
+_CATEGORY_TYPES = frozenset({str, type(None)})
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,27 @@ class InstanceFailure:
     index: int
     key: Key
     details: list[ErrorDetail]
+
+
+@dataclass
+class ValidBatch:
+    """A validated request: what goes to the model, and what was refused, by key.
+
+    ``keys``/``columns`` hold the rows the model will see, in request order, the columns
+    as NumPy arrays in the model's feature order; ``positions``
+    says where each of them was in the request (``None``: every row, in order)."""
+
+    received: int
+    keys: list[Key]
+    columns: list[np.ndarray]
+    positions: list[int] | None = None
+    failures: list[InstanceFailure] = field(default_factory=list)
+    shape: str = "rows"  # or "columns": the answer is given in the shape of the request
+    errors: str = "reject"
+    all_keys: list[Key] = field(default_factory=list)  # every key received, request order
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class InvalidRequest(Exception):
@@ -50,49 +75,70 @@ class InvalidRequest(Exception):
         self.details = details
 
 
-def check_request(instances: Sequence[Instance], max_instances: int) -> None:
-    """Request-level checks; raises ``InvalidRequest``."""
-    if not instances:
-        raise InvalidRequest(
-            "instances is empty",
-            [
-                ErrorDetail(
-                    type="empty_instances", msg="send at least one instance", loc=["instances"]
-                )
-            ],
-        )
-    if len(instances) > max_instances:
-        raise InvalidRequest(
-            f"{len(instances)} instances, at most {max_instances} per request",
-            [
-                ErrorDetail(
-                    type="too_many_instances",
-                    msg=f"{len(instances)} instances sent, at most {max_instances} per request; "
-                    "split the request",
-                    loc=["instances"],
-                )
-            ],
-        )
-    duplicates = _duplicate_key_errors(instances)
-    if duplicates:
-        raise InvalidRequest(
-            f"{len(duplicates)} duplicated key(s)", duplicates[:MAX_REPORTED_ERRORS]
-        )
+def is_usable_key(key: object) -> bool:
+    if isinstance(key, bool):
+        return False
+    if isinstance(key, int):
+        return True
+    return isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH
 
 
-def validate_instances(
-    instances: Sequence[Instance], spec: ModelSpec
-) -> tuple[list[ValidRow], list[InstanceFailure]]:
-    """Each instance as a row for the model, or as the failure that keeps it from being one."""
-    rows: list[ValidRow] = []
-    failures: list[InstanceFailure] = []
-    for index, instance in enumerate(instances):
-        values, details = _row_values(index, instance, spec.features)
-        if details:
-            failures.append(InstanceFailure(index, instance.key, details))
-        else:
-            rows.append(ValidRow(index, instance.key, values))
-    return rows, failures
+def validate_request(body: Any, spec: ModelSpec, max_instances: int) -> ValidBatch:
+    """A decoded body -> ``ValidBatch``; raises ``InvalidRequest`` for request-level faults.
+    Instance failures are in ``failures``; with errors="reject" the caller refuses them."""
+    if not isinstance(body, dict):
+        raise _invalid("body", "the body must be a JSON object: {instances} or {keys, columns}", [])
+    unknown = set(body) - {"instances", "keys", "columns", "errors"}
+    if unknown:
+        names = sorted(map(str, unknown))
+        raise _invalid(
+            "unknown_field", f"unknown field(s) {names}; send instances, or keys and columns", []
+        )
+    errors = body.get("errors", "reject")
+    if errors not in ERROR_MODES:
+        raise _invalid(
+            "errors", f"errors must be one of {list(ERROR_MODES)}, got {errors!r}", ["errors"]
+        )
+    if "instances" in body and ("keys" in body or "columns" in body):
+        raise _invalid("body", "send instances, or keys and columns, not both", [])
+    if "instances" in body:
+        keys, columns, failures = _from_rows(body["instances"], spec, max_instances)
+        shape = "rows"
+    elif "keys" in body or "columns" in body:
+        keys, columns, failures = _from_columns(
+            body.get("keys"), body.get("columns"), spec, max_instances
+        )
+        shape = "columns"
+    else:
+        raise _invalid("empty_instances", "send instances, or keys and columns", ["instances"])
+    batch = ValidBatch(len(keys), keys, [], shape=shape, errors=errors, all_keys=keys)
+    kept: list[int] | None = None
+    if failures:
+        failed = {failure.index for failure in failures}
+        kept = [i for i in range(len(keys)) if i not in failed]
+        batch.positions = kept
+        batch.keys = [keys[i] for i in kept]
+        batch.failures = sorted(failures, key=lambda failure: failure.index)
+    batch.columns = [
+        _as_array(column, feature, kept)
+        for feature, column in zip(spec.features, columns, strict=True)
+    ]
+    return batch
+
+
+def _as_array(
+    column: list[Any] | np.ndarray, feature: FeatureInfo, kept: list[int] | None
+) -> np.ndarray:
+    """A checked column as the runner takes it: float64 (None -> NaN) or object."""
+    if isinstance(column, np.ndarray):
+        return column if kept is None else column[kept]
+    if kept is not None:
+        column = [column[i] for i in kept]
+    if feature.type == "number":
+        return np.array(column, dtype=np.float64)
+    values = np.empty(len(column), dtype=object)
+    values[:] = column
+    return values
 
 
 def rejection(failures: Sequence[InstanceFailure]) -> InvalidRequest:
@@ -103,88 +149,280 @@ def rejection(failures: Sequence[InstanceFailure]) -> InvalidRequest:
     return InvalidRequest(f"{len(details)} invalid instance field(s){more}", shown)
 
 
-def _duplicate_key_errors(instances: Sequence[Instance]) -> list[ErrorDetail]:
-    # (type, value) so that the integer key 1 and the string key "1" stay different keys.
-    counts = Counter((type(i.key), i.key) for i in instances)
-    duplicated = {typed for typed, n in counts.items() if n > 1}
-    errors: list[ErrorDetail] = []
+def _invalid(kind: str, msg: str, loc: list[str | int]) -> InvalidRequest:
+    return InvalidRequest(msg, [ErrorDetail(type=kind, msg=msg, loc=loc)])
+
+
+def _check_count(count: int, max_instances: int, where: str) -> None:
+    if count == 0:
+        raise _invalid("empty_instances", "send at least one instance", [where])
+    if count > max_instances:
+        raise _invalid(
+            "too_many_instances",
+            f"{count} instances sent, at most {max_instances} per request; split the request",
+            [where],
+        )
+
+
+def _check_keys(keys: Sequence[Any], loc: Any) -> None:
+    """Every key usable and sent once. ``loc(i)`` says where key ``i`` is in the body."""
+    kinds = set(map(type, keys))
+    usable = kinds <= {str, int}  # no bools, floats, nulls...
+    if usable and str in kinds:  # ...and strings of a usable length, checked in C
+        strings = [key for key in keys if type(key) is str] if int in kinds else keys
+        usable = min(map(len, strings)) > 0 and max(map(len, strings)) <= MAX_KEY_LENGTH
+    bad = [] if usable else [i for i, key in enumerate(keys) if not is_usable_key(key)]
+    if bad:
+        details = [
+            ErrorDetail(
+                type="invalid_key",
+                msg=f"key must be a non-empty string of at most {MAX_KEY_LENGTH} characters "
+                f"or an integer, got {repr(keys[i])[:80]}",
+                loc=loc(i),
+            )
+            for i in bad[:MAX_REPORTED_ERRORS]
+        ]
+        raise InvalidRequest(f"{len(bad)} invalid key(s)", details)
+    # Keys are strings and integers only (no bools, no floats), so 1 and "1" are already
+    # different set members.
+    if len(set(keys)) == len(keys):
+        return
+    counts = Counter(map(_typed, keys))
+    duplicates: list[ErrorDetail] = []
     seen: set[tuple[type, Key]] = set()
-    for index, instance in enumerate(instances):
-        typed = (type(instance.key), instance.key)
-        if typed in duplicated and typed not in seen:
+    for index, key in enumerate(keys):
+        typed = _typed(key)
+        if counts[typed] > 1 and typed not in seen:
             seen.add(typed)
-            errors.append(
+            duplicates.append(
                 ErrorDetail(
                     type="duplicate_key",
-                    msg=f"key {instance.key!r} is sent {counts[typed]} times; "
+                    msg=f"key {key!r} is sent {counts[typed]} times; "
                     "keys must be unique within a request",
-                    loc=["instances", index, "key"],
-                    key=instance.key,
+                    loc=loc(index),
+                    key=key,
                     field="key",
                 )
             )
-    return errors
+    raise InvalidRequest(f"{len(duplicates)} duplicated key(s)", duplicates[:MAX_REPORTED_ERRORS])
 
 
-def _row_values(
-    index: int, instance: Instance, features: Sequence[FeatureInfo]
-) -> tuple[list[FeatureValue], list[ErrorDetail]]:
-    key = instance.key
-    errors: list[ErrorDetail] = []
+def _typed(key: Any) -> tuple[type, Any]:
+    return (type(key), key)
 
-    def error(kind: str, name: str, msg: str) -> None:
-        errors.append(
-            ErrorDetail(
-                type=kind,
-                msg=f"instance with key {key!r}: feature {name!r}: {msg}",
-                loc=["instances", index, "features", name],
-                key=key,
-                field=name,
-            )
+
+def _from_rows(
+    instances: Any, spec: ModelSpec, max_instances: int
+) -> tuple[list[Key], list[Any], list[InstanceFailure]]:
+    if not isinstance(instances, list):
+        raise _invalid("body", "instances must be a list", ["instances"])
+    _check_count(len(instances), max_instances, "instances")
+    malformed = [
+        i
+        for i, instance in enumerate(instances)
+        if not (
+            type(instance) is dict
+            and len(instance) == 2
+            and "key" in instance
+            and type(instance.get("features")) is dict
         )
+    ]
+    if malformed:
+        raise InvalidRequest(
+            f"{len(malformed)} malformed instance(s)",
+            [_malformed(i, instances[i]) for i in malformed[:MAX_REPORTED_ERRORS]],
+        )
+    keys = [instance["key"] for instance in instances]
+    _check_keys(keys, lambda i: ["instances", i, "key"])
+    features = [instance["features"] for instance in instances]
+    names = spec.feature_names
+    columns = [[row.get(name, _MISSING) for row in features] for name in names]
+    problems: dict[int, list[ErrorDetail]] = {}
+    expected = set(names)
+    for index, row in enumerate(features):
+        if row.keys() != expected:
+            for name in row:
+                if name not in expected:
+                    _add(problems, keys, index, name, "unknown_feature",
+                         "the model has no such feature (see /model_info)")  # fmt: skip
+    checked = [
+        _check_column(column, feature, keys, problems)
+        for feature, column in zip(spec.features, columns, strict=True)
+    ]
+    return keys, _prefer(checked, columns), _failures(problems, keys)
 
-    known = {feature.name for feature in features}
-    for name in instance.features:
-        if name not in known:
-            error("unknown_feature", name, "the model has no such feature (see /model_info)")
-    values: list[FeatureValue] = []
-    for feature in features:
-        if feature.name not in instance.features:
-            error("missing_feature", feature.name, "missing; send null if the value is unknown")
-            values.append(None)
+
+def _malformed(index: int, instance: Any) -> ErrorDetail:
+    key = instance.get("key") if isinstance(instance, dict) else None
+    if not isinstance(instance, dict):
+        reason = "each instance must be an object {key, features}"
+    elif "key" not in instance:
+        reason = "the key is missing: each instance needs its own key"
+    elif not isinstance(instance.get("features"), dict):
+        reason = "features must be an object of feature values by name"
+    else:
+        extra = sorted(map(str, set(instance) - {"key", "features"}))
+        reason = f"unknown field(s) {extra}; an instance has key and features only"
+    named = f"instance with key {key!r}: " if is_usable_key(key) else ""
+    return ErrorDetail(
+        type="missing_key"
+        if isinstance(instance, dict) and "key" not in instance
+        else "invalid_instance",
+        msg=f"{named}{reason}",
+        loc=["instances", index],
+        key=key if is_usable_key(key) else None,
+    )
+
+
+def _from_columns(
+    keys: Any, columns: Any, spec: ModelSpec, max_instances: int
+) -> tuple[list[Key], list[Any], list[InstanceFailure]]:
+    if not isinstance(keys, list):
+        raise _invalid("body", "keys must be a list (one key per row)", ["keys"])
+    if not isinstance(columns, dict):
+        raise _invalid("body", "columns must be an object {feature: [values]}", ["columns"])
+    _check_count(len(keys), max_instances, "keys")
+    _check_keys(keys, lambda i: ["keys", i])
+    names = spec.feature_names
+    unknown = sorted(set(map(str, columns)) - set(names))
+    missing = [name for name in names if name not in columns]
+    wrong_length = [
+        name
+        for name in names
+        if name in columns
+        and (not isinstance(columns[name], list) or len(columns[name]) != len(keys))
+    ]
+    details = [
+        ErrorDetail(
+            type="unknown_feature",
+            msg=f"column {n!r}: the model has no such feature (see /model_info)",
+            loc=["columns", n],
+            field=n,
+        )
+        for n in unknown
+    ]
+    details += [
+        ErrorDetail(
+            type="missing_feature",
+            msg=f"column {n!r} is missing; send nulls where values are unknown",
+            loc=["columns", n],
+            field=n,
+        )
+        for n in missing
+    ]
+    details += [
+        ErrorDetail(
+            type="wrong_length",
+            msg=f"column {n!r} must be a list of {len(keys)} values, one per key",
+            loc=["columns", n],
+            field=n,
+        )
+        for n in wrong_length
+    ]
+    if details:
+        raise InvalidRequest(f"{len(details)} invalid column(s)", details)
+    ordered = [columns[name] for name in names]
+    problems: dict[int, list[ErrorDetail]] = {}
+    checked = [
+        _check_column(column, feature, keys, problems, loc="columns")
+        for feature, column in zip(spec.features, ordered, strict=True)
+    ]
+    return keys, _prefer(checked, ordered), _failures(problems, keys)
+
+
+def _check_column(
+    column: list[Any],
+    feature: FeatureInfo,
+    keys: Sequence[Key],
+    problems: dict[int, list[ErrorDetail]],
+    loc: str = "instances",
+) -> np.ndarray | None:
+    """Adds the column's bad values to ``problems`` by row. One pass over the types in C for
+    a clean column; a row-by-row look only where that pass finds something. A number column
+    found clean comes back as float64, to be used as it is."""
+    kinds = set(map(type, column))
+    if feature.type == "number":
+        if kinds <= _NUMBER_TYPES:
+            try:
+                values = np.array(column, dtype=np.float64)  # None -> nan
+                suspect = ~(np.abs(values) <= LARGEST_MAGNITUDE)  # nan, inf, huge
+                rows = np.flatnonzero(suspect).tolist()
+            except OverflowError:  # an integer beyond any float
+                rows = list(range(len(column)))
+            candidates = [i for i in rows if column[i] is not None]
+            if not candidates:
+                return values
+        else:
+            candidates = [i for i, value in enumerate(column) if type(value) not in _NUMBER_TYPES]
+    else:
+        if kinds <= _CATEGORY_TYPES:
+            return None
+        candidates = [i for i, value in enumerate(column) if type(value) not in _CATEGORY_TYPES]
+    for index in candidates:
+        value = column[index]
+        if value is _MISSING:
+            _add(problems, keys, index, feature.name, "missing_feature",
+                 "missing; send null if the value is unknown", loc)  # fmt: skip
             continue
-        value = instance.features[feature.name]
         problem = _value_problem(value, feature)
         if problem:
-            error(*problem)
-        values.append(value)  # type: ignore[arg-type]  # checked just above
-    return values, errors
+            _add(problems, keys, index, feature.name, *problem, loc)
+    return None
 
 
-def _value_problem(value: Any, feature: FeatureInfo) -> tuple[str, str, str] | None:
+def _prefer(checked: list[np.ndarray | None], columns: list[Any]) -> list[Any]:
+    return [
+        array if array is not None else column
+        for array, column in zip(checked, columns, strict=True)
+    ]
+
+
+def _value_problem(value: Any, feature: FeatureInfo) -> tuple[str, str] | None:
     if value is None:
         return None  # the pipeline imputes missing values
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     if feature.type == "number":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return (
-                "wrong_type",
-                feature.name,
-                f"expected a number or null, got {type(value).__name__} {shown}",
-            )
+            return ("wrong_type", f"expected a number or null, got {type(value).__name__} {shown}")
         if isinstance(value, float) and not math.isfinite(value):
-            return "out_of_range", feature.name, f"expected a finite number, got {shown}"
+            return "out_of_range", f"expected a finite number, got {shown}"
         if abs(value) > LARGEST_MAGNITUDE:
             return (
                 "out_of_range",
-                feature.name,
                 f"magnitude above {LARGEST_MAGNITUDE:.3g}, which the model cannot take",
             )
         return None
     if not isinstance(value, str):
         return (
             "wrong_type",
-            feature.name,
             f"expected a string (category) or null, got {type(value).__name__} {shown}",
         )
     return None
+
+
+def _add(
+    problems: dict[int, list[ErrorDetail]],
+    keys: Sequence[Key],
+    index: int,
+    name: str,
+    kind: str,
+    msg: str,
+    loc: str = "instances",
+) -> None:
+    key = keys[index]
+    where: list[str | int] = (
+        ["instances", index, "features", name] if loc == "instances" else ["columns", name, index]
+    )
+    problems.setdefault(index, []).append(
+        ErrorDetail(
+            type=kind,
+            msg=f"instance with key {key!r}: feature {name!r}: {msg}",
+            loc=where,
+            key=key,
+            field=name,
+        )
+    )
+
+
+def _failures(problems: dict[int, list[ErrorDetail]], keys: Sequence[Key]) -> list[InstanceFailure]:
+    return [InstanceFailure(index, keys[index], details) for index, details in problems.items()]

@@ -2,77 +2,99 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from keyed_serving.chunking import cut
 from keyed_serving.reassemble import KeyMismatch, reassemble_by_key
-from keyed_serving.schemas import KeyedResult
-from keyed_serving.validate import ValidRow
+from keyed_serving.schemas import BlockResult, KeyedBlock
+from keyed_serving.validate import ValidBatch
 
 
-def rows(keys: list) -> list[ValidRow]:
-    return [ValidRow(i, key, [float(i)]) for i, key in enumerate(keys)]
+def batch(keys: list) -> ValidBatch:
+    return ValidBatch(len(keys), keys, [np.arange(len(keys), dtype=np.float64)])
 
 
-def answer(chunks) -> list[list[KeyedResult]]:
-    """What a correct runner gives: per chunk, each row's result with its chunk and key."""
+def answer(blocks: list[KeyedBlock]) -> list[BlockResult]:
+    """What a correct runner gives: per block, its chunk id, its keys and a result per row
+    (here the row's value, so a result can be traced back to its row)."""
     return [
-        [KeyedResult(chunk=r.chunk, key=r.key, prediction=r.values[0]) for r in chunk.rows]
-        for chunk in chunks
+        BlockResult(chunk=b.chunk, keys=b.keys, predictions=b.columns[0].copy()) for b in blocks
     ]
 
 
 def test_cut_keeps_every_row_in_order_under_unique_chunk_ids() -> None:
-    chunks = cut(rows(list(range(1234))), 500)
-    assert [len(c.rows) for c in chunks] == [500, 500, 234]
-    assert len({c.id for c in chunks}) == 3
-    assert [r.key for c in chunks for r in c.rows] == list(range(1234))
-    assert all(r.chunk == c.id for c in chunks for r in c.rows)
+    blocks = cut(batch(list(range(1234))), 500)
+    assert [len(b.keys) for b in blocks] == [500, 500, 234]
+    assert len({b.chunk for b in blocks}) == 3
+    assert [k for b in blocks for k in b.keys.tolist()] == list(range(1234))
+    assert [v for b in blocks for v in b.columns[0].tolist()] == list(range(1234))
 
 
 def test_results_in_any_order_come_back_in_request_order() -> None:
-    chunks = cut(rows(["a", "b", "c", "d", "e"]), 2)
-    results = answer(chunks)
-    scrambled = [r for part in results for r in part]
-    random.Random(3).shuffle(scrambled)
-    ordered = reassemble_by_key(chunks, [scrambled[:1], scrambled[1:]])
-    assert [(r.key, r.prediction) for r in ordered] == [
-        ("a", 0.0),
-        ("b", 1.0),
-        ("c", 2.0),
-        ("d", 3.0),
-        ("e", 4.0),
-    ]
+    blocks = cut(batch(["a", "b", "c", "d", "e"]), 2)
+    results = answer(blocks)
+    for result in results:  # rows shuffled within each block, blocks shuffled too
+        order = np.random.default_rng(3).permutation(len(result.keys))
+        result.keys, result.predictions = result.keys[order], result.predictions[order]
+    random.Random(3).shuffle(results)
+    scored = reassemble_by_key(blocks, results)
+    assert scored.predictions == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def test_a_missing_result_is_a_mismatch() -> None:
-    chunks = cut(rows([0, 1, 2]), 10)
-    results = answer(chunks)
+    blocks = cut(batch([0, 1, 2]), 10)
+    [result] = answer(blocks)
+    short = BlockResult(chunk=result.chunk, keys=result.keys[:-1], predictions=[0.0, 1.0])
     with pytest.raises(KeyMismatch) as caught:
-        reassemble_by_key(chunks, [results[0][:-1]])
+        reassemble_by_key(blocks, [short])
     assert len(caught.value.missing) == 1 and caught.value.missing[0][2] == 2
 
 
-def test_a_repeated_result_is_a_mismatch_even_when_the_count_adds_up() -> None:
-    chunks = cut(rows([0, 1, 2]), 10)
-    [part] = answer(chunks)
+def test_a_missing_block_is_a_mismatch() -> None:
+    blocks = cut(batch([0, 1, 2, 3]), 2)
     with pytest.raises(KeyMismatch) as caught:
-        reassemble_by_key(chunks, [[part[0], part[0], part[2]]])
+        reassemble_by_key(blocks, answer(blocks)[:1])
+    assert [pair[2] for pair in caught.value.missing] == [2, 3]
+
+
+def test_a_repeated_result_is_a_mismatch_even_when_the_count_adds_up() -> None:
+    blocks = cut(batch([0, 1, 2]), 10)
+    [result] = answer(blocks)
+    result.keys = np.array([0, 0, 2], dtype=object)
+    with pytest.raises(KeyMismatch) as caught:
+        reassemble_by_key(blocks, [result])
     assert caught.value.repeated and caught.value.missing
+
+
+def test_a_prediction_missing_without_an_error_is_a_mismatch() -> None:
+    blocks = cut(batch(["a", "b"]), 10)
+    [result] = answer(blocks)
+    result.predictions = np.array([None, 1.0], dtype=object)
+    with pytest.raises(KeyMismatch):
+        reassemble_by_key(blocks, [result])
 
 
 def test_an_equal_key_from_another_request_is_a_mismatch() -> None:
     # Two requests both number their rows 0..2; request B's rows must not answer A.
-    mine = cut(rows([0, 1, 2]), 10)
-    theirs = cut(rows([0, 1, 2]), 10)
+    mine = cut(batch([0, 1, 2]), 10)
+    theirs = cut(batch([0, 1, 2]), 10)
     with pytest.raises(KeyMismatch) as caught:
         reassemble_by_key(mine, answer(theirs))
     assert len(caught.value.missing) == 3 and len(caught.value.unexpected) == 3
 
 
 def test_integer_and_string_keys_are_not_confused() -> None:
-    chunks = cut(rows([1, "1"]), 10)
-    [part] = answer(chunks)
-    swapped = [part[0].model_copy(update={"key": "1"}), part[1].model_copy(update={"key": 1})]
-    ordered = reassemble_by_key(chunks, [swapped])
-    assert [(type(r.key), r.prediction) for r in ordered] == [(int, 1.0), (str, 0.0)]
+    blocks = cut(batch([1, "1"]), 10)
+    [result] = answer(blocks)
+    swapped = BlockResult(
+        chunk=result.chunk,
+        keys=np.array(["1", 1], dtype=object),
+        predictions=result.predictions[::-1].copy(),
+    )
+    assert reassemble_by_key(blocks, [swapped]).predictions == [0.0, 1.0]
+    confused = BlockResult(
+        chunk=result.chunk, keys=np.array([1, 1], dtype=object), predictions=result.predictions
+    )
+    with pytest.raises(KeyMismatch):
+        reassemble_by_key(blocks, [confused])

@@ -10,14 +10,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import numpy as np
+import orjson
 import pytest
 from bentoml.exceptions import InternalServerError, ServiceUnavailable
 from prometheus_client import REGISTRY
 
-from keyed_serving.schemas import Instance, KeyedResult, KeyedRow
+from keyed_serving.schemas import BlockResult, KeyedBlock
 from keyed_serving.settings import get_settings
 
 FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+Blocks = list[KeyedBlock]
 
 
 @pytest.fixture(scope="module")
@@ -37,71 +40,63 @@ def model(service: Any) -> Any:
     return service.ModelRunner().model
 
 
-def flowers(n: int, seed: int, keys: Sequence[Any] | None = None) -> list[Instance]:
+def flowers(n: int, seed: int, keys: Sequence[Any] | None = None) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     keys = list(range(n)) if keys is None else keys
     return [
-        Instance(
-            key=key,
-            features={
+        {
+            "key": key,
+            "features": {
                 "sepal_length_cm": round(rng.uniform(4.3, 7.9), 1),
                 "sepal_width_cm": round(rng.uniform(2.0, 4.4), 1),
                 "petal_length_cm": round(rng.uniform(1.0, 6.9), 1),
                 "petal_width_cm": round(rng.uniform(0.1, 2.5), 1),
             },
-        )
+        }
         for key in keys
     ]
 
 
-def own_predictions(model: Any, instances: list[Instance]) -> list[Any]:
+def own_predictions(model: Any, instances: list[dict[str, Any]]) -> list[Any]:
     import pandas as pd
 
-    frame = pd.DataFrame([i.features for i in instances], columns=FEATURES)
+    frame = pd.DataFrame([i["features"] for i in instances], columns=FEATURES)
     return [p.item() if hasattr(p, "item") else p for p in model.pipeline.predict(frame)]
 
 
-def runner(predict: Callable[[list[KeyedRow]], Any]) -> Any:
-    """Stands in for the proxy `bentoml.depends` gives the entry: `.to_async.predict(rows)`."""
+def answered(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, response.body[:300]
+    return orjson.loads(response.body)
+
+
+def runner(predict: Callable[[Blocks], Any]) -> Any:
+    """Stands in for the proxy `bentoml.depends` gives the entry: `.to_async.predict(blocks)`."""
     return SimpleNamespace(to_async=SimpleNamespace(predict=predict))
 
 
 class MicroBatchingRunner:
-    """Holds calls until `callers` have arrived, predicts them as one micro-batch with the real
-    model, and hands the output back by position, as BentoML's dispatcher does. `mangle`
-    changes the micro-batch's output first, as a faulty batch function would."""
+    """Predicts each call's blocks as one micro-batch with the real model and hands the
+    results back by position, as BentoML's dispatcher does. `mangle` changes the
+    micro-batch's results first, as a faulty batch function would."""
 
     def __init__(
-        self,
-        model: Any,
-        callers: int,
-        mangle: Callable[[list[KeyedResult]], list[KeyedResult]] = lambda r: r,
+        self, model: Any, mangle: Callable[[list[BlockResult]], list[BlockResult]] = lambda r: r
     ):
-        self.model, self.callers, self.mangle = model, callers, mangle
-        self.waiting: list[tuple[list[KeyedRow], asyncio.Future]] = []
-        self.batch_sizes: list[int] = []
+        self.model, self.mangle = model, mangle
+        self.calls: list[list[int]] = []  # rows per block, per call
 
-    async def predict(self, rows: list[KeyedRow]) -> list[KeyedResult]:
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append((rows, future))
-        if len(self.waiting) == self.callers:
-            batch = [row for rows_, _ in self.waiting for row in rows_]
-            self.batch_sizes.append(len(batch))
-            output = self.mangle(self.model.predict_rows(batch))
-            start = 0
-            for rows_, waiting_future in self.waiting:
-                waiting_future.set_result(output[start : start + len(rows_)])
-                start += len(rows_)
-            self.waiting = []
-        return await future
+    async def predict(self, blocks: Blocks) -> list[BlockResult]:
+        self.calls.append([len(block.keys) for block in blocks])
+        await asyncio.sleep(0)
+        return self.mangle(self.model.predict_blocks(blocks))
 
 
-def always_raising(error: Exception) -> tuple[Callable[[list[KeyedRow]], Any], list[int]]:
+def always_raising(error: Exception) -> tuple[Callable[[Blocks], Any], list[int]]:
     """A runner call that always fails with `error`, and the list of its attempts' sizes."""
     attempts: list[int] = []
 
-    async def predict(rows: list[KeyedRow]) -> list[KeyedResult]:
-        attempts.append(len(rows))
+    async def predict(blocks: Blocks) -> list[BlockResult]:
+        attempts.append(sum(len(block.keys) for block in blocks))
         raise error
 
     return predict, attempts
@@ -111,77 +106,135 @@ def mismatches() -> float:
     return REGISTRY.get_sample_value("keyed_key_mismatches_total") or 0.0
 
 
-async def predict_all(entry: Any, requests: list[list[Instance]]) -> list[Any]:
-    return await asyncio.gather(*(entry.predict(instances=r) for r in requests))
+async def predict_all(entry: Any, requests: list[list[dict[str, Any]]], **extra: Any) -> list:
+    return await asyncio.gather(*(entry.predict(instances=r, **extra) for r in requests))
+
+
+def columns_of(instances: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "keys": [i["key"] for i in instances],
+        "columns": {f: [i["features"].get(f) for i in instances] for f in FEATURES},
+    }
 
 
 def test_predictions_come_back_in_request_order_with_their_keys(entry: Any, model: Any) -> None:
-    instances = flowers(40, seed=1, keys=[f"k{i}" for i in random.Random(2).sample(range(99), 40)])
-    answer = asyncio.run(entry.predict(instances=instances))
-    assert answer.model == entry.spec.tag
-    assert [p.key for p in answer.predictions] == [i.key for i in instances]
-    assert [p.prediction for p in answer.predictions] == own_predictions(model, instances)
-    for p in answer.predictions:
-        assert set(p.probabilities) == {"setosa", "versicolor", "virginica"}
-        assert abs(sum(p.probabilities.values()) - 1) < 1e-9
+    keys = [f"k{i}" for i in random.Random(2).sample(range(99), 40)]
+    instances = flowers(40, seed=1, keys=keys)
+    answer = answered(asyncio.run(entry.predict(instances=instances)))
+    assert answer["model"] == entry.spec.tag
+    assert [p["key"] for p in answer["predictions"]] == keys
+    assert [p["prediction"] for p in answer["predictions"]] == own_predictions(model, instances)
+    for p in answer["predictions"]:
+        assert set(p["probabilities"]) == {"setosa", "versicolor", "virginica"}
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-9
+    assert answer["summary"] == {"received": 40, "predicted": 40, "failed": 0}
 
 
-def test_a_large_request_is_cut_into_chunks_and_reassembled(entry: Any, model: Any) -> None:
-    chunk_rows = get_settings().chunk_rows
-    calls: list[int] = []
-
-    async def counting(rows: list[KeyedRow]) -> list[KeyedResult]:
-        calls.append(len(rows))
-        return model.predict_rows(rows)
-
-    entry.runner = runner(counting)
-    instances = flowers(2 * chunk_rows + 37, seed=3)
-    answer = asyncio.run(entry.predict(instances=instances))
-    assert sorted(calls) == sorted([chunk_rows, chunk_rows, 37])
-    assert [p.key for p in answer.predictions] == [i.key for i in instances]
-    assert [p.prediction for p in answer.predictions] == own_predictions(model, instances)
+def test_a_columnar_request_is_answered_in_columns_with_the_same_predictions(
+    entry: Any, model: Any
+) -> None:
+    instances = flowers(30, seed=11, keys=[f"c{i}" for i in range(29)] + [7])
+    rows = answered(asyncio.run(entry.predict(instances=instances)))
+    columns = answered(asyncio.run(entry.predict(**columns_of(instances))))
+    assert columns["keys"] == [i["key"] for i in instances]
+    assert [type(k) for k in columns["keys"]] == [type(i["key"]) for i in instances]
+    assert columns["predictions"] == [p["prediction"] for p in rows["predictions"]]
+    for label, column in columns["probabilities"].items():
+        assert column == [p["probabilities"][label] for p in rows["predictions"]]
+    assert columns["errors"] == [] and columns["summary"]["predicted"] == 30
 
 
-def test_equal_keys_from_requests_sharing_a_micro_batch_stay_paired(entry: Any, model: Any) -> None:
+def test_a_large_request_is_cut_into_blocks_and_reassembled(entry: Any, model: Any) -> None:
+    settings = get_settings()
+    batching = MicroBatchingRunner(model)
+    entry.runner = runner(batching.predict)
+    instances = flowers(2 * settings.chunk_rows + 37, seed=3)
+    answer = answered(asyncio.run(entry.predict(**columns_of(instances))))
+    blocks = sorted(rows for call in batching.calls for rows in call)
+    assert blocks == sorted([settings.chunk_rows, settings.chunk_rows, 37])
+    assert all(sum(call) <= max(settings.coalesce_rows, max(call)) for call in batching.calls)
+    assert answer["keys"] == [i["key"] for i in instances]
+    assert answer["predictions"] == own_predictions(model, instances)
+
+
+def test_concurrent_requests_share_one_runner_call_and_keep_their_own_keys(
+    entry: Any, model: Any
+) -> None:
     # Everyone numbers their rows 0..n-1: one micro-batch holds key 0 three times.
-    batching = MicroBatchingRunner(model, callers=3)
+    batching = MicroBatchingRunner(model)
     entry.runner = runner(batching.predict)
     requests = [flowers(n, seed=10 + n) for n in (5, 9, 7)]
     answers = asyncio.run(predict_all(entry, requests))
-    assert batching.batch_sizes == [21]
-    for instances, answer in zip(requests, answers, strict=True):
-        assert [p.key for p in answer.predictions] == list(range(len(instances)))
-        assert [p.prediction for p in answer.predictions] == own_predictions(model, instances)
+    assert batching.calls == [[5, 9, 7]]  # coalesced by the entry: one call, three blocks
+    for instances, response in zip(requests, answers, strict=True):
+        answer = answered(response)
+        assert [p["key"] for p in answer["predictions"]] == list(range(len(instances)))
+        assert [p["prediction"] for p in answer["predictions"]] == own_predictions(model, instances)
+
+
+def drop_last_row(results: list[BlockResult]) -> list[BlockResult]:
+    first = results[0]
+    results[0] = BlockResult(
+        chunk=first.chunk,
+        keys=first.keys[:-1],
+        predictions=first.predictions[:-1],
+        probabilities=first.probabilities[:-1],
+    )
+    return results
+
+
+def repeat_a_key(results: list[BlockResult]) -> list[BlockResult]:
+    keys = results[0].keys.copy()
+    keys[-1] = keys[0]
+    results[0] = results[0].model_copy(update={"keys": keys})
+    return results
 
 
 @pytest.mark.parametrize(
     "fault",
     [
-        pytest.param(lambda out: out[1:], id="one-row-too-few"),
-        pytest.param(lambda out: [out[0], *out[:-1]], id="a-row-repeated"),
+        pytest.param(drop_last_row, id="one-row-too-few"),
+        pytest.param(repeat_a_key, id="a-key-repeated"),
         # The two requests' blocks change places: same keys 0..5, same lengths.
-        pytest.param(lambda out: out[6:] + out[:6], id="requests-swapped"),
+        pytest.param(lambda out: out[::-1], id="requests-swapped"),
+        pytest.param(lambda out: out[:1], id="a-block-result-missing"),
     ],
 )
 def test_a_runner_that_mispairs_rows_gets_500_never_a_wrong_200(
     entry: Any, model: Any, fault: Callable
 ) -> None:
-    entry.runner = runner(MicroBatchingRunner(model, callers=2, mangle=fault).predict)
+    entry.runner = runner(MicroBatchingRunner(model, mangle=fault).predict)
     before = mismatches()
     answers = asyncio.run(predict_all(entry, [flowers(6, seed=1), flowers(6, seed=2)]))
-    assert [a.status_code for a in answers] == [500, 500]
-    assert all(b"did not match the keys" in a.body for a in answers)
-    assert mismatches() - before == 2
+    faulted = [a for a in answers if a.status_code == 500]
+    assert faulted and all(a.status_code in (200, 500) for a in answers)
+    assert all(b"did not match the keys" in a.body for a in faulted)
+    assert mismatches() - before == len(faulted)
+    if fault in (drop_last_row, repeat_a_key):
+        assert [a.status_code for a in answers] == [500, 200]  # the other block was intact
+    else:
+        assert len(faulted) == 2
 
 
-def test_rows_reordered_inside_a_request_still_pair_by_key(entry: Any, model: Any) -> None:
+def test_rows_reordered_inside_a_block_still_pair_by_key(entry: Any, model: Any) -> None:
     # Results carry their keys, so an order change alone is harmless: answered in request order.
-    swap_first_two = MicroBatchingRunner(model, callers=1, mangle=lambda o: [o[1], o[0], *o[2:]])
-    entry.runner = runner(swap_first_two.predict)
+    def reverse_rows(results: list[BlockResult]) -> list[BlockResult]:
+        return [
+            r.model_copy(
+                update={
+                    "keys": r.keys[::-1],
+                    "predictions": r.predictions[::-1],
+                    "probabilities": r.probabilities[::-1],
+                }
+            )
+            for r in results
+        ]
+
+    entry.runner = runner(MicroBatchingRunner(model, mangle=reverse_rows).predict)
     instances = flowers(6, seed=1)
-    answer = asyncio.run(entry.predict(instances=instances))
-    assert [p.key for p in answer.predictions] == list(range(6))
-    assert [p.prediction for p in answer.predictions] == own_predictions(model, instances)
+    answer = answered(asyncio.run(entry.predict(instances=instances)))
+    assert [p["key"] for p in answer["predictions"]] == list(range(6))
+    assert [p["prediction"] for p in answer["predictions"]] == own_predictions(model, instances)
 
 
 def test_transient_runner_failures_are_retried(entry: Any, model: Any) -> None:
@@ -191,14 +244,31 @@ def test_transient_runner_failures_are_retried(entry: Any, model: Any) -> None:
         ConnectionResetError(),
     ]
 
-    async def flaky(rows: list[KeyedRow]) -> list[KeyedResult]:
+    async def flaky(blocks: Blocks) -> list[BlockResult]:
         if failures:
             raise failures.pop()
-        return model.predict_rows(rows)
+        return model.predict_blocks(blocks)
 
     entry.runner = runner(flaky)
-    answer = asyncio.run(entry.predict(instances=flowers(3, seed=4)))
-    assert failures == [] and [p.key for p in answer.predictions] == [0, 1, 2]
+    answer = answered(asyncio.run(entry.predict(instances=flowers(3, seed=4))))
+    assert failures == [] and [p["key"] for p in answer["predictions"]] == [0, 1, 2]
+
+
+def test_a_failed_shared_call_is_retried_by_each_of_its_requests(entry: Any, model: Any) -> None:
+    calls: list[int] = []
+
+    async def fails_once(blocks: Blocks) -> list[BlockResult]:
+        calls.append(len(blocks))
+        if len(calls) == 1:
+            raise aiohttp.ServerDisconnectedError()
+        return model.predict_blocks(blocks)
+
+    entry.runner = runner(fails_once)
+    requests = [flowers(4, seed=50 + n) for n in range(3)]
+    answers = [answered(a) for a in asyncio.run(predict_all(entry, requests))]
+    assert calls[0] == 3 and sum(calls[1:]) == 3  # the three blocks, sent again
+    for instances, answer in zip(requests, answers, strict=True):
+        assert [p["prediction"] for p in answer["predictions"]] == own_predictions(model, instances)
 
 
 def test_a_runner_that_stays_overloaded_gets_503_with_retry_after(
@@ -228,7 +298,7 @@ def test_a_runner_that_hangs_gets_503_at_the_deadline(
         service, "settings", get_settings().model_copy(update={"request_deadline_s": 0.2})
     )
 
-    async def hangs(rows: list[KeyedRow]) -> list[KeyedResult]:
+    async def hangs(blocks: Blocks) -> list[BlockResult]:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -248,14 +318,14 @@ def test_a_deterministic_runner_error_is_not_retried(entry: Any) -> None:
 def test_bad_input_is_rejected_before_anything_is_predicted(entry: Any) -> None:
     called = False
 
-    async def must_not_run(rows: list[KeyedRow]) -> list[KeyedResult]:
+    async def must_not_run(blocks: Blocks) -> list[BlockResult]:
         nonlocal called
         called = True
         return []
 
     entry.runner = runner(must_not_run)
     instances = flowers(3, seed=8)
-    instances[2] = Instance(key="bad", features={"sepal_length_cm": 1.0})
+    instances[2] = {"key": "bad", "features": {"sepal_length_cm": 1.0}}
     answer = asyncio.run(entry.predict(instances=instances))
     assert answer.status_code == 400 and not called
     assert b"'bad'" in answer.body and b"sepal_width_cm" in answer.body
@@ -270,19 +340,36 @@ def test_model_info_says_what_a_request_needs(entry: Any) -> None:
     assert info.max_instances == get_settings().max_instances
 
 
-def test_the_runner_predicts_a_micro_batch_of_keyed_rows_and_counts_it(service: Any) -> None:
+def block(chunk: str, keys: list[Any], instances: list[dict[str, Any]]) -> KeyedBlock:
+    return KeyedBlock(
+        chunk=chunk,
+        keys=np.array(keys, dtype=object),
+        columns=[np.array([i["features"][f] for i in instances]) for f in FEATURES],
+    )
+
+
+def test_the_runner_predicts_a_micro_batch_of_keyed_blocks_and_counts_it(service: Any) -> None:
     runner_service = service.ModelRunner()
     instances = flowers(5, seed=9)
-    rows = [
-        KeyedRow(chunk=f"c{n % 2}", key=n % 3, values=[i.features[f] for f in FEATURES])
-        for n, i in enumerate(instances)
-    ]
+    blocks = [block("c0", [0, 1, 2], instances[:3]), block("c1", [0, 1], instances[3:])]
     batches_before = REGISTRY.get_sample_value("keyed_micro_batch_rows_count") or 0.0
-    results = runner_service.predict(rows)
-    assert [(r.chunk, r.key) for r in results] == [(r.chunk, r.key) for r in rows]
-    assert [r.prediction for r in results] == own_predictions(runner_service.model, instances)
+    results = runner_service.predict(blocks)
+    assert [(r.chunk, r.keys.tolist()) for r in results] == [("c0", [0, 1, 2]), ("c1", [0, 1])]
+    predictions = [p for r in results for p in r.predictions.tolist()]
+    assert predictions == own_predictions(runner_service.model, instances)
     assert REGISTRY.get_sample_value("keyed_micro_batch_rows_count") == batches_before + 1
     assert REGISTRY.get_sample_value("keyed_micro_batch_chunks_sum") is not None
+
+
+def test_predictions_taken_from_probabilities_equal_the_models_own_predict(model: Any) -> None:
+    # The forest's predict is the class of largest probability: one pass gives both.
+    assert model.derive_predictions
+    instances = flowers(500, seed=12)
+    rng = np.random.default_rng(0)
+    for instance in instances[::3]:  # ties and odd values too
+        instance["features"]["petal_width_cm"] = float(rng.choice([0.8, 1.75, 1.65]))
+    columns = {f: [i["features"][f] for i in instances] for f in FEATURES}
+    assert model.predict_columns(columns).predictions.tolist() == own_predictions(model, instances)
 
 
 class PoisonedPipeline:
@@ -291,6 +378,8 @@ class PoisonedPipeline:
 
     def __init__(self, pipeline: Any) -> None:
         self.pipeline = pipeline
+        self.classes_ = pipeline.classes_
+        self.steps = pipeline.steps
         self.calls = 0
 
     def _check(self, frame: Any) -> None:
@@ -314,28 +403,24 @@ def poisoned_model(model: Any) -> Any:
     return LoadedModel(model.spec, PoisonedPipeline(model.pipeline))
 
 
-def poison(instances: list[Instance], *positions: int) -> list[Instance]:
+def poison(instances: list[dict[str, Any]], *positions: int) -> list[dict[str, Any]]:
     for position in positions:
-        instances[position].features["sepal_length_cm"] = 666
+        instances[position]["features"]["sepal_length_cm"] = 666
     return instances
 
 
 def test_bisection_isolates_the_rows_the_model_raises_on(poisoned_model: Any, model: Any) -> None:
     instances = poison(flowers(64, seed=20), 5, 40)
-    rows = [
-        KeyedRow(chunk="c", key=i.key, values=[i.features[f] for f in FEATURES]) for i in instances
-    ]
-    results = poisoned_model.predict_rows(rows)
-    assert [r.key for r in results] == [r.key for r in rows]
-    failed = [r.key for r in results if r.error is not None]
-    assert failed == [5, 40]
+    [result] = poisoned_model.predict_blocks([block("c", list(range(64)), instances)])
+    assert result.keys.tolist() == list(range(64))
+    assert sorted(e.row for e in result.errors) == [5, 40]
     assert all(
-        r.error.code == "model_error" and "Traceback" not in r.error.message
-        for r in results
-        if r.error is not None
+        e.error.code == "model_error" and "Traceback" not in e.error.message for e in result.errors
     )
-    clean = [i for i in instances if i.key not in (5, 40)]
-    assert [r.prediction for r in results if r.error is None] == own_predictions(model, clean)
+    assert [result.predictions[i] for i in (5, 40)] == [None, None]
+    clean = [i for i in instances if i["key"] not in (5, 40)]
+    predicted = [p for p in result.predictions.tolist() if p is not None]
+    assert predicted == own_predictions(model, clean)
     # Two poisoned rows in 64: about 2 x 2 x log2(64) frames, not one per row.
     assert poisoned_model.pipeline.calls <= 2 * (1 + 2 * 2 * 6)
 
@@ -343,7 +428,7 @@ def test_bisection_isolates_the_rows_the_model_raises_on(poisoned_model: Any, mo
 def test_one_clients_poison_does_not_fail_the_others_in_its_micro_batch(
     entry: Any, poisoned_model: Any, model: Any
 ) -> None:
-    batching = MicroBatchingRunner(poisoned_model, callers=3)
+    batching = MicroBatchingRunner(poisoned_model)
     entry.runner = runner(batching.predict)
     clean_a, poisoned, clean_b = (
         flowers(7, seed=31),
@@ -358,24 +443,22 @@ def test_one_clients_poison_does_not_fail_the_others_in_its_micro_batch(
             entry.predict(instances=clean_b),
         )
 
-    answer_a, answer_poisoned, answer_b = asyncio.run(three_clients())
-    assert batching.batch_sizes == [21]  # all three shared one micro-batch
+    answer_a, answer_poisoned, answer_b = (answered(a) for a in asyncio.run(three_clients()))
+    assert batching.calls == [[7, 5, 9]]  # all three shared one micro-batch
     for instances, answer in ((clean_a, answer_a), (clean_b, answer_b)):
-        assert [p.prediction for p in answer.predictions] == own_predictions(model, instances)
-    entries = answer_poisoned.predictions
-    assert [e.key for e in entries] == [0, 1, 2, 3, 4]
-    assert entries[2].error.code == "model_error"
-    assert answer_poisoned.summary.model_dump() == {"received": 5, "predicted": 4, "failed": 1}
-    clean = [i for i in poisoned if i.key != 2]
-    assert [e.prediction for e in entries if hasattr(e, "prediction")] == own_predictions(
-        model, clean
-    )
+        assert [p["prediction"] for p in answer["predictions"]] == own_predictions(model, instances)
+    entries = answer_poisoned["predictions"]
+    assert [e["key"] for e in entries] == [0, 1, 2, 3, 4]
+    assert entries[2]["error"]["code"] == "model_error"
+    assert answer_poisoned["summary"] == {"received": 5, "predicted": 4, "failed": 1}
+    clean = [i for i in poisoned if i["key"] != 2]
+    assert [e["prediction"] for e in entries if "prediction" in e] == own_predictions(model, clean)
 
 
 def test_in_reject_mode_a_row_the_model_cannot_take_fails_its_request_with_422(
     entry: Any, poisoned_model: Any
 ) -> None:
-    entry.runner = runner(MicroBatchingRunner(poisoned_model, callers=1).predict)
+    entry.runner = runner(MicroBatchingRunner(poisoned_model).predict)
     answer = asyncio.run(entry.predict(instances=poison(flowers(4, seed=34), 3)))
     assert answer.status_code == 422
     assert b"model_error" in answer.body and b"key 3" in answer.body
@@ -384,21 +467,33 @@ def test_in_reject_mode_a_row_the_model_cannot_take_fails_its_request_with_422(
 def test_per_instance_mode_answers_every_key_in_order_with_a_prediction_or_its_error(
     entry: Any, model: Any
 ) -> None:
-    entry.runner = runner(lambda rows: asyncio.sleep(0, model.predict_rows(rows)))
     instances = flowers(6, seed=40, keys=["a", "b", "c", "d", "e", "f"])
-    instances[1] = Instance(key="b", features={**instances[1].features, "sepal_width_cm": "x"})
-    del instances[3].features["petal_length_cm"]
-    instances[4].features["petal_width_cm"] = float("inf")
-    answer = asyncio.run(entry.predict(instances=instances, errors="per_instance"))
-    assert [e.key for e in answer.predictions] == ["a", "b", "c", "d", "e", "f"]
-    codes = {e.key: e.error.code for e in answer.predictions if hasattr(e, "error")}
+    instances[1]["features"]["sepal_width_cm"] = "x"
+    del instances[3]["features"]["petal_length_cm"]
+    instances[4]["features"]["petal_width_cm"] = float("inf")
+    answer = answered(asyncio.run(entry.predict(instances=instances, errors="per_instance")))
+    entries = answer["predictions"]
+    assert [e["key"] for e in entries] == ["a", "b", "c", "d", "e", "f"]
+    codes = {e["key"]: e["error"]["code"] for e in entries if "error" in e}
     assert codes == {"b": "wrong_type", "d": "missing_feature", "e": "out_of_range"}
-    assert "'b'" in answer.predictions[1].error.message
+    assert "'b'" in entries[1]["error"]["message"]
     clean = [instances[i] for i in (0, 2, 5)]
-    assert [e.prediction for e in answer.predictions if hasattr(e, "prediction")] == (
-        own_predictions(model, clean)
-    )
-    assert answer.summary.model_dump() == {"received": 6, "predicted": 3, "failed": 3}
+    assert [e["prediction"] for e in entries if "prediction" in e] == own_predictions(model, clean)
+    assert answer["summary"] == {"received": 6, "predicted": 3, "failed": 3}
+
+
+def test_per_instance_columns_put_null_where_a_key_has_an_error(entry: Any, model: Any) -> None:
+    instances = flowers(4, seed=42, keys=["a", "b", "c", "d"])
+    body = columns_of(instances)
+    body["columns"]["sepal_width_cm"][1] = "x"
+    answer = answered(asyncio.run(entry.predict(**body, errors="per_instance")))
+    assert answer["keys"] == ["a", "b", "c", "d"]
+    assert answer["predictions"][1] is None
+    assert all(column[1] is None for column in answer["probabilities"].values())
+    assert [e["key"] for e in answer["errors"]] == ["b"]
+    assert answer["errors"][0]["error"]["code"] == "wrong_type"
+    clean = [instances[i] for i in (0, 2, 3)]
+    assert [answer["predictions"][i] for i in (0, 2, 3)] == own_predictions(model, clean)
 
 
 def test_duplicate_keys_reject_the_request_even_in_per_instance_mode(entry: Any) -> None:

@@ -1,17 +1,18 @@
-"""Property tests of the keyed path: for any interleaving, split and failure pattern, each
-key maps to its own result or its own error; any corruption is caught."""
+"""Property tests of the keyed path: for any interleaving, split, reordering and failure
+pattern, each key maps to its own result or its own error; any corruption is caught."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyed_serving.chunking import Chunk, cut
+from keyed_serving.chunking import cut
 from keyed_serving.reassemble import KeyMismatch, reassemble_by_key
-from keyed_serving.schemas import InstanceError, KeyedResult, KeyedRow
-from keyed_serving.validate import ValidRow
+from keyed_serving.schemas import BlockError, BlockResult, InstanceError, KeyedBlock
+from keyed_serving.validate import ValidBatch
 
 # Few distinct keys, so that different requests share keys as real clients do.
 keys = st.one_of(st.integers(-3, 12), st.sampled_from(["0", "1", "a", "b", "c-001"]))
@@ -22,79 +23,104 @@ def owner(request: int, key: object) -> str:
     return f"{request}:{type(key).__name__}:{key}"
 
 
-def result_for(request: int, row: KeyedRow, failed: bool) -> KeyedResult:
-    if failed:
-        return KeyedResult(
-            chunk=row.chunk,
-            key=row.key,
-            error=InstanceError(code="model_error", message=owner(request, row.key)),
-        )
-    return KeyedResult(chunk=row.chunk, key=row.key, prediction=owner(request, row.key))
+def objects(values: list[Any]) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def result_for(request: int, block: KeyedBlock, failed: list[bool], order: list[int]) -> Any:
+    """The runner's result for a block, its rows in ``order``, ``failed`` rows as errors."""
+    sent = block.keys.tolist()
+    got = [sent[i] for i in order]
+    errors = [
+        BlockError(row=row, error=InstanceError(code="model_error", message=owner(request, key)))
+        for row, key in enumerate(got)
+        if failed[row]
+    ]
+    predictions = [None if failed[row] else owner(request, key) for row, key in enumerate(got)]
+    return BlockResult(chunk=block.chunk, keys=objects(got), predictions=objects(predictions),
+                       errors=errors)  # fmt: skip
 
 
 @st.composite
-def served_requests(draw: st.DrawFn) -> tuple[list[list[Chunk]], list[list[list[KeyedResult]]]]:
-    """Requests cut into chunks; all chunks merged into micro-batches in a random order and
-    partition; each micro-batch's output split back by position; rows of each chunk's
-    answer shuffled; some rows failed by the model."""
+def served_requests(draw: st.DrawFn) -> tuple[list[list[KeyedBlock]], list[list[BlockResult]]]:
+    """Requests cut into blocks; the blocks' results come back in a random order, each with
+    its rows in a random order, some rows failed by the model."""
     requests = draw(st.lists(request_keys, min_size=1, max_size=6))
     chunk_rows = draw(st.integers(1, 7))
-    chunked = [
-        cut([ValidRow(i, k, [0.0]) for i, k in enumerate(ks)], chunk_rows) for ks in requests
-    ]
-    queue = [(r, c) for r, chunks in enumerate(chunked) for c in range(len(chunks))]
-    queue = draw(st.permutations(queue))
-    answers: list[list[list[KeyedResult]]] = [[[] for _ in chunks] for chunks in chunked]
-    position = 0
-    while position < len(queue):
-        size = draw(st.integers(1, len(queue) - position))
-        micro_batch = queue[position : position + size]
-        position += size
-        rows = [(r, row) for r, c in micro_batch for row in chunked[r][c].rows]
-        failed = draw(st.lists(st.booleans(), min_size=len(rows), max_size=len(rows)))
-        output = [result_for(r, row, f) for (r, row), f in zip(rows, failed, strict=True)]
-        start = 0
-        for r, c in micro_batch:  # back to each caller by position, as BentoML does
-            n = len(chunked[r][c].rows)
-            answers[r][c] = draw(st.permutations(output[start : start + n]))
-            start += n
-    return chunked, answers
+    blocked = [cut(ValidBatch(len(ks), ks, [np.zeros(len(ks))]), chunk_rows) for ks in requests]
+    answers: list[list[BlockResult]] = []
+    for request, blocks in enumerate(blocked):
+        results = []
+        for block in blocks:
+            n = len(block.keys)
+            failed = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+            order = draw(st.permutations(range(n)))
+            results.append(result_for(request, block, failed, list(order)))
+        answers.append(draw(st.permutations(results)))
+    return blocked, answers
 
 
 @settings(max_examples=300, deadline=None)
 @given(served_requests())
 def test_every_key_gets_its_own_result_or_its_own_error(served: Any) -> None:
-    chunked, answers = served
-    for request, (chunks, answer) in enumerate(zip(chunked, answers, strict=True)):
-        ordered = reassemble_by_key(chunks, answer)
-        sent = [row.key for chunk in chunks for row in chunk.rows]
-        assert [r.key for r in ordered] == sent
-        for result in ordered:
-            mine = owner(request, result.key)
-            assert (result.error.message if result.error else result.prediction) == mine
+    blocked, answers = served
+    for request, (blocks, answer) in enumerate(zip(blocked, answers, strict=True)):
+        scored = reassemble_by_key(blocks, answer)
+        sent = [key for block in blocks for key in block.keys.tolist()]
+        assert len(scored.predictions) == len(sent)
+        for row, key in enumerate(sent):
+            if scored.predictions[row] is None:
+                assert scored.errors[row].message == owner(request, key)
+            else:
+                assert scored.predictions[row] == owner(request, key)
 
 
 @settings(max_examples=300, deadline=None)
 @given(served_requests(), st.data())
 def test_a_dropped_repeated_or_misrouted_row_is_always_caught(served: Any, data: Any) -> None:
-    chunked, answers = served
-    flat = [(r, c) for r, chunks in enumerate(answers) for c, rows in enumerate(chunks) if rows]
-    r, c = data.draw(st.sampled_from(flat))
-    victim = data.draw(st.integers(0, len(answers[r][c]) - 1))
+    blocked, answers = served
+    flat = [(r, b) for r, results in enumerate(answers) for b in range(len(results))]
+    r, b = data.draw(st.sampled_from(flat))
+    victim_result = answers[r][b]
+    victim = data.draw(st.integers(0, len(victim_result.keys) - 1))
     fault = data.draw(st.sampled_from(["drop", "repeat", "misroute"]))
-    others = [(r2, c2) for r2, c2 in flat if r2 != r]
+    others = [(r2, b2) for r2, b2 in flat if r2 != r]
     if fault == "misroute" and not others:
         fault = "drop"
-    row = answers[r][c].pop(victim) if fault != "repeat" else answers[r][c][victim]
+    keys_ = victim_result.keys.tolist()
+    predictions = victim_result.predictions.tolist()
+    errors = {e.row: e for e in victim_result.errors}
+    if fault in ("drop", "misroute"):
+        moved_key, moved_prediction = keys_.pop(victim), predictions.pop(victim)
+        errors = {
+            (row if row < victim else row - 1): e for row, e in errors.items() if row != victim
+        }
     if fault == "repeat":
-        answers[r][c].append(row)
-    elif fault == "misroute":
-        r2, c2 = data.draw(st.sampled_from(others))
-        answers[r2][c2].append(row)
+        keys_.append(keys_[victim])
+        predictions.append(predictions[victim])
+        if victim in errors:
+            errors[len(keys_) - 1] = errors[victim]
+    answers[r][b] = BlockResult(
+        chunk=victim_result.chunk,
+        keys=objects(keys_),
+        predictions=objects(predictions),
+        errors=[e.model_copy(update={"row": row}) for row, e in errors.items()],
+    )
+    if fault == "misroute":
+        r2, b2 = data.draw(st.sampled_from(others))
+        target = answers[r2][b2]
+        answers[r2][b2] = BlockResult(
+            chunk=target.chunk,
+            keys=objects([*target.keys.tolist(), moved_key]),
+            predictions=objects([*target.predictions.tolist(), moved_prediction]),
+            errors=target.errors,
+        )
     caught = 0
-    for chunks, answer in zip(chunked, answers, strict=True):
+    for blocks, answer in zip(blocked, answers, strict=True):
         try:
-            reassemble_by_key(chunks, answer)
+            reassemble_by_key(blocks, answer)
         except KeyMismatch:
             caught += 1
     assert caught >= (2 if fault == "misroute" else 1)

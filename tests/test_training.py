@@ -13,7 +13,6 @@ from sklearn.pipeline import Pipeline
 from support import ROOT, make_customer_table
 
 from keyed_serving.model import MODEL_FILE, LoadedModel, to_frame
-from keyed_serving.schemas import KeyedRow
 from keyed_serving.training import infer_task, train_and_save
 
 
@@ -73,25 +72,17 @@ def test_serving_rows_predict_like_the_pipeline_on_the_training_frame(customer_m
     table = make_customer_table(300, seed=99)  # rows it never saw, gaps included
     columns = {f.name: table[f.name].tolist() for f in model.spec.features}
     expected = model.pipeline.predict(to_frame(columns, model.spec.features))
-    rows = [
-        KeyedRow(
-            chunk="c",
-            key=key,
-            values=[None if pd.isna(v) else v for v in (columns[n][i] for n in columns)],
-        )
-        for i, key in enumerate(table["customer_id"])
-    ]
-    results = model.predict_rows(rows)
-    assert [r.key for r in results] == table["customer_id"].tolist()
-    assert [r.prediction for r in results] == expected.tolist()
-    for r in results:
-        assert r.probabilities is not None
-        assert abs(sum(r.probabilities) - 1) < 1e-9
+    clean = {n: [None if pd.isna(v) else v for v in values] for n, values in columns.items()}
+    predicted = model.predict_columns(clean)
+    assert predicted.errors == {}
+    assert predicted.predictions.tolist() == expected.tolist()
+    assert predicted.probabilities is not None
+    assert np.allclose(predicted.probabilities.sum(axis=1), 1)
 
 
 def test_unseen_categories_and_missing_values_are_predicted(customer_model: str) -> None:
     model = load(customer_model)
-    row = KeyedRow(chunk="c", key=1, values=["platinum", None, None, None, 2.0])
+    values = ["platinum", None, None, None, 2.0]
     assert model.spec.feature_names == [
         "plan",
         "region",
@@ -99,8 +90,10 @@ def test_unseen_categories_and_missing_values_are_predicted(customer_model: str)
         "monthly_spend",
         "support_tickets",
     ]
-    [result] = model.predict_rows([row])
-    assert result.prediction in ("no", "yes")
+    predicted = model.predict_columns(
+        {name: [value] for name, value in zip(model.spec.feature_names, values, strict=True)}
+    )
+    assert predicted.predictions.tolist()[0] in ("no", "yes")
 
 
 def test_a_regression_target_trains_a_regressor(tmp_path: Path) -> None:
@@ -117,8 +110,10 @@ def test_a_regression_target_trains_a_regressor(tmp_path: Path) -> None:
     trained = train_and_save(table, target="y", key="id", name="linear")
     assert trained.task == "regression" and trained.metric == "r2" and trained.score > 0.8
     model = load(trained.tag)
-    [result] = model.predict_rows([KeyedRow(chunk="c", key="k", values=[1.0, "g"])])
-    assert isinstance(result.prediction, float) and result.probabilities is None
+    names = model.spec.feature_names
+    predicted = model.predict_columns(dict(zip(names, [[1.0], ["g"]], strict=True)))
+    assert isinstance(predicted.predictions.tolist()[0], float)
+    assert predicted.probabilities is None
 
 
 def test_train_cli_refuses_a_target_that_is_not_in_the_table(customer_csv: Path) -> None:
