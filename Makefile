@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 export BENTOML_DO_NOT_TRACK := True
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve train test test-fast lint typecheck check build contract soak bench clean
+.PHONY: help install serve train test test-fast lint typecheck check build contract soak bench bench-peers bench-sweep wrk clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -52,8 +52,27 @@ build: install ## bentoml build (the bento carries the model named by MODEL_TAG)
 soak: install ## 64 clients x 60 s with 5% poisoned instances against a real server; fails on any lost or mispaired key
 	$(BIN)/python bench/soak.py --clients 64 --seconds 60 --poison 0.05 --out bench/soak.md
 
-bench: install ## the batching sweep (bench/batching_sweep.md)
-	$(BIN)/python bench/batching_sweep.py
+# MLServer in a virtual environment of its own: its pins (uvloop<0.22 for 1.7.1) are not
+# ours. The same scikit-learn as ours, to load the same joblib file.
+MLSERVER := bench/.venv-mlserver/bin/mlserver
+$(MLSERVER): | $(BIN)/python
+	$(PYTHON) -m venv bench/.venv-mlserver
+	bench/.venv-mlserver/bin/pip install --quiet "mlserver==1.7.1" "mlserver-sklearn==1.7.1" \
+		"uvloop<0.22" "scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')" \
+		"pandas==$$($(BIN)/python -c 'import pandas; print(pandas.__version__)')" \
+		"numpy==$$($(BIN)/python -c 'import numpy; print(numpy.__version__)')"
+
+bench: install wrk ## the benchmark: real servers under wrk, answers checked, baselines in the same run (bench/results.md)
+	$(BIN)/python bench/harness.py
+
+bench-peers: install wrk $(MLSERVER) ## install MLServer 1.7 (bench/.venv-mlserver), then run the benchmark with it
+	$(BIN)/python bench/harness.py
+
+bench-sweep: install wrk ## the sweep behind the default workers and batching bounds (bench/sweep.md)
+	$(BIN)/python bench/sweep.py
+
+wrk: ## the load generator (Debian's wrk, with LuaJIT)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 
 contract: ## check a running server (URL=...) against the shared wire contract
 	$(BIN)/python ../shared/contract_check.py $(or $(URL),http://127.0.0.1:$(PORT))

@@ -103,7 +103,7 @@ class ModelRunner:
         outlive_the_entry(max_s=settings.drain_max_s)
 
     @bentoml.api(
-        batchable=True,
+        batchable=settings.batching,
         max_batch_size=settings.max_batch_size,
         max_latency_ms=settings.max_latency_ms,
     )
@@ -132,8 +132,9 @@ class KeyedPrediction:
         self.entry_lock = hold_entry_lock()  # the runner stops only after this worker
         self.coalescer = Coalescer(
             lambda blocks: self.runner.to_async.predict(blocks),
-            max_calls=settings.runner_calls,
-            max_rows=settings.coalesce_rows,
+            # Without batching, every block is a call of its own, sent at once.
+            max_calls=settings.runner_calls if settings.batching else 2**31 - 1,
+            max_rows=settings.coalesce_rows if settings.batching else 1,
         )
 
     @bentoml.api(input_spec=PredictRequest)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 import pandas as pd
 
 from keyed_serving.tables import (
@@ -262,9 +264,7 @@ class KeyedClient:
     ) -> str:
         """'done', 'retry' or 'split'; fills ``answered`` and ``failed`` for a done chunk."""
         sent = [instances[p] for p in chunk.positions]
-        # Infinity goes out as such (not standard JSON, but what Python and the server speak)
-        # and comes back as that key's out_of_range error; NaN was turned into null.
-        body = json.dumps({"instances": sent, "errors": "per_instance"})
+        body = _columnar_body(sent)
         if len(body) > self.max_chunk_bytes and len(sent) > 1:
             return "split"
         chunk.attempts += 1
@@ -282,8 +282,8 @@ class KeyedClient:
             return "retry"
         server.failures = 0
         if response.status_code == 200:
-            entries = response.json()["predictions"]
-            if [e["key"] for e in entries] != [i["key"] for i in sent]:
+            entries = _entries(orjson.loads(response.content))
+            if entries is None or [e["key"] for e in entries] != [i["key"] for i in sent]:
                 chunk.last_error = f"{server.url}: answer's keys do not match the keys sent"
                 return "retry"
             for position, entry in zip(chunk.positions, entries, strict=True):
@@ -303,3 +303,59 @@ class KeyedClient:
         for position in chunk.positions:  # the request itself was refused: final
             failed[position] = chunk.last_error
         return "done"
+
+
+def _columnar_body(instances: list[dict[str, Any]]) -> bytes:
+    """The chunk in the server's columnar format: a list per feature instead of an object
+    per row, several times cheaper to write and to read."""
+    names = list(instances[0]["features"]) if instances else []
+    body = {
+        "keys": [i["key"] for i in instances],
+        "columns": {n: [i["features"].get(n) for i in instances] for n in names},
+        "errors": "per_instance",
+    }
+    finite = all(
+        not isinstance(v, float) or math.isfinite(v)
+        for column in body["columns"].values()
+        for v in column
+    )
+    if finite:
+        return orjson.dumps(body)
+    # orjson would write Infinity as null (a missing value); Python's JSON writes it as
+    # Infinity, which the server answers as that key's out_of_range error.
+    return json.dumps(body).encode()
+
+
+def _entries(answer: Any) -> list[dict[str, Any]] | None:
+    """A columnar answer as one entry per key: {key, prediction, probabilities} or
+    {key, error}."""
+    try:
+        keys, predictions = answer["keys"], answer["predictions"]
+        probabilities = answer.get("probabilities")
+        errors = {_typed(e["key"]): e["error"] for e in answer.get("errors", [])}
+    except (KeyError, TypeError):
+        return None
+    if len(keys) != len(predictions):
+        return None
+    entries: list[dict[str, Any]] = []
+    for row, (key, prediction) in enumerate(zip(keys, predictions, strict=True)):
+        error = errors.get(_typed(key))
+        if error is not None:
+            entries.append({"key": key, "error": error})
+        elif probabilities is not None:
+            entries.append(
+                {
+                    "key": key,
+                    "prediction": prediction,
+                    "probabilities": {
+                        label: column[row] for label, column in probabilities.items()
+                    },
+                }
+            )
+        else:
+            entries.append({"key": key, "prediction": prediction})
+    return entries
+
+
+def _typed(key: Any) -> tuple[type, Any]:
+    return (type(key), key)

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     # Processes per service. See README "Batching defaults" for the sweep behind them.
     entry_workers: int = Field(default=1, ge=1)
     runner_workers: int = Field(default=1, ge=1)
+    # Off: no coalescing in the entry, and the runner predicts each call on its own (the
+    # baseline the benchmark compares batching against).
+    batching: bool = True
     # Runner micro-batching: blocks (request chunks) per micro-batch, and the latency bound
     # past which BentoML's dispatcher sheds a call (503, retried by the entry).
     max_batch_size: int = Field(default=64, gt=1)

@@ -83,9 +83,14 @@ def is_usable_key(key: object) -> bool:
     return isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH
 
 
-def validate_request(body: Any, spec: ModelSpec, max_instances: int) -> ValidBatch:
+def validate_request(
+    body: Any, spec: ModelSpec, max_instances: int, keyed: bool = True
+) -> ValidBatch:
     """A decoded body -> ``ValidBatch``; raises ``InvalidRequest`` for request-level faults.
-    Instance failures are in ``failures``; with errors="reject" the caller refuses them."""
+    Instance failures are in ``failures``; with errors="reject" the caller refuses them.
+
+    ``keyed=False`` takes bodies without keys and numbers the rows instead: only for the
+    benchmark's unkeyed baseline (bench/unkeyed_service.py), never served by this service."""
     if not isinstance(body, dict):
         raise _invalid("body", "the body must be a JSON object: {instances} or {keys, columns}", [])
     unknown = set(body) - {"instances", "keys", "columns", "errors"}
@@ -102,12 +107,17 @@ def validate_request(body: Any, spec: ModelSpec, max_instances: int) -> ValidBat
     if "instances" in body and ("keys" in body or "columns" in body):
         raise _invalid("body", "send instances, or keys and columns, not both", [])
     if "instances" in body:
-        keys, columns, failures = _from_rows(body["instances"], spec, max_instances)
+        instances = body["instances"]
+        if not keyed and isinstance(instances, list):
+            instances = [{"key": i, **row} for i, row in enumerate(instances)]
+        keys, columns, failures = _from_rows(instances, spec, max_instances)
         shape = "rows"
     elif "keys" in body or "columns" in body:
-        keys, columns, failures = _from_columns(
-            body.get("keys"), body.get("columns"), spec, max_instances
-        )
+        keys = body.get("keys")
+        if not keyed:
+            some_column = next(iter((body.get("columns") or {}).values()), [])
+            keys = list(range(len(some_column))) if isinstance(some_column, list) else None
+        keys, columns, failures = _from_columns(keys, body.get("columns"), spec, max_instances)
         shape = "columns"
     else:
         raise _invalid("empty_instances", "send instances, or keys and columns", ["instances"])

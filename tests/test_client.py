@@ -53,29 +53,34 @@ class Fleet:
         body = json.loads(request.content)
         if behaviour == "small" and len(request.content) > 2000:
             return httpx.Response(413, json={"error": "too large"})
-        instances = body["instances"]
-        self.rows[host] += len(instances)
-        entries = []
-        for instance in instances:
-            if instance["features"]["colour"] == "poison":
-                entries.append(
-                    {
-                        "key": instance["key"],
-                        "error": {"code": "model_error", "message": "cannot take poison"},
-                    }
+        # The client sends the columnar format, answered in kind.
+        keys, columns = body["keys"], body["columns"]
+        self.rows[host] += len(keys)
+        rows = [{name: columns[name][i] for name in columns} for i in range(len(keys))]
+        predictions: list[Any] = []
+        errors = []
+        for key, features in zip(keys, rows, strict=True):
+            if features["colour"] == "poison":
+                predictions.append(None)
+                errors.append(
+                    {"key": key, "error": {"code": "model_error", "message": "cannot take poison"}}
                 )
-                continue
-            p = label(instance["features"])
-            entries.append(
-                {
-                    "key": instance["key"],
-                    "prediction": p,
-                    "probabilities": {"no": float(p == "no"), "yes": float(p == "yes")},
-                }
-            )
+            else:
+                predictions.append(label(features))
         if behaviour == "liar":  # answers somebody else's rows: never to be accepted
-            entries = entries[1:] + entries[:1]
-        return httpx.Response(200, json={"model": "m:1", "predictions": entries, "summary": {}})
+            keys = keys[1:] + keys[:1]
+        probabilities = {
+            c: [None if p is None else float(p == c) for p in predictions] for c in ("no", "yes")
+        }
+        answer = {
+            "model": "m:1",
+            "keys": keys,
+            "predictions": predictions,
+            "probabilities": probabilities,
+            "errors": errors,
+            "summary": {},
+        }
+        return httpx.Response(200, json=answer)
 
     def client(self, **options: Any) -> KeyedClient:
         return KeyedClient(

@@ -1,0 +1,758 @@
+"""The benchmark: real servers under wrk, every answer checked key by key, baselines measured
+in the same run.
+
+    make bench          # this project, its baselines, and MLServer if bench-peers set it up
+    make bench-peers    # installs MLServer 1.7 in bench/.venv-mlserver, then runs make bench
+
+Workloads (each a warm-up, then --seconds of load):
+  W1  64 connections x 1 instance (row format)     W2  16 x 100 (row format)
+  W3  1 x 10,000 (columnar; rows too, for reference)
+  W4  a 1,000,000-row table through the keyed-score CLI (this project only)
+Servers: this project as deployed (defaults), the same with batching off, an unkeyed variant
+of the same endpoint (bench/unkeyed_service.py), MLServer 1.7 + mlserver-sklearn with
+adaptive batching (bench/peers/), and the model in-process as the limit. A concurrency
+sweep (1 to 256 connections x 1 instance) of this project and MLServer gives the plot.
+
+Writes bench/results.md and bench/throughput.png. Wall-clock numbers are noisy on a shared
+2-core machine: read the ratios, which are measured minutes apart in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+MLSERVER_VENV = BENCH / ".venv-mlserver"
+LUA = BENCH / "wrk" / "keyed.lua"
+RANGES = {  # iris-like values, so that every class is predicted
+    "sepal_length_cm": (4.3, 7.9),
+    "sepal_width_cm": (2.0, 4.4),
+    "petal_length_cm": (1.0, 6.9),
+    "petal_width_cm": (0.1, 2.5),
+}
+
+
+@dataclass
+class Workload:
+    name: str
+    connections: int
+    instances: int
+    bodies: int
+    shape: str  # "rows" or "columns"
+
+
+WORKLOADS = [
+    Workload("W1", 64, 1, 2000, "rows"),
+    Workload("W2", 16, 100, 300, "rows"),
+    Workload("W3", 1, 10_000, 6, "columns"),
+    Workload("W3 rows", 1, 10_000, 6, "rows"),
+]
+
+
+@dataclass
+class Result:
+    server: str
+    workload: str
+    connections: int
+    instances_per_request: int
+    summary: dict[str, Any]
+    peak_rss_mb: float
+    wrk_cpu_s: float
+
+    @property
+    def seconds(self) -> float:
+        return float(self.summary["duration_s"])
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.summary["checked"] / self.seconds
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.requests_per_s * self.instances_per_request
+
+    @property
+    def errors(self) -> int:
+        s = self.summary
+        return int(
+            s["failed"]
+            + s["mismatched"]
+            + s["connect_errors"]
+            + s["read_errors"]
+            + s["write_errors"]
+            + s["timeouts"]
+        )
+
+
+@dataclass
+class Run:
+    machine: dict[str, str] = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)
+    in_process: dict[int, float] = field(default_factory=dict)
+    sweep: list[Result] = field(default_factory=list)
+    w4: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- data ---------------------------------------------------------------------------
+
+
+def make_features(rng: random.Random, n: int) -> dict[str, list[float]]:
+    return {f: [round(rng.uniform(lo, hi), 1) for _ in range(n)] for f, (lo, hi) in RANGES.items()}
+
+
+def write_workload(work: Path, load: Workload, pipeline: Any, seed: int) -> dict[str, Path]:
+    """Bodies and expected signatures for each wire format; returns paths by format."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    formats = ("rows", "columns", "rows_unkeyed", "columns_unkeyed", "v2")
+    files = {f: (work / f"{load.name}.{f}.bodies").open("w") for f in formats}
+    expects = {f: (work / f"{load.name}.{f}.expected").open("w") for f in formats}
+    compact = {"separators": (",", ":")}
+    for b in range(load.bodies):
+        n = load.instances
+        keys = [f"b{b}-{row}" for row in range(n)]
+        features = make_features(rng, n)
+        names = list(features)
+        predictions = pipeline.predict(pd.DataFrame(features)).tolist()
+        instances = [
+            {"key": k, "features": {f: features[f][i] for f in names}} for i, k in enumerate(keys)
+        ]
+        files["rows"].write(json.dumps({"instances": instances}, **compact) + "\n")
+        files["columns"].write(json.dumps({"keys": keys, "columns": features}, **compact) + "\n")
+        unkeyed = [{"features": i["features"]} for i in instances]
+        files["rows_unkeyed"].write(json.dumps({"instances": unkeyed}, **compact) + "\n")
+        files["columns_unkeyed"].write(json.dumps({"columns": features}, **compact) + "\n")
+        v2 = {
+            "parameters": {"content_type": "pd"},
+            "inputs": [
+                {"name": "key", "shape": [n], "datatype": "BYTES", "data": keys},
+                *(
+                    {"name": f, "shape": [n], "datatype": "FP64", "data": features[f]}
+                    for f in names
+                ),
+            ],
+        }
+        files["v2"].write(json.dumps(v2, **compact) + "\n")
+        keys_json = json.dumps(keys, **compact)
+        predictions_json = json.dumps(predictions, **compact)
+        pairs = ";".join(
+            f"{json.dumps(k)}={json.dumps(p)}" for k, p in zip(keys, predictions, strict=True)
+        )
+        expects["rows"].write(pairs + "\n")
+        expects["columns"].write(f"{keys_json}|{predictions_json}\n")
+        expects["v2"].write(f"{keys_json}|{predictions_json}\n")
+        expects["rows_unkeyed"].write(";".join(json.dumps(p) for p in predictions) + "\n")
+        expects["columns_unkeyed"].write(predictions_json + "\n")
+    for handle in (*files.values(), *expects.values()):
+        handle.close()
+    return {f: work / f"{load.name}.{f}" for f in formats}
+
+
+# ---- servers ------------------------------------------------------------------------
+
+
+class PeakRss:
+    """Samples the resident memory of a process and its children until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.peak_total = 0.0
+        self.peak_by_role: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.25):
+            try:
+                family = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            total = 0.0
+            for process in family:
+                try:
+                    rss = process.memory_info().rss / 2**20
+                    cmdline = " ".join(process.cmdline())
+                except psutil.Error:
+                    continue
+                total += rss
+                role = _role(cmdline)
+                self.peak_by_role[role] = max(self.peak_by_role.get(role, 0.0), rss)
+            self.peak_total = max(self.peak_total, total)
+
+    def reset(self) -> None:
+        self.peak_total = 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def _role(cmdline: str) -> str:
+    if "--service-name ModelRunner" in cmdline:
+        return "runner worker"
+    if "_bentoml_impl.worker" in cmdline:
+        return "entry worker"
+    if "bentoml serve" in cmdline:
+        return "bentoml serve (supervisor)"
+    if "mlserver" in cmdline:
+        return "mlserver"
+    return "other"
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    path: str
+    process: subprocess.Popen[bytes]
+    rss: PeakRss
+    log: Path
+
+
+@contextlib.contextmanager
+def bentoml_server(name: str, target: str, home: str, work: Path, **env: str) -> Iterator[Server]:
+    from support import free_port, stop_server, wait_until_ready
+
+    port = free_port()
+    log = work / f"{name.replace(' ', '_').replace(',', '')}.log"
+    process = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "bentoml"),
+            "serve",
+            target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "BENTOML_HOME": home, "BENTOML_DO_NOT_TRACK": "True", **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process, timeout_s=180)
+        server = Server(name, url, "/predict", process, PeakRss(process.pid), log)
+        yield server
+    finally:
+        with contextlib.suppress(NameError):
+            server.rss.stop()
+        stop_server(process)
+
+
+@contextlib.contextmanager
+def mlserver(model_path: Path, work: Path) -> Iterator[Server]:
+    from support import free_port, stop_server
+
+    folder = work / "mlserver"
+    model_dir = folder / "iris"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_path, model_dir / "model.joblib")
+    shutil.copy(BENCH / "peers" / "keyed_sklearn.py", model_dir / "keyed_sklearn.py")
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    (folder / "settings.json").write_text(
+        json.dumps(
+            {
+                "debug": False,
+                "host": "127.0.0.1",
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+            }
+        )
+    )
+    (model_dir / "model-settings.json").write_text(json.dumps(MLSERVER_MODEL_SETTINGS))
+    log = work / "mlserver.log"
+    process = subprocess.Popen(
+        [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)],
+        cwd=folder,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlserver exited: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                import urllib.request
+
+                with urllib.request.urlopen(url + "/v2/models/iris/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            time.sleep(0.3)  # polling a server that is not up yet
+        else:
+            raise TimeoutError("mlserver not ready")
+        server = Server(
+            "MLServer 1.7.1", url, "/v2/models/iris/infer", process, PeakRss(process.pid), log
+        )
+        yield server
+    finally:
+        with contextlib.suppress(NameError):
+            server.rss.stop()
+        stop_server(process)
+
+
+# Adaptive batching as MLServer documents it: up to 64 requests merged, waiting at most
+# 10 ms for them (the same order as our own bounds under W1).
+MLSERVER_MODEL_SETTINGS = {
+    "name": "iris",
+    "implementation": "keyed_sklearn.KeyedSKLearnModel",
+    "max_batch_size": 64,
+    "max_batch_time": 0.01,
+    "parameters": {"uri": "./model.joblib"},
+}
+
+
+# ---- load ---------------------------------------------------------------------------
+
+
+def wrk(
+    server: Server, files: Path, fmt: str, connections: int, seconds: float, work: Path
+) -> tuple[dict[str, Any], float]:
+    summary = work / "wrk-summary.json"
+    summary.unlink(missing_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "--latency",
+            "-s",
+            str(LUA),
+            server.url + server.path,
+            "--",
+            f"{files}.bodies",
+            f"{files}.expected",
+            fmt,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WRK_SUMMARY": str(summary)},
+        timeout=seconds + 120,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0 or not summary.exists():
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return json.loads(summary.read_text()), cpu
+
+
+def measure(server: Server, load: Workload, files: Path, fmt: str, args: Any, work: Path) -> Result:
+    wrk(server, files, fmt, load.connections, args.warmup, work)
+    server.rss.reset()
+    summary, cpu = wrk(server, files, fmt, load.connections, args.seconds, work)
+    result = Result(
+        server.name,
+        load.name,
+        load.connections,
+        load.instances,
+        summary,
+        server.rss.peak_total,
+        cpu,
+    )
+    print(
+        f"  {server.name:34} {load.name:8} {result.instances_per_s:>10,.0f} inst/s "
+        f"p99 {summary['p99_ms']:>7.1f} ms  errors {result.errors}  checked {summary['checked']}",
+        flush=True,
+    )
+    return result
+
+
+# ---- baselines ----------------------------------------------------------------------
+
+
+def in_process_rates(pipeline: Any, seconds: float = 2.0) -> dict[int, float]:
+    """Rows/s of the pipeline's own predict on a DataFrame, per batch size: the limit."""
+    import pandas as pd
+
+    rng = random.Random(5)
+    rates = {}
+    for batch in (1, 100, 1000, 10_000):
+        frame = pd.DataFrame(make_features(rng, batch))
+        pipeline.predict(frame)
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            pipeline.predict(frame)
+            calls += 1
+        rates[batch] = calls * batch / (time.perf_counter() - started)
+    return rates
+
+
+def score_table(server: Server, work: Path, pipeline: Any, rows: int) -> dict[str, Any]:
+    """W4: a table through the keyed-score CLI; every key once, predictions the model's."""
+    import pandas as pd
+    import psutil
+
+    rng = random.Random(9)
+    table = pd.DataFrame({"row_id": [f"r{i:07d}" for i in range(rows)], **make_features(rng, rows)})
+    source, target = work / "table.parquet", work / "scored.parquet"
+    table.to_parquet(source, index=False)
+    process = psutil.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "keyed-score"),
+            str(source),
+            "--key",
+            "row_id",
+            "--url",
+            server.url,
+            "--out",
+            str(target),
+            "--chunk-size",
+            "10000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    peak, started = 0.0, time.perf_counter()
+    while process.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, process.memory_info().rss / 2**20)
+        time.sleep(0.2)  # sampling the client's memory while it runs
+    elapsed = time.perf_counter() - started
+    output = process.stdout.read().decode() if process.stdout else ""
+    if process.returncode != 0:
+        raise RuntimeError(f"keyed-score failed: {output[-2000:]}")
+    scored = pd.read_parquet(target)
+    expected = {}
+    for start in range(0, rows, 100_000):
+        part = table.iloc[start : start + 100_000]
+        predicted = pipeline.predict(part[list(RANGES)]).tolist()
+        expected.update(zip(part["row_id"], predicted, strict=True))
+    got = dict(zip(scored["row_id"], scored["prediction"], strict=True))
+    started_model = time.perf_counter()
+    for start in range(0, rows, 10_000):
+        pipeline.predict(table.iloc[start : start + 10_000][list(RANGES)])
+    model_s = time.perf_counter() - started_model
+    return {
+        "rows": rows,
+        "seconds": elapsed,
+        "rows_per_s": rows / elapsed,
+        "every_key_once": len(scored) == rows and scored["row_id"].is_unique,
+        "mismatched": sum(got.get(k) != v for k, v in expected.items()),
+        "client_peak_rss_mb": peak,
+        "in_process_rows_per_s": rows / model_s,
+    }
+
+
+# ---- report -------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    import bentoml
+    import sklearn
+
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[
+        0
+    ]
+    info = {
+        "cores": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": f"{mem:.0f} GiB",
+        "python": platform.python_version(),
+        "bentoml": bentoml.__version__,
+        "scikit-learn": sklearn.__version__,
+        "load generator": wrk_version.strip() or "wrk",
+    }
+    if (MLSERVER_VENV / "bin" / "mlserver").exists():
+        out = subprocess.run(
+            [
+                str(MLSERVER_VENV / "bin" / "python"),
+                "-c",
+                "import mlserver; print(mlserver.__version__)",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        info["mlserver"] = out.stdout.strip()
+    return info
+
+
+def find(run: Run, server: str, workload: str) -> Result | None:
+    return next((r for r in run.results if r.server == server and r.workload == workload), None)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def report(run: Run, out: Path, plot: Path | None) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `bench/harness.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "Every answer was checked against the model's own predictions, key by key; an answer",
+        "with a wrong or missing key counts as an error. Peak RSS is the whole server (all of",
+        "its processes). Wall-clock numbers are noisy here; the ratios compare servers measured",
+        "minutes apart in this one run.",
+        "",
+        "## Machine and versions",
+        "",
+        *(f"- {k}: {v}" for k, v in run.machine.items()),
+        "",
+        "## Throughput and latency",
+        "",
+        "| server | workload | inst/s | req/s | p50 ms | p99 ms | errors | checked "
+        "| peak RSS MB | wrk CPU % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in run.results:
+        s = r.summary
+        lines.append(
+            f"| {r.server} | {r.workload} ({r.connections} x {r.instances_per_request:,}) | "
+            f"{r.instances_per_s:,.0f} | {r.requests_per_s:,.1f} | {s['p50_ms']:.1f} | "
+            f"{s['p99_ms']:.1f} | {r.errors} | {s['checked']:,} | {r.peak_rss_mb:,.0f} | "
+            f"{100 * r.wrk_cpu_s / r.seconds:.0f} |"
+        )
+    ours = "keyed (this project)"
+    lines += [
+        "",
+        "wrk CPU % is the load generator's own CPU time over the run (100% = one core of two).",
+        "",
+        "## Model in-process (the limit)",
+        "",
+        "| batch | rows/s |",
+        "|---:|---:|",
+        *(f"| {b:,} | {rate:,.0f} |" for b, rate in run.in_process.items()),
+        "",
+        "## Ratios",
+        "",
+        "| workload | vs MLServer (inst/s) | p99 ours / MLServer | vs batching off "
+        "| keyed / unkeyed | vs in-process at the same batch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for load in WORKLOADS:
+        mine = find(run, ours, load.name)
+        if mine is None:
+            continue
+        peer = find(run, "MLServer 1.7.1", load.name)
+        off = find(run, "keyed, batching off", load.name)
+        unkeyed = find(run, "unkeyed variant", load.name)
+        limit = run.in_process.get(load.instances)
+        p99 = ratio(mine.summary["p99_ms"], peer.summary["p99_ms"]) if peer else "n/a"
+        lines.append(
+            f"| {load.name} | {ratio(mine.instances_per_s, peer and peer.instances_per_s)} | "
+            f"{p99} | {ratio(mine.instances_per_s, off and off.instances_per_s)} | "
+            f"{ratio(mine.instances_per_s, unkeyed and unkeyed.instances_per_s)} | "
+            f"{ratio(mine.instances_per_s, limit)} |"
+        )
+    if run.sweep:
+        lines += [
+            "",
+            "## Concurrency sweep (x 1 instance per request)",
+            "",
+            "| server | connections | inst/s | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|",
+            *(
+                f"| {r.server} | {r.connections} | {r.instances_per_s:,.0f} | "
+                f"{r.summary['p99_ms']:.1f} | {r.errors} |"
+                for r in run.sweep
+            ),
+        ]
+        if plot is not None:
+            lines += ["", f"![throughput against concurrency]({plot.name})"]
+    if run.w4:
+        w = run.w4
+        lines += [
+            "",
+            "## W4: a 1,000,000-row table through keyed-score",
+            "",
+            f"- {w['rows']:,} rows in {w['seconds']:.1f} s: **{w['rows_per_s']:,.0f} rows/s** "
+            f"(model in-process, 10,000-row batches: {w['in_process_rows_per_s']:,.0f} rows/s, "
+            f"ratio {w['rows_per_s'] / w['in_process_rows_per_s']:.2f})",
+            f"- every key once: {w['every_key_once']}; predictions differing from the model's: "
+            f"{w['mismatched']}; client peak RSS {w['client_peak_rss_mb']:,.0f} MB",
+        ]
+    lines += ["", "## Notes", "", *(f"- {n}" for n in run.notes)]
+    text = "\n".join(lines) + "\n"
+    out.write_text(text)
+    return text
+
+
+def draw(run: Run, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for server in dict.fromkeys(r.server for r in run.sweep):
+        points = [(r.connections, r.instances_per_s) for r in run.sweep if r.server == server]
+        ax.plot(*zip(*points, strict=True), marker="o", label=server)
+    ax.set_xscale("log", base=4)
+    ax.set_xticks([1, 4, 16, 64, 256], ["1", "4", "16", "64", "256"])
+    ax.set_xlabel("concurrent connections (1 instance per request)")
+    ax.set_ylabel("instances/s (answers checked by key)")
+    ax.set_title(f"Throughput against concurrency, {run.machine.get('cores', '?')} cores")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# ---- main ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured load per run")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--sweep-seconds", type=float, default=8.0)
+    parser.add_argument("--table-rows", type=int, default=1_000_000, help="W4; 0 skips it")
+    parser.add_argument("--servers", default="keyed,off,unkeyed,mlserver")
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--out", type=Path, default=BENCH / "results.md")
+    args = parser.parse_args(argv)
+
+    home = tempfile.mkdtemp(prefix="keyed-bench-home-")
+    work = Path(tempfile.mkdtemp(prefix="keyed-bench-"))
+    os.environ["BENTOML_HOME"] = home
+    os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+    try:
+        import bentoml
+        import joblib
+
+        from keyed_serving.model import MODEL_FILE
+        from keyed_serving.training import train_default
+
+        tag = train_default().tag
+        model_path = Path(bentoml.models.get(tag).path_of(MODEL_FILE))
+        pipeline = joblib.load(model_path)
+        run = Run(machine=machine())
+        print(f"model {tag}; data in {work}", flush=True)
+        files = {
+            load.name: write_workload(work, load, pipeline, seed=i)
+            for i, load in enumerate(WORKLOADS)
+        }
+        run.in_process = in_process_rates(pipeline)
+        print("  in-process rows/s:", {b: round(r) for b, r in run.in_process.items()}, flush=True)
+        wanted = args.servers.split(",")
+        has_peer = (MLSERVER_VENV / "bin" / "mlserver").exists()
+        if "mlserver" in wanted and not has_peer:
+            run.notes.append("MLServer not measured: run `make bench-peers` to install it.")
+        env = {"MODEL_TAG": tag}
+        servers: list[tuple[str, Any]] = []
+        if "keyed" in wanted:
+            servers.append(
+                (
+                    "keyed (this project)",
+                    lambda: bentoml_server("keyed", "service:KeyedPrediction", home, work, **env),
+                )
+            )
+        if "off" in wanted:
+            servers.append(
+                (
+                    "keyed, batching off",
+                    lambda: bentoml_server(
+                        "keyed batching off",
+                        "service:KeyedPrediction",
+                        home,
+                        work,
+                        KEYED_BATCHING="false",
+                        **env,
+                    ),
+                )
+            )
+        if "unkeyed" in wanted:
+            servers.append(
+                (
+                    "unkeyed variant",
+                    lambda: bentoml_server(
+                        "unkeyed", "bench.unkeyed_service:UnkeyedPrediction", home, work, **env
+                    ),
+                )
+            )
+        if "mlserver" in wanted and has_peer:
+            servers.append(("MLServer 1.7.1", lambda: mlserver(model_path, work)))
+        for name, start in servers:
+            print(f"{name}:", flush=True)
+            with start() as server:
+                server.name = name
+                for load in WORKLOADS:
+                    fmt = {"MLServer 1.7.1": "v2", "unkeyed variant": f"{load.shape}_unkeyed"}.get(
+                        name, load.shape
+                    )
+                    if name == "MLServer 1.7.1" and load.shape == "rows" and load.instances > 1000:
+                        continue  # V2 is columnar only: W3 is measured once
+                    source = files[load.name]["v2" if fmt == "v2" else fmt]
+                    run.results.append(measure(server, load, source, fmt, args, work))
+                if not args.no_sweep and name in ("keyed (this project)", "MLServer 1.7.1"):
+                    fmt = "v2" if name == "MLServer 1.7.1" else "rows"
+                    for connections in (1, 4, 16, 64, 256):
+                        load = Workload("sweep", connections, 1, 2000, "rows")
+                        sweep_args = argparse.Namespace(warmup=3, seconds=args.sweep_seconds)
+                        run.sweep.append(
+                            measure(server, load, files["W1"][fmt], fmt, sweep_args, work)
+                        )
+                if name == "keyed (this project)" and args.table_rows:
+                    run.w4 = score_table(server, work, pipeline, args.table_rows)
+                    print(f"  W4: {run.w4}", flush=True)
+                roles = ", ".join(
+                    f"{role} {mb:,.0f} MB" for role, mb in sorted(server.rss.peak_by_role.items())
+                )
+                run.notes.append(f"{name}: peak RSS per process: {roles}.")
+        run.notes.append(
+            "Formats: W1, W2 and 'W3 rows' send rows ({instances: [{key, features}]}); W3 "
+            "sends columns ({keys, columns}); MLServer gets the same rows as a V2 request "
+            "(keys as a BYTES input, one FP64 input per feature) and answers keys, predict "
+            "and predict_proba; the unkeyed variant gets the same bodies without keys."
+        )
+        run.notes.append(
+            "MLServer model settings: "
+            + json.dumps({k: v for k, v in MLSERVER_MODEL_SETTINGS.items() if k.startswith("max")})
+            + "; both servers take predict_proba once and the forest's prediction from it."
+        )
+        plot = BENCH / "throughput.png" if run.sweep else None
+        if plot is not None:
+            draw(run, plot)
+        print(report(run, args.out, plot))
+        return 0
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""An unkeyed variant of /predict, served only by the benchmark: the cost of keys.
+
+The same stack as the keyed service (BentoML API, orjson, validation, coalescing, the same
+ModelRunner and model), except that the caller sends no keys and gets predictions by
+position: rows are numbered where they arrive (an int64 range, one buffer over the hop) and
+results are taken by position, with no key check. What keys cost is the difference.
+
+    bentoml serve bench.unkeyed_service:UnkeyedPrediction
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+import numpy as np
+import orjson
+from starlette.responses import Response
+
+from keyed_serving.chunking import cut
+from keyed_serving.dispatch import Coalescer, send_blocks
+from keyed_serving.http import error_response
+from keyed_serving.model import ModelSpec
+from keyed_serving.validate import InvalidRequest, validate_request
+from service import QUIET, ModelRunner, PredictRequest, settings
+
+
+@bentoml.service(workers=settings.entry_workers, **QUIET)
+class UnkeyedPrediction:
+    model_ref = bentoml.models.BentoModel(settings.model_tag)
+    runner = bentoml.depends(ModelRunner)
+
+    def __init__(self) -> None:
+        self.spec = ModelSpec.from_metadata(str(self.model_ref.tag), self.model_ref.info.metadata)
+        self.coalescer = Coalescer(
+            lambda blocks: self.runner.to_async.predict(blocks),
+            max_calls=settings.runner_calls,
+            max_rows=settings.coalesce_rows,
+        )
+
+    @bentoml.api(input_spec=PredictRequest)
+    async def predict(self, ctx: bentoml.Context, **_: Any) -> Any:
+        body = orjson.loads(await ctx.request.body())
+        try:
+            batch = validate_request(body, self.spec, settings.max_instances, keyed=False)
+        except InvalidRequest as exc:
+            ctx.response.status_code = 400
+            return error_response(400, exc.summary, exc.details)
+        blocks = cut(batch, settings.chunk_rows)
+        for block in blocks:  # numbered rows, not keys: one int64 buffer over the hop
+            block.keys = np.arange(len(block.keys))
+        results = await send_blocks(
+            blocks,
+            self.coalescer.predict,
+            deadline_s=settings.request_deadline_s,
+            initial_backoff_s=settings.retry_initial_backoff_s,
+            max_backoff_s=settings.retry_max_backoff_s,
+        )
+        predictions = np.concatenate([np.asarray(r.predictions) for r in results]).tolist()
+        probabilities = np.concatenate([np.asarray(r.probabilities) for r in results])
+        labels = [str(label) for label in self.spec.classes or ()]
+        if batch.shape == "columns":
+            by_class = np.ascontiguousarray(probabilities.T)
+            answer: Any = {
+                "predictions": predictions,
+                "probabilities": {label: by_class[i] for i, label in enumerate(labels)},
+            }
+        else:
+            answer = {
+                "predictions": [
+                    {"prediction": p, "probabilities": dict(zip(labels, row, strict=True))}
+                    for p, row in zip(predictions, probabilities.tolist(), strict=True)
+                ]
+            }
+        return Response(
+            orjson.dumps({"model": self.spec.tag, **answer}, option=orjson.OPT_SERIALIZE_NUMPY),
+            media_type="application/json",
+        )
