@@ -27,7 +27,14 @@ from starlette.responses import FileResponse, Response
 from keyed_serving.chunking import cut
 from keyed_serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
 from keyed_serving.file_scoring import InvalidFile, score_file
-from keyed_serving.http import EntryGate, GetAlias, RefinedDocs, RequestIdFilter, error_response
+from keyed_serving.http import (
+    EntryGate,
+    GetAlias,
+    RefinedDocs,
+    RequestIdFilter,
+    bind_apis_once,
+    error_response,
+)
 from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
 from keyed_serving.metrics import get_metrics
 from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec
@@ -96,6 +103,7 @@ class ModelRunner:
             str(stored.tag), stored.info.metadata, stored.path_of(MODEL_FILE)
         )
         self.metrics = get_metrics()
+        bind_apis_once(self, "predict")
 
     @bentoml.on_startup
     def stop_after_the_entry(self) -> None:
@@ -107,10 +115,19 @@ class ModelRunner:
         max_batch_size=settings.max_batch_size,
         max_latency_ms=settings.max_latency_ms,
     )
-    def predict(self, blocks: list[KeyedBlock]) -> list[BlockResult]:
+    async def predict(self, blocks: list[KeyedBlock]) -> list[BlockResult]:
+        # Runs on the event loop, not in a thread: BentoML's dispatcher polls every
+        # millisecond while a batch runs, and from a thread that polling took the GIL from
+        # the model over and over. This worker serves nothing else while it predicts.
         self.metrics.micro_batch_rows.observe(sum(len(block.keys) for block in blocks))
         self.metrics.micro_batch_chunks.observe(len(blocks))
         return self.model.predict_blocks(blocks)
+
+
+# BentoML names a response's media type by generating the output's JSON schema on every
+# call (a millisecond and more per micro-batch, measured). The runner answers the entry
+# only, in BentoML's pickle format: say so once.
+ModelRunner.apis["predict"].output_spec.media_type = "application/vnd.bentoml+pickle"
 
 
 @bentoml.service(
@@ -130,6 +147,7 @@ class KeyedPrediction:
         self.spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
         self.metrics = get_metrics()
         self.entry_lock = hold_entry_lock()  # the runner stops only after this worker
+        bind_apis_once(self, "predict", "model_info")
         self.coalescer = Coalescer(
             lambda blocks: self.runner.to_async.predict(blocks),
             # Without batching, every block is a call of its own, sent at once.

@@ -286,3 +286,16 @@ class GetAlias:
         headers += [(b"content-type", b"application/json"), (b"content-length", b"2")]
         post_scope: dict[str, Any] = {**scope, "method": "POST", "headers": headers}
         await self.app(post_scope, _replay(b"{}", receive), send)
+
+
+def bind_apis_once(instance: Any, *names: str) -> None:
+    """Binds a service instance's APIs once, as BentoML would on every request.
+
+    BentoML's server looks an API up on the instance for every call, and its descriptor
+    builds a fresh wrapper each time with ``inspect.signature`` (measured: a tenth of the
+    entry's CPU at one instance per request). An instance attribute takes precedence over
+    that (non-data) descriptor, so the wrapper built here is the one every call gets.
+    """
+    for name in names:
+        descriptor = getattr(type(instance), name)
+        instance.__dict__[name] = descriptor.__get__(instance, type(instance))

@@ -81,6 +81,12 @@ def to_frame(
     columns: Mapping[str, Sequence[Any] | np.ndarray], features: Sequence[FeatureInfo]
 ) -> pd.DataFrame:
     """Columns by feature name -> the frame the pipeline takes (missing values as NaN)."""
+    names = [f.name for f in features]
+    if all(f.type == "number" for f in features):
+        # One float64 block: pandas builds it several times faster than a dict of columns
+        # (measured: a tenth of the runner's time at 100-row requests went to that).
+        values = np.column_stack([np.asarray(columns[n], dtype=np.float64) for n in names])
+        return pd.DataFrame(values.reshape(-1, len(names)), columns=names, copy=False)
     data: dict[str, Any] = {}
     for feature in features:
         values = columns[feature.name]
@@ -93,7 +99,7 @@ def to_frame(
             text = series.map(str, na_action="ignore").astype(object)
             text[missing] = np.nan
             data[feature.name] = text
-    return pd.DataFrame(data, columns=[f.name for f in features])
+    return pd.DataFrame(data, columns=names)
 
 
 @dataclass

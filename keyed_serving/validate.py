@@ -36,6 +36,8 @@ ERROR_MODES = ("reject", "per_instance")
 _NUMBER_TYPES = frozenset({int, float, type(None)})
 _CATEGORY_TYPES = frozenset({str, type(None)})
 _MISSING = object()
+# Below this many values a Python pass over a column beats building a NumPy array for it.
+_SMALL = 256
 
 
 @dataclass(frozen=True)
@@ -352,7 +354,14 @@ def _check_column(
     found clean comes back as float64, to be used as it is."""
     kinds = set(map(type, column))
     if feature.type == "number":
-        if kinds <= _NUMBER_TYPES:
+        if kinds <= _NUMBER_TYPES and len(column) <= _SMALL:
+            # NaN, infinities and magnitudes too large all fail this comparison.
+            candidates = [
+                i
+                for i, value in enumerate(column)
+                if value is not None and not -LARGEST_MAGNITUDE <= value <= LARGEST_MAGNITUDE
+            ]
+        elif kinds <= _NUMBER_TYPES:
             try:
                 values = np.array(column, dtype=np.float64)  # None -> nan
                 suspect = ~(np.abs(values) <= LARGEST_MAGNITUDE)  # nan, inf, huge

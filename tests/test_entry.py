@@ -353,7 +353,7 @@ def test_the_runner_predicts_a_micro_batch_of_keyed_blocks_and_counts_it(service
     instances = flowers(5, seed=9)
     blocks = [block("c0", [0, 1, 2], instances[:3]), block("c1", [0, 1], instances[3:])]
     batches_before = REGISTRY.get_sample_value("keyed_micro_batch_rows_count") or 0.0
-    results = runner_service.predict(blocks)
+    results = asyncio.run(runner_service.predict(blocks))
     assert [(r.chunk, r.keys.tolist()) for r in results] == [("c0", [0, 1, 2]), ("c1", [0, 1])]
     predictions = [p for r in results for p in r.predictions.tolist()]
     assert predictions == own_predictions(runner_service.model, instances)
