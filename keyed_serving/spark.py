@@ -1,0 +1,265 @@
+"""Keyed offline scoring on Spark: a DataFrame in, the same model's predictions out, each row
+keeping its key and the columns asked for.
+
+    from keyed_serving.spark import score_spark
+    scored = score_spark(df, key="customer_id", model_tag="churn:latest", keep=["region"])
+
+BentoML's ``bentoml.batch.run_in_spark`` only drives the legacy service API, so this is
+ours. Rows are scored where they are (``mapInPandas``), never moved or reordered across
+machines, and each output row is built from its own input row: the key cannot be parted
+from its prediction by any partitioning or shuffle. The output columns are the client's
+(``keyed_serving.tables.scored_table``): the key, ``prediction``, one ``probability_<class>``
+column per class, ``error`` (null when the row was predicted), then the kept columns.
+
+The model is the one the service serves, loaded through the same model stage
+(``LoadedModel``, ``to_frame``), once per Spark Python worker process (Spark reuses its
+Python workers across tasks, so that is once per executor core, not once per batch).
+Executors find it either in a BentoML model store they can read (the default; in local
+mode the driver's own) or, with ``ship_model=True``, in an archive exported on the driver
+and shipped with the job (``SparkContext.addFile``) for clusters that share no store.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec, to_frame
+from keyed_serving.schemas import KeyedResult, KeyedRow
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+    from pyspark.sql.types import DataType, StructField, StructType
+
+ERROR_COLUMN = "error"
+_SHIPPED_PREFIX = "keyed-serving-model-"
+# One loaded model per tag in each Python worker process: the pipeline is unpickled once,
+# not once per task or batch.
+_loaded: dict[str, LoadedModel] = {}
+_loading = threading.Lock()
+
+
+def score_spark(
+    df: DataFrame,
+    key: str,
+    model_tag: str | None = None,
+    keep: Sequence[str] = (),
+    *,
+    ship_model: bool = False,
+) -> DataFrame:
+    """Score every row of ``df`` with the model ``model_tag`` (``name:version`` or
+    ``name:latest``; default ``MODEL_TAG`` or ``iris_classifier:latest``, as the service).
+
+    The result has one row per input row: ``key`` as it came, ``prediction``, one
+    ``probability_<class>`` column per class for classifiers, ``error`` (null, or
+    ``model_error: ...`` for a row the model raised on; the other rows of its batch are
+    still predicted) and the ``keep`` columns. Keys should be unique, as for the client:
+    the function pairs each prediction with its own row's key whatever they are, but only
+    unique keys let a reader join the output back. ``latest`` is resolved on the driver,
+    so every executor scores with the same version.
+    """
+    import bentoml
+
+    tag = model_tag or os.environ.get("MODEL_TAG", "iris_classifier:latest")
+    stored = bentoml.models.get(tag)
+    spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
+    _check_columns(df, key, keep, spec)
+    schema = output_schema(spec, df.schema[key], [df.schema[c] for c in keep])
+    shipped: str | None = None
+    if ship_model:
+        shipped = _ship(df, spec.tag)
+    features = spec.feature_names
+    keep = list(keep)
+
+    def score_batches(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+        model = _model_on_executor(spec.tag, shipped)
+        for batch in batches:
+            yield score_frame(model, batch, key, keep)
+
+    return df.select(key, *[c for c in features if c not in (key, *keep)], *keep).mapInPandas(
+        score_batches, schema
+    )
+
+
+def score_frame(
+    model: LoadedModel, batch: pd.DataFrame, key: str, keep: Sequence[str]
+) -> pd.DataFrame:
+    """One pandas batch scored, in its own row order. The whole batch goes to the model at
+    once; only if the model raises on it are its rows handed to ``LoadedModel.predict_rows``,
+    the service's own per-row isolation, which answers the rows it cannot take with an error
+    and predicts the others."""
+    spec = model.spec
+    keys = batch[key].tolist()
+    columns = {name: batch[name].tolist() for name in spec.feature_names}
+    classes = list(spec.classes or [])
+    out: dict[str, Any] = {key: batch[key].to_numpy()}
+    try:
+        frame = to_frame(columns, spec.features)
+        predictions = model.pipeline.predict(frame)
+        probabilities = (
+            model.pipeline.predict_proba(frame) if spec.task == "classification" else None
+        )
+        if len(predictions) != len(keys):
+            raise RuntimeError(f"model returned {len(predictions)} predictions for {len(keys)}")
+    except Exception:
+        results = model.predict_rows(
+            [
+                KeyedRow.model_construct(
+                    chunk="spark", key=k, values=[columns[n][i] for n in spec.feature_names]
+                )
+                for i, k in enumerate(keys)
+            ]
+        )
+        return _from_results(results, batch, key, keep, classes)
+    out["prediction"] = [_native(p) for p in predictions]
+    if probabilities is not None:
+        # As the service: each row renormalised to sum to 1.
+        normalised = probabilities / probabilities.sum(axis=1, keepdims=True)
+        for i, label in enumerate(classes):
+            out[f"probability_{label}"] = normalised[:, i]
+    out[ERROR_COLUMN] = pd.Series([None] * len(keys), dtype=object)
+    for column in keep:
+        out[column] = batch[column].to_numpy()
+    return pd.DataFrame(out)
+
+
+def output_schema(spec: ModelSpec, key: StructField, kept: Sequence[StructField]) -> StructType:
+    """The client's columns as a Spark schema: key, prediction, probabilities, error, kept."""
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+    fields = [key]
+    fields.append(StructField("prediction", _prediction_type(spec), True))
+    fields += [
+        StructField(f"probability_{label}", DoubleType(), True) for label in spec.classes or []
+    ]
+    fields.append(StructField(ERROR_COLUMN, StringType(), True))
+    fields += list(kept)
+    return StructType(fields)
+
+
+def _check_columns(df: DataFrame, key: str, keep: Sequence[str], spec: ModelSpec) -> None:
+    columns = set(df.columns)
+    if key not in columns:
+        raise ValueError(f"no key column {key!r}; the DataFrame has {sorted(columns)[:20]}")
+    missing = [n for n in spec.feature_names if n not in columns]
+    if missing:
+        raise ValueError(f"the DataFrame lacks the model's features {missing}")
+    missing_keep = [c for c in keep if c not in columns]
+    if missing_keep:
+        raise ValueError(f"columns to keep not in the DataFrame: {missing_keep}")
+    produced = {"prediction", ERROR_COLUMN, *(f"probability_{c}" for c in spec.classes or [])}
+    clashes = sorted(produced & {key, *keep})
+    if clashes:
+        raise ValueError(f"the key or kept columns {clashes} clash with the output's own")
+    if key in keep:
+        raise ValueError(f"the key column {key!r} is in the output already; do not keep it")
+
+
+def _prediction_type(spec: ModelSpec) -> DataType:
+    from pyspark.sql.types import BooleanType, DoubleType, LongType, StringType
+
+    if spec.task == "regression":
+        return DoubleType()
+    classes = list(spec.classes or [])
+    if classes and all(isinstance(c, bool) for c in classes):
+        return BooleanType()
+    if classes and all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return LongType()
+    if classes and all(isinstance(c, int | float) for c in classes):
+        return DoubleType()
+    return StringType()
+
+
+def _from_results(
+    results: Sequence[KeyedResult],
+    batch: pd.DataFrame,
+    key: str,
+    keep: Sequence[str],
+    classes: Sequence[Any],
+) -> pd.DataFrame:
+    out: dict[str, Any] = {key: batch[key].to_numpy()}
+    out["prediction"] = pd.Series([r.prediction for r in results], dtype=object)
+    for i, label in enumerate(classes):
+        out[f"probability_{label}"] = [
+            r.probabilities[i] if r.probabilities is not None else np.nan for r in results
+        ]
+    out[ERROR_COLUMN] = pd.Series(
+        [f"{r.error.code}: {r.error.message}" if r.error is not None else None for r in results],
+        dtype=object,
+    )
+    for column in keep:
+        out[column] = batch[column].to_numpy()
+    return pd.DataFrame(out)
+
+
+def _native(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _ship(df: DataFrame, tag: str) -> str:
+    """Export the model on the driver and add it to the job's files; its file name."""
+    import bentoml
+
+    name = _SHIPPED_PREFIX + tag.replace(":", "-") + ".bentomodel"
+    path = Path(tempfile.mkdtemp(prefix="keyed-spark-ship-")) / name
+    bentoml.models.export_model(tag, str(path))
+    df.sparkSession.sparkContext.addFile(str(path))
+    return name
+
+
+def _model_on_executor(tag: str, shipped: str | None) -> LoadedModel:
+    with _loading:
+        if tag not in _loaded:
+            _loaded[tag] = _load_shipped(tag, shipped) if shipped else _load_from_store(tag)
+        return _loaded[tag]
+
+
+def _load_from_store(tag: str) -> LoadedModel:
+    import bentoml
+
+    stored = bentoml.models.get(tag)
+    return LoadedModel.load(str(stored.tag), stored.info.metadata, stored.path_of(MODEL_FILE))
+
+
+def _load_shipped(tag: str, name: str) -> LoadedModel:
+    """Import the shipped archive into a model store of this worker's own: executors of a
+    cluster need no BentoML home, nor write to anyone's."""
+    import bentoml
+    from bentoml._internal.models.model import ModelStore
+    from pyspark import SparkFiles
+
+    store = ModelStore(tempfile.mkdtemp(prefix="keyed-spark-models-"))
+    stored = bentoml.models.import_model(SparkFiles.get(name), _model_store=store)
+    if str(stored.tag) != tag:
+        raise RuntimeError(f"shipped model is {stored.tag}, expected {tag}")
+    return LoadedModel.load(tag, stored.info.metadata, stored.path_of(MODEL_FILE))
+
+
+def local_session(cores: int = 2, app_name: str = "keyed-scoring") -> Any:
+    """A Spark session in local mode with ``cores`` executor cores, whose Python workers run
+    this interpreter (Spark would otherwise start whatever ``python3`` is on the PATH, which
+    lacks the project's packages)."""
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    # Read by PySpark when it starts the context; the spark.pyspark.python setting is only
+    # honoured by spark-submit.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return (
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName(app_name)
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", str(max(2, 4 * cores)))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
