@@ -319,7 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate = summary["rows"] / seconds
         print(
             f"{summary['rows']:,} rows scored, {summary['keys']:,} distinct keys, "
-            f"{summary['errors']:,} errors in {seconds:.1f} s: {rate:,.0f} rows/s"
+            f"{summary['errors']:,} errors in {seconds:.1f} s: {rate:,.0f} rows/s (Python "
+            "workers' start, model loading and the key count included; bench/spark_scoring.py "
+            "measures the steady rate)"
         )
         scored.show(5, truncate=False)
         if args.out:
