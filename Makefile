@@ -71,6 +71,8 @@ BUILDAH_ENV := STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
 
 container: build ## bentoml containerize the latest bento into $(IMAGE) (buildah; see README)
 ifeq ($(CONTAINER_BACKEND),buildah)
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || \
+		{ apt-get update -q && apt-get install -y -q buildah debootstrap; }
 	$(BUILDAH_ENV) deploy/container/base_image.sh
 	$(BUILDAH_ENV) $(BIN)/bentoml containerize keyed-prediction:latest --backend buildah -t $(IMAGE)
 else
