@@ -63,11 +63,12 @@ clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
 
 # --- ship and scale out (issue 6) ---------------------------------------------------------
-# buildah needs no Docker engine; vfs storage and chroot isolation work without overlayfs
-# or user namespaces. CONTAINER_BACKEND=docker where a Docker engine runs.
+# buildah needs no Docker engine; chroot isolation works without user namespaces or an OCI
+# runtime (podman's crun may not set rlimits in a sandbox). CONTAINER_BACKEND=docker where
+# a Docker engine runs.
 CONTAINER_BACKEND ?= buildah
 IMAGE ?= keyed-prediction:latest
-BUILDAH_ENV := STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
+BUILDAH_ENV := BUILDAH_ISOLATION=chroot
 
 container: build ## bentoml containerize the latest bento into $(IMAGE) (buildah; see README)
 ifeq ($(CONTAINER_BACKEND),buildah)

@@ -135,7 +135,7 @@ container = pytest.mark.skipif(
     os.environ.get("KEYED_CONTAINER_TESTS") != "1" or shutil.which("buildah") is None,
     reason="builds a container image (minutes); set KEYED_CONTAINER_TESTS=1 (make test-container)",
 )
-BUILDAH_ENV = {"STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
+BUILDAH_ENV = {"BUILDAH_ISOLATION": "chroot"}
 
 
 def buildah(*args: str, timeout: float = 120) -> str:

@@ -5,15 +5,15 @@
 # is the project's Python), imported with buildah and tagged with the name the Dockerfile
 # asks for.
 #
-# Needs root, debootstrap and buildah. Uses buildah's vfs storage and chroot isolation,
-# which work without a container engine, overlay support or user namespaces.
+# Needs root, debootstrap and buildah (no container engine). buildah's own storage
+# configuration applies (overlay by default; /etc/containers/storage.conf or
+# CONTAINERS_STORAGE_CONF to change it).
 set -euo pipefail
 
 IMAGE=${IMAGE:-docker.io/library/python:3.11-slim}
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 WORK=${WORK:-${TMPDIR:-/tmp}/keyed-serving-base-image}
-export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
 export BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 
 if buildah inspect --type image "$IMAGE" >/dev/null 2>&1; then
