@@ -151,7 +151,8 @@ def buildah(*args: str, timeout: float = 120) -> str:
 
 
 @pytest.fixture(scope="module")
-def image(bento_tag: str) -> str:
+def image(bento_tag: str) -> Iterator[str]:
+    """The bento containerized as `make container` does; removed afterwards (1.5 GB each)."""
     subprocess.run(
         [str(DEPLOY / "container" / "base_image.sh")],
         check=True,
@@ -175,7 +176,8 @@ def image(bento_tag: str) -> str:
         env={**os.environ, **BUILDAH_ENV},
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    return name
+    yield name
+    buildah("rmi", name)
 
 
 @pytest.fixture
