@@ -8,6 +8,7 @@ export BENTOML_DO_NOT_TRACK := True
 
 .DEFAULT_GOAL := help
 .PHONY: help install serve train test test-fast lint typecheck check build contract soak bench bench-peers bench-sweep wrk clean
+.PHONY: container test-container spark-demo bench-spark
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -18,7 +19,7 @@ $(BIN)/python:
 
 # Reinstalls when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the project with its dev tools
@@ -79,3 +80,31 @@ contract: ## check a running server (URL=...) against the shared wire contract
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+
+# --- ship and scale out (issue 6) ---------------------------------------------------------
+# buildah needs no Docker engine; chroot isolation works without user namespaces or an OCI
+# runtime (podman's crun may not set rlimits in a sandbox). CONTAINER_BACKEND=docker where
+# a Docker engine runs.
+CONTAINER_BACKEND ?= buildah
+IMAGE ?= keyed-prediction:latest
+BUILDAH_ENV := BUILDAH_ISOLATION=chroot
+
+container: build ## bentoml containerize the latest bento into $(IMAGE) (buildah; see README)
+ifeq ($(CONTAINER_BACKEND),buildah)
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || \
+		{ apt-get update -q && apt-get install -y -q buildah debootstrap; }
+	$(BUILDAH_ENV) deploy/container/base_image.sh
+	$(BUILDAH_ENV) $(BIN)/bentoml containerize keyed-prediction:latest --backend buildah -t $(IMAGE)
+else
+	$(BIN)/bentoml containerize keyed-prediction:latest --backend $(CONTAINER_BACKEND) -t $(IMAGE)
+endif
+
+test-container: install ## build the image with buildah, run it, probe it and predict from inside (minutes)
+	KEYED_CONTAINER_TESTS=1 $(BIN)/pytest tests/test_container.py
+
+spark-demo: install ## score a generated table by key with Spark in local mode (ROWS=, CORES=)
+	$(BIN)/python train.py --if-missing
+	$(BIN)/python -m keyed_serving.spark --rows $(or $(ROWS),200000) --cores $(or $(CORES),2)
+
+bench-spark: install ## Spark local-mode rows/s with 1 and 2 cores (bench/spark_scoring.md)
+	$(BIN)/python bench/spark_scoring.py

@@ -127,7 +127,7 @@ class ModelRunner:
 # BentoML names a response's media type by generating the output's JSON schema on every
 # call (a millisecond and more per micro-batch, measured). The runner answers the entry
 # only, in BentoML's pickle format: say so once.
-ModelRunner.apis["predict"].output_spec.media_type = "application/vnd.bentoml+pickle"
+ModelRunner.apis["predict"].output_spec.media_type = "application/vnd.bentoml+pickle"  # type: ignore[attr-defined]
 
 
 @bentoml.service(

@@ -89,12 +89,12 @@ def to_frame(
         return pd.DataFrame(values.reshape(-1, len(names)), columns=names, copy=False)
     data: dict[str, Any] = {}
     for feature in features:
-        values = columns[feature.name]
+        given = columns[feature.name]
         if feature.type == "number":
-            data[feature.name] = pd.Series(values, dtype="float64")
+            data[feature.name] = pd.Series(given, dtype="float64")
         else:
             # Categories are strings on the wire; a CSV's True or 7 becomes "True" or "7".
-            series = pd.Series(values, dtype=object)
+            series = pd.Series(given, dtype=object)
             missing = series.isna()
             text = series.map(str, na_action="ignore").astype(object)
             text[missing] = np.nan
@@ -148,11 +148,7 @@ class LoadedModel:
             errors = [
                 BlockError(
                     row=row - start,
-                    error=InstanceError(
-                        code="model_error",
-                        message=f"instance with key {block.keys[row - start]!r}: the model "
-                        f"could not predict it: {predicted.errors[row]}",
-                    ),
+                    error=model_error(block.keys[row - start], predicted.errors[row]),
                 )
                 for row in sorted(predicted.errors)
                 if start <= row < end
@@ -235,6 +231,14 @@ class LoadedModel:
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
             raise ValueError("model produced a non-finite prediction")
         return values, probabilities
+
+
+def model_error(key: Any, reason: str) -> InstanceError:
+    """The error a key gets when the model raised on its row alone."""
+    return InstanceError(
+        code="model_error",
+        message=f"instance with key {key!r}: the model could not predict it: {reason}",
+    )
 
 
 def _predicts_by_largest_probability(pipeline: Any) -> bool:

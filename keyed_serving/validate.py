@@ -115,11 +115,11 @@ def validate_request(
         keys, columns, failures = _from_rows(instances, spec, max_instances)
         shape = "rows"
     elif "keys" in body or "columns" in body:
-        keys = body.get("keys")
+        sent_keys: Any = body.get("keys")
         if not keyed:
-            some_column = next(iter((body.get("columns") or {}).values()), [])
-            keys = list(range(len(some_column))) if isinstance(some_column, list) else None
-        keys, columns, failures = _from_columns(keys, body.get("columns"), spec, max_instances)
+            some_column: Any = next(iter((body.get("columns") or {}).values()), [])
+            sent_keys = list(range(len(some_column))) if isinstance(some_column, list) else None
+        keys, columns, failures = _from_columns(sent_keys, body.get("columns"), spec, max_instances)
         shape = "columns"
     else:
         raise _invalid("empty_instances", "send instances, or keys and columns", ["instances"])
