@@ -1,0 +1,95 @@
+"""The sweep behind the defaults: workers per service, entry coalescing and runner batching.
+
+    .venv/bin/python bench/sweep.py [--seconds 6] [--out bench/sweep.md]
+
+Each configuration is this project's real server (`bentoml serve`) under W1 (64 x 1), W2
+(16 x 100, rows) and W3 (1 x 10,000, columns), driven by wrk with every answer checked by
+key (bench/harness.py does the driving). Configurations differ only in KEYED_* variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import BENCH, WORKLOADS, bentoml_server, machine, measure, write_workload
+
+CONFIGS = [
+    ("defaults: 1 entry, 1 runner, 2 calls in flight", {}),
+    ("1 call in flight", {"KEYED_RUNNER_CALLS": "1"}),
+    ("4 calls in flight", {"KEYED_RUNNER_CALLS": "4"}),
+    ("2 runner workers, 4 calls", {"KEYED_RUNNER_WORKERS": "2", "KEYED_RUNNER_CALLS": "4"}),
+    ("2 entry workers", {"KEYED_ENTRY_WORKERS": "2"}),
+    ("max_latency_ms 300", {"KEYED_MAX_LATENCY_MS": "300"}),
+    ("blocks of 10,000 rows", {"KEYED_CHUNK_ROWS": "10000"}),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=BENCH / "sweep.md")
+    args = parser.parse_args()
+    home = tempfile.mkdtemp(prefix="keyed-sweep-home-")
+    work = Path(tempfile.mkdtemp(prefix="keyed-sweep-"))
+    os.environ["BENTOML_HOME"] = home
+    os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+    try:
+        import bentoml
+        import joblib
+
+        from keyed_serving.model import MODEL_FILE
+        from keyed_serving.training import train_default
+
+        tag = train_default().tag
+        pipeline = joblib.load(bentoml.models.get(tag).path_of(MODEL_FILE))
+        loads = [w for w in WORKLOADS if w.name in ("W1", "W2", "W3")]
+        files = {w.name: write_workload(work, w, pipeline, seed=i) for i, w in enumerate(loads)}
+        rows = []
+        for label, env in CONFIGS:
+            print(label, flush=True)
+            with bentoml_server(
+                "sweep", "service:KeyedPrediction", home, work, MODEL_TAG=tag, **env
+            ) as server:
+                for load in loads:
+                    result = measure(
+                        server, load, files[load.name][load.shape], load.shape, args, work
+                    )
+                    rows.append((label, result))
+        info = machine()
+        lines = [
+            "# Sweep: workers, coalescing and batching bounds",
+            "",
+            "Written by `bench/sweep.py`; each answer checked by key. "
+            f"{info['cores']} cores, {info['cpu']}, bentoml {info['bentoml']}.",
+            f"{args.seconds:g} s per load after {args.warmup:g} s of warm-up; expect about 10% "
+            "noise between runs.",
+            "",
+            "| configuration | W1 inst/s | W1 p99 ms | W2 inst/s | W2 p99 ms | W3 rows/s | W3 p99 ms | errors |",  # noqa: E501
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, _ in CONFIGS:
+            by_load = {r.workload: r for name, r in rows if name == label}
+            cells = []
+            for name in ("W1", "W2", "W3"):
+                r = by_load[name]
+                cells += [f"{r.instances_per_s:,.0f}", f"{r.summary['p99_ms']:.0f}"]
+            errors = sum(r.errors for r in by_load.values())
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {errors} |")
+        args.out.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
