@@ -153,6 +153,7 @@ class KeyedPrediction:
             # Without batching, every block is a call of its own, sent at once.
             max_calls=settings.runner_calls if settings.batching else 2**31 - 1,
             max_rows=settings.coalesce_rows if settings.batching else 1,
+            linger_s=settings.coalesce_linger_ms / 1000 if settings.batching else 0.0,
         )
 
     @bentoml.api(input_spec=PredictRequest)

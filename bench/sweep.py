@@ -21,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import BENCH, WORKLOADS, bentoml_server, machine, measure, write_workload
 
 CONFIGS = [
-    ("defaults: 1 entry, 1 runner, 2 calls in flight", {}),
+    ("defaults: 1 entry, 1 runner, 2 calls in flight, linger 5 ms", {}),
+    ("no linger", {"KEYED_COALESCE_LINGER_MS": "0"}),
+    ("linger 10 ms", {"KEYED_COALESCE_LINGER_MS": "10"}),
     ("1 call in flight", {"KEYED_RUNNER_CALLS": "1"}),
     ("4 calls in flight", {"KEYED_RUNNER_CALLS": "4"}),
     ("2 runner workers, 4 calls", {"KEYED_RUNNER_WORKERS": "2", "KEYED_RUNNER_CALLS": "4"}),

@@ -139,13 +139,17 @@ class Coalescer:
     ``predict`` is what ``send_blocks`` calls per block. A call's failure fails every block
     in it; each request then retries its own blocks within its own deadline."""
 
-    def __init__(self, predict_blocks: PredictBlocks, max_calls: int, max_rows: int) -> None:
+    def __init__(
+        self, predict_blocks: PredictBlocks, max_calls: int, max_rows: int, linger_s: float = 0.0
+    ) -> None:
         self.predict_blocks = predict_blocks
         self.max_calls = max_calls
         self.max_rows = max_rows
+        self.linger_s = linger_s
         self.queue: list[tuple[KeyedBlock, asyncio.Future[BlockResult]]] = []
         self.in_flight = 0
         self.scheduled = False
+        self.lingering: asyncio.TimerHandle | None = None
 
     async def predict(self, block: KeyedBlock) -> BlockResult:
         future: asyncio.Future[BlockResult] = asyncio.get_running_loop().create_future()
@@ -157,9 +161,23 @@ class Coalescer:
             asyncio.get_running_loop().call_soon(self._send_queued)
         return await future
 
-    def _send_queued(self) -> None:
+    def _send_queued(self, lingered: bool = False) -> None:
         self.scheduled = False
         while self.queue and self.in_flight < self.max_calls:
+            if (
+                self.in_flight
+                and not lingered
+                and self.linger_s > 0
+                and self._rows() < self.max_rows
+            ):
+                # The runner is busy with a call: one sent now would only wait behind it
+                # there. Let it grow here for a moment instead: the clients the last call
+                # answered are about to send their next requests.
+                if self.lingering is None:
+                    loop = asyncio.get_running_loop()
+                    self.lingering = loop.call_later(self.linger_s, self._linger_over)
+                return
+            lingered = False
             taken, rows = 0, 0
             for block, _ in self.queue:
                 if taken and rows + len(block.keys) > self.max_rows:
@@ -172,6 +190,13 @@ class Coalescer:
                 continue
             self.in_flight += 1
             asyncio.get_running_loop().create_task(self._call(call))
+
+    def _rows(self) -> int:
+        return sum(len(block.keys) for block, _ in self.queue)
+
+    def _linger_over(self) -> None:
+        self.lingering = None
+        self._send_queued(lingered=True)
 
     async def _call(self, call: list[tuple[KeyedBlock, asyncio.Future[BlockResult]]]) -> None:
         try:

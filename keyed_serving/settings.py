@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Entry-side coalescing: runner calls in flight per entry worker, rows per call.
     runner_calls: int = Field(default=2, ge=1)
     coalesce_rows: int = Field(default=10_000, ge=1)
+    # While a call is in flight, a new one waits this long to gather more requests (it
+    # would wait behind the running one at the runner anyway). 0: send at once.
+    coalesce_linger_ms: float = Field(default=5.0, ge=0)
     # One log line per request costs about a tenth of a small request's CPU.
     access_log: bool = False
     max_instances: int = Field(default=100_000, ge=1)
