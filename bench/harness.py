@@ -90,6 +90,12 @@ class Result:
         return self.requests_per_s * self.instances_per_request
 
     @property
+    def statuses(self) -> str:
+        """Non-200 answers by status, e.g. "429 x6765"."""
+        pairs = sorted(item.split(":") for item in self.summary.get("statuses", "").split())
+        return ", ".join(f"{status} x{n}" for status, n in pairs) or "-"
+
+    @property
     def errors(self) -> int:
         s = self.summary
         return int(
@@ -581,11 +587,11 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
             "",
             "## Concurrency sweep (x 1 instance per request)",
             "",
-            "| server | connections | inst/s | p99 ms | errors |",
-            "|---|---:|---:|---:|---:|",
+            "| server | connections | inst/s | p99 ms | errors | non-200 answers |",
+            "|---|---:|---:|---:|---:|---|",
             *(
                 f"| {r.server} | {r.connections} | {r.instances_per_s:,.0f} | "
-                f"{r.summary['p99_ms']:.1f} | {r.errors} |"
+                f"{r.summary['p99_ms']:.1f} | {r.errors} | {r.statuses} |"
                 for r in run.sweep
             ),
         ]

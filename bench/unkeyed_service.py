@@ -19,10 +19,10 @@ from starlette.responses import Response
 
 from keyed_serving.chunking import cut
 from keyed_serving.dispatch import Coalescer, send_blocks
-from keyed_serving.http import error_response
+from keyed_serving.http import EntryGate, bind_apis_once, error_response
 from keyed_serving.model import ModelSpec
 from keyed_serving.validate import InvalidRequest, validate_request
-from service import QUIET, ModelRunner, PredictRequest, settings
+from service import FILE_PATHS, QUIET, ModelRunner, PredictRequest, settings
 
 
 @bentoml.service(workers=settings.entry_workers, **QUIET)
@@ -36,7 +36,9 @@ class UnkeyedPrediction:
             lambda blocks: self.runner.to_async.predict(blocks),
             max_calls=settings.runner_calls,
             max_rows=settings.coalesce_rows,
+            linger_s=settings.coalesce_linger_ms / 1000,
         )
+        bind_apis_once(self, "predict")
 
     @bentoml.api(input_spec=PredictRequest)
     async def predict(self, ctx: bentoml.Context, **_: Any) -> Any:
@@ -76,3 +78,15 @@ class UnkeyedPrediction:
             orjson.dumps({"model": self.spec.tag, **answer}, option=orjson.OPT_SERIALIZE_NUMPY),
             media_type="application/json",
         )
+
+
+# The same gate as the keyed entry (request ids, limits): the variants differ in keys only.
+UnkeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
+    EntryGate,
+    api_token=settings.api_token,
+    max_body_bytes=settings.max_body_bytes,
+    max_concurrency=settings.max_concurrency,
+    retry_after_s=settings.retry_after_s,
+    file_paths=FILE_PATHS,
+    max_file_bytes=settings.max_file_bytes,
+)

@@ -13,7 +13,7 @@
 
 local bodies, expected, threads = {}, {}, {}
 local format, counter
-checked, mismatched, failed, statuses = 0, 0, 0, ""
+checked, mismatched, failed, statuses = 0, 0, 0, {}
 
 function setup(thread)
   table.insert(threads, thread)
@@ -80,7 +80,7 @@ end
 function response(status, headers, body)
   if status ~= 200 then
     failed = failed + 1
-    if #statuses < 200 then statuses = statuses .. status .. " " end
+    statuses[tostring(status)] = (statuses[tostring(status)] or 0) + 1
     return
   end
   local sig, index = signature(body, headers)
@@ -92,13 +92,17 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local c, m, f, s = 0, 0, 0, ""
+  local c, m, f, by_status = 0, 0, 0, {}
   for _, thread in ipairs(threads) do
     c = c + thread:get("checked")
     m = m + thread:get("mismatched")
     f = f + thread:get("failed")
-    s = s .. thread:get("statuses")
+    for status, n in pairs(thread:get("statuses")) do
+      by_status[status] = (by_status[status] or 0) + n
+    end
   end
+  local s = ""
+  for status, n in pairs(by_status) do s = s .. status .. ":" .. n .. " " end
   local e = summary.errors
   local out = io.open(os.getenv("WRK_SUMMARY"), "w")
   out:write(string.format(
