@@ -353,14 +353,14 @@ def _plain(value: Any) -> Any:
 
 
 # Starlette runs the first middleware added outermost: the gate sees every request first.
-KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
-    EntryGate,
-    api_token=settings.api_token,
-    max_body_bytes=settings.max_body_bytes,
-    max_concurrency=settings.max_concurrency,
-    retry_after_s=settings.retry_after_s,
-    file_paths=FILE_PATHS,
-    max_file_bytes=settings.max_file_bytes,
-)
+GATE = {
+    "api_token": settings.api_token,
+    "max_body_bytes": settings.max_body_bytes,
+    "max_concurrency": settings.max_concurrency,
+    "retry_after_s": settings.retry_after_s,
+    "file_paths": FILE_PATHS,
+    "max_file_bytes": settings.max_file_bytes,
+}
+KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(RefinedDocs, model_tag=settings.model_tag)  # type: ignore[attr-defined]

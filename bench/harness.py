@@ -639,6 +639,38 @@ def draw(run: Run, path: Path) -> None:
 # ---- main ---------------------------------------------------------------------------
 
 
+@dataclass
+class Setup:
+    home: str
+    work: Path
+    tag: str
+    model_path: Path
+    pipeline: Any
+
+
+@contextlib.contextmanager
+def bench_setup(prefix: str) -> Iterator[Setup]:
+    """A BentoML home and a work folder of their own (removed afterwards) holding the
+    default model, trained afresh: every bench script measures the same model."""
+    home = tempfile.mkdtemp(prefix=f"{prefix}-home-")
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    os.environ["BENTOML_HOME"] = home
+    os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+    try:
+        import bentoml
+        import joblib
+
+        from keyed_serving.model import MODEL_FILE
+        from keyed_serving.training import train_default
+
+        tag = train_default().tag
+        model_path = Path(bentoml.models.get(tag).path_of(MODEL_FILE))
+        yield Setup(home, work, tag, model_path, joblib.load(model_path))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -652,20 +684,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCH / "results.md")
     args = parser.parse_args(argv)
 
-    home = tempfile.mkdtemp(prefix="keyed-bench-home-")
-    work = Path(tempfile.mkdtemp(prefix="keyed-bench-"))
-    os.environ["BENTOML_HOME"] = home
-    os.environ["BENTOML_DO_NOT_TRACK"] = "True"
-    try:
-        import bentoml
-        import joblib
-
-        from keyed_serving.model import MODEL_FILE
-        from keyed_serving.training import train_default
-
-        tag = train_default().tag
-        model_path = Path(bentoml.models.get(tag).path_of(MODEL_FILE))
-        pipeline = joblib.load(model_path)
+    with bench_setup("keyed-bench") as setup:
+        home, work, tag, model_path, pipeline = (
+            setup.home, setup.work, setup.tag, setup.model_path, setup.pipeline
+        )  # fmt: skip
         run = Run(machine=machine())
         print(f"model {tag}; data in {work}", flush=True)
         files = {
@@ -755,9 +777,6 @@ def main(argv: list[str] | None = None) -> int:
             draw(run, plot)
         print(report(run, args.out, plot))
         return 0
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,12 @@ key (bench/harness.py does the driving). Configurations differ only in KEYED_* v
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH, WORKLOADS, bentoml_server, machine, measure, write_workload
+from harness import BENCH, WORKLOADS, bench_setup, bentoml_server, machine, measure, write_workload
 
 CONFIGS = [
     ("defaults: 1 entry, 1 runner, 2 calls in flight, linger 5 ms", {}),
@@ -39,19 +36,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=BENCH / "sweep.md")
     args = parser.parse_args()
-    home = tempfile.mkdtemp(prefix="keyed-sweep-home-")
-    work = Path(tempfile.mkdtemp(prefix="keyed-sweep-"))
-    os.environ["BENTOML_HOME"] = home
-    os.environ["BENTOML_DO_NOT_TRACK"] = "True"
-    try:
-        import bentoml
-        import joblib
-
-        from keyed_serving.model import MODEL_FILE
-        from keyed_serving.training import train_default
-
-        tag = train_default().tag
-        pipeline = joblib.load(bentoml.models.get(tag).path_of(MODEL_FILE))
+    with bench_setup("keyed-sweep") as setup:
+        home, work, tag, pipeline = setup.home, setup.work, setup.tag, setup.pipeline
         loads = [w for w in WORKLOADS if w.name in ("W1", "W2", "W3")]
         files = {w.name: write_workload(work, w, pipeline, seed=i) for i, w in enumerate(loads)}
         rows = []
@@ -88,9 +74,6 @@ def main() -> int:
         args.out.write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return 0
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from keyed_serving.dispatch import Coalescer, send_blocks
 from keyed_serving.http import EntryGate, bind_apis_once, error_response
 from keyed_serving.model import ModelSpec
 from keyed_serving.validate import InvalidRequest, validate_request
-from service import FILE_PATHS, QUIET, ModelRunner, PredictRequest, settings
+from service import GATE, QUIET, ModelRunner, PredictRequest, settings
 
 
 @bentoml.service(workers=settings.entry_workers, **QUIET)
@@ -81,12 +81,4 @@ class UnkeyedPrediction:
 
 
 # The same gate as the keyed entry (request ids, limits): the variants differ in keys only.
-UnkeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
-    EntryGate,
-    api_token=settings.api_token,
-    max_body_bytes=settings.max_body_bytes,
-    max_concurrency=settings.max_concurrency,
-    retry_after_s=settings.retry_after_s,
-    file_paths=FILE_PATHS,
-    max_file_bytes=settings.max_file_bytes,
-)
+UnkeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]

@@ -30,7 +30,9 @@ from pydantic_core import PydanticCustomError
 MAX_KEY_LENGTH = 256
 
 
-def _is_usable_key(key: object) -> bool:
+def is_usable_key(key: object) -> bool:
+    """A key as the API takes it: a non-empty string of at most 256 characters, or an
+    integer (not a bool)."""
     if isinstance(key, bool):
         return False
     if isinstance(key, int):
@@ -39,7 +41,7 @@ def _is_usable_key(key: object) -> bool:
 
 
 def _check_key(value: object) -> str | int:
-    if not _is_usable_key(value):
+    if not is_usable_key(value):
         raise PydanticCustomError(
             "invalid_key",
             "key must be a non-empty string of at most {max} characters or an integer, got {got}",
@@ -100,7 +102,7 @@ class Instance(BaseModel):
             return handler(data)  # type: ignore[no-any-return]
         except ValidationError as exc:
             key = data.get("key") if isinstance(data, dict) else None
-            if not _is_usable_key(key):
+            if not is_usable_key(key):
                 raise
             first = exc.errors()[0]
             field, reason = ".".join(map(str, first["loc"])) or "instance", first["msg"]

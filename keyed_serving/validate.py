@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from keyed_serving.model import ModelSpec
-from keyed_serving.schemas import MAX_KEY_LENGTH, ErrorDetail, FeatureInfo, Key
+from keyed_serving.schemas import (
+    MAX_KEY_LENGTH,
+    ErrorDetail,
+    FeatureInfo,
+    Key,
+    is_usable_key,
+)
 
 # Enough to fix a request in one go without an error body that dwarfs the request.
 MAX_REPORTED_ERRORS = 100
@@ -75,14 +81,6 @@ class InvalidRequest(Exception):
         super().__init__(summary)
         self.summary = summary
         self.details = details
-
-
-def is_usable_key(key: object) -> bool:
-    if isinstance(key, bool):
-        return False
-    if isinstance(key, int):
-        return True
-    return isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH
 
 
 def validate_request(
@@ -304,32 +302,13 @@ def _from_columns(
         if name in columns
         and (not isinstance(columns[name], list) or len(columns[name]) != len(keys))
     ]
+    length = f"must be a list of {len(keys)} values, one per key"
+    faults = [(n, "unknown_feature", "the model has no such feature") for n in unknown]
+    faults += [(n, "missing_feature", "is missing; send nulls for unknowns") for n in missing]
+    faults += [(n, "wrong_length", length) for n in wrong_length]
     details = [
-        ErrorDetail(
-            type="unknown_feature",
-            msg=f"column {n!r}: the model has no such feature (see /model_info)",
-            loc=["columns", n],
-            field=n,
-        )
-        for n in unknown
-    ]
-    details += [
-        ErrorDetail(
-            type="missing_feature",
-            msg=f"column {n!r} is missing; send nulls where values are unknown",
-            loc=["columns", n],
-            field=n,
-        )
-        for n in missing
-    ]
-    details += [
-        ErrorDetail(
-            type="wrong_length",
-            msg=f"column {n!r} must be a list of {len(keys)} values, one per key",
-            loc=["columns", n],
-            field=n,
-        )
-        for n in wrong_length
+        ErrorDetail(type=kind, msg=f"column {n!r}: {msg}", loc=["columns", n], field=n)
+        for n, kind, msg in faults
     ]
     if details:
         raise InvalidRequest(f"{len(details)} invalid column(s)", details)
