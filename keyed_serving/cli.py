@@ -42,7 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--key", required=True, help="the key column")
     parser.add_argument("--url", action="append", required=True, help="a server; repeatable")
     parser.add_argument("--out", required=True, help="output file (.csv, .parquet, .jsonl)")
-    parser.add_argument("--chunk-size", type=int, default=1000, help="rows per request")
+    parser.add_argument("--chunk-size", type=int, default=5000, help="rows per request")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--keep", default="", help="columns to copy to the output, a,b,c")
     parser.add_argument("--token", help="bearer token for servers that ask for one")

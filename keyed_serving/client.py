@@ -73,7 +73,7 @@ class KeyedClient:
         urls: Sequence[str] | str,
         *,
         token: str | None = None,
-        chunk_rows: int = 1000,
+        chunk_rows: int = 5000,
         max_chunk_bytes: int = 4 * 1024 * 1024,
         concurrency: int = 8,
         max_attempts: int = 8,
