@@ -206,8 +206,7 @@ class KeyedPrediction:
             if batch.failures and batch.errors == "reject":
                 raise rejection(batch.failures)
         except InvalidRequest as exc:
-            received = body.get("instances") or body.get("keys") if isinstance(body, dict) else ()
-            self.metrics.count_rejected(len(received or ()), exc.details)
+            self.metrics.count_rejected(_instances_sent(body), exc.details)
             return error_response(400, exc.summary, exc.details)
         try:
             scored = await self.predict_batch(batch)
@@ -332,6 +331,12 @@ class KeyedPrediction:
             on_retry=lambda exc: self.metrics.runner_retries.labels(type(exc).__name__).inc(),
         )
         return reassemble_by_key(blocks, results)
+
+
+def _instances_sent(body: Any) -> int:
+    """How many instances a refused body held, as far as it can be told (for the metric)."""
+    sent = body.get("instances", body.get("keys")) if isinstance(body, dict) else None
+    return len(sent) if isinstance(sent, list) else 0
 
 
 def _lenient_json(raw: bytes) -> Any:

@@ -81,6 +81,8 @@ def test_model_info_answers_on_post_and_on_get(client: TestClient) -> None:
         ({"instances": []}, ["empty_instances"]),
         ({"rows": []}, ["instances"]),
         ([1, 2], ["JSON object"]),
+        ({"instances": 5}, ["instances must be a list"]),
+        ({"keys": "abc", "columns": {}}, ["keys must be a list"]),
     ],
 )
 def test_bad_input_gets_400_naming_the_key_and_field(
