@@ -183,21 +183,22 @@ class KeyedPrediction:
             decoded = {name: _plain(value) for name, value in body.items() if value is not None}
             return await self.predict_body(decoded)  # type: ignore[return-value]
         raw = await ctx.request.body()
+        unreadable: orjson.JSONDecodeError | None = None
         try:
             decoded = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             decoded = _lenient_json(raw)  # NaN/Infinity: refused below by key and field
-            if decoded is None:
-                response = error_response(
-                    400,
-                    f"the body is not valid JSON: {exc}",
-                    [ErrorDetail(type="json_invalid", msg=str(exc), loc=["body"])],
-                )
-                ctx.response.status_code = response.status_code
-                return response  # type: ignore[no-any-return]
-        response = await self.predict_body(decoded)
+            unreadable = exc if decoded is _UNREADABLE else None
+        if unreadable is not None:
+            response = error_response(
+                400,
+                f"the body is not valid JSON: {unreadable}",
+                [ErrorDetail(type="json_invalid", msg=str(unreadable), loc=["body"])],
+            )
+        else:
+            response = await self.predict_body(decoded)
         ctx.response.status_code = response.status_code  # BentoML sets it from ctx
-        return response  # type: ignore[return-value]  # sent as it is
+        return response  # type: ignore[no-any-return]  # sent as it is
 
     async def predict_body(self, body: Any) -> Response:
         """/predict for a decoded body: validate -> cut -> runner -> reassemble -> answer."""
@@ -339,13 +340,16 @@ def _instances_sent(body: Any) -> int:
     return len(sent) if isinstance(sent, list) else 0
 
 
+_UNREADABLE = object()
+
+
 def _lenient_json(raw: bytes) -> Any:
     """Python's JSON reader, which also takes NaN and Infinity (not JSON, but some writers
     emit them): such a body is answered by key and field rather than as unreadable."""
     try:
         return json.loads(raw)
     except ValueError:
-        return None
+        return _UNREADABLE
 
 
 def _plain(value: Any) -> Any:

@@ -72,16 +72,16 @@ async def send_blocks(
     """Results per block, in block order. Raises ``RunnerUnavailable`` or a runner error."""
     started = time.monotonic()
 
-    def log_retry(state: RetryCallState) -> None:
+    def log_retry(exc: BaseException, attempt: int) -> None:
+        on_retry(exc)
+        logger.warning(
+            "runner call failed (attempt %d), retrying: %s: %s", attempt, type(exc).__name__, exc
+        )
+
+    def log_tenacity_retry(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         if exc is not None:
-            on_retry(exc)
-            logger.warning(
-                "runner call failed (attempt %d), retrying: %s: %s",
-                state.attempt_number,
-                type(exc).__name__,
-                exc,
-            )
+            log_retry(exc, 1 + state.attempt_number)  # after the first, untenacious attempt
 
     async def send(block: KeyedBlock) -> BlockResult:
         retrying = AsyncRetrying(
@@ -89,7 +89,7 @@ async def send_blocks(
             # Measured from the request's start, so all chunks share one deadline.
             stop=stop_before_delay(max(0.0, deadline_s - (time.monotonic() - started))),
             wait=wait_exponential_jitter(initial=initial_backoff_s, max=max_backoff_s),
-            before_sleep=log_retry,
+            before_sleep=log_tenacity_retry,
             reraise=True,
         )
         await asyncio.sleep(min(initial_backoff_s, max_backoff_s) * random.random())
@@ -105,12 +105,8 @@ async def send_blocks(
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log_retry_of(exc)
+            log_retry(exc, 1)
         return await send(block)
-
-    def log_retry_of(exc: BaseException) -> None:
-        on_retry(exc)
-        logger.warning("runner call failed (attempt 1), retrying: %s: %s", type(exc).__name__, exc)
 
     try:
         async with asyncio.timeout(deadline_s):

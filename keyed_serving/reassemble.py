@@ -153,7 +153,7 @@ def row_answer(
     """Row format: one entry per instance received, in request order, with its key."""
     labels = [str(label) for label in classes] if classes is not None else None
     entries: list[dict[str, Any] | None] = [None] * batch.received
-    positions = batch.positions if batch.positions is not None else range(len(batch.keys))
+    positions = batch.request_positions
     probabilities = None if scored.probabilities is None else scored.probabilities.tolist()
     for row, (position, key, prediction) in enumerate(
         zip(positions, batch.keys, scored.predictions, strict=True)
@@ -195,7 +195,7 @@ def column_answer(
         # NaN where a key has no prediction: serialised as null.
         by_class = np.ascontiguousarray(probabilities.T)
         answer["probabilities"] = {str(label): by_class[i] for i, label in enumerate(classes)}
-    positions = batch.positions if batch.positions is not None else range(len(batch.keys))
+    positions = batch.request_positions
     errors = [(failure.index, failure.key, _error(failure.details)) for failure in batch.failures]
     errors += [
         (positions[row], batch.keys[row], error.model_dump())
@@ -212,7 +212,7 @@ def _error(details: Sequence[ErrorDetail]) -> dict[str, str]:
 
 def model_error_details(batch: ValidBatch, scored: Scored) -> list[ErrorDetail]:
     """The rows the model could not take, as a rejection's details (all-or-nothing mode)."""
-    positions = batch.positions if batch.positions is not None else range(len(batch.keys))
+    positions = batch.request_positions
     where = "instances" if batch.shape == "rows" else "keys"
     return [
         ErrorDetail(

@@ -73,6 +73,11 @@ class ValidBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def request_positions(self) -> Sequence[int]:
+        """Where each row the model sees stood in the request."""
+        return self.positions if self.positions is not None else range(len(self.keys))
+
 
 class InvalidRequest(Exception):
     """The request cannot be predicted as sent; ``details`` say where and why."""

@@ -96,6 +96,13 @@ def test_bad_input_gets_400_naming_the_key_and_field(
     assert "error" in response.json()
 
 
+def test_a_json_null_body_gets_400_asking_for_an_object(client: TestClient) -> None:
+    response = client.post(
+        "/predict", content=b"null", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and "JSON object" in response.text
+
+
 def test_malformed_json_gets_400(client: TestClient) -> None:
     response = client.post(
         "/predict", content=b'{"instances": [', headers={"content-type": "application/json"}
