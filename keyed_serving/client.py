@@ -276,14 +276,15 @@ class KeyedClient:
             )
         except httpx.HTTPError as exc:
             # The server did not answer: keep the work away from it for a while.
-            server.failures += 1
-            server.not_before = time.monotonic() + min(30.0, 0.25 * 2**server.failures)
+            _cool_down(server)
             chunk.last_error = f"{server.url}: {type(exc).__name__}: {exc}"
             return "retry"
         server.failures = 0
         if response.status_code == 200:
             entries = _entries(orjson.loads(response.content))
             if entries is None or [e["key"] for e in entries] != [i["key"] for i in sent]:
+                # Not to be believed, nor trusted with the retry: as if it had not answered.
+                _cool_down(server)
                 chunk.last_error = f"{server.url}: answer's keys do not match the keys sent"
                 return "retry"
             for position, entry in zip(chunk.positions, entries, strict=True):
@@ -303,6 +304,12 @@ class KeyedClient:
         for position in chunk.positions:  # the request itself was refused: final
             failed[position] = chunk.last_error
         return "done"
+
+
+def _cool_down(server: _Server) -> None:
+    """Keeps work away from a server that failed, for longer each time in a row."""
+    server.failures += 1
+    server.not_before = time.monotonic() + min(30.0, 0.25 * 2**server.failures)
 
 
 def _columnar_body(instances: list[dict[str, Any]]) -> bytes:
