@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,8 +137,10 @@ def test_a_row_the_model_raises_on_gets_an_error_and_the_rest_of_its_batch_is_pr
 
 
 def test_a_model_shipped_with_the_job_scores_like_the_one_in_the_store(
-    spark: Any, default_model: str
+    spark: Any, default_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The driver exports the model under the temp dir; this test's own, removed after it.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     table = flowers(2000, seed=8)
     df = spark.createDataFrame(table).repartition(2)
 
