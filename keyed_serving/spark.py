@@ -191,7 +191,9 @@ def _load_shipped(tag: str, name: str) -> LoadedModel:
     from bentoml._internal.models.model import ModelStore
     from pyspark import SparkFiles
 
-    store = ModelStore(tempfile.mkdtemp(prefix="keyed-spark-models-"))
+    # Beside the shipped file, in the folder Spark removes when its context stops.
+    folder = SparkFiles.getRootDirectory()
+    store = ModelStore(tempfile.mkdtemp(prefix="keyed-spark-models-", dir=folder))
     stored = bentoml.models.import_model(SparkFiles.get(name), _model_store=store)
     if str(stored.tag) != tag:
         raise RuntimeError(f"shipped model is {stored.tag}, expected {tag}")
