@@ -27,26 +27,19 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-MAX_KEY_LENGTH = 256
-
-
-def is_usable_key(key: object) -> bool:
-    """A key as the API takes it: a non-empty string of at most 256 characters, or an
-    integer (not a bool)."""
-    if isinstance(key, bool):
-        return False
-    if isinstance(key, int):
-        return True
-    return isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH
+from keyed_serving.keys import (
+    MAX_INTEGER_KEY,
+    MAX_KEY_LENGTH,
+    MIN_INTEGER_KEY,
+    is_usable_key,
+    key_problem,
+)
 
 
 def _check_key(value: object) -> str | int:
-    if not is_usable_key(value):
-        raise PydanticCustomError(
-            "invalid_key",
-            "key must be a non-empty string of at most {max} characters or an integer, got {got}",
-            {"max": MAX_KEY_LENGTH, "got": repr(value)[:80]},
-        )
+    problem = key_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("invalid_key", "unusable key: {problem}", {"problem": problem})
     return value  # type: ignore[return-value]
 
 
@@ -58,9 +51,10 @@ Key = Annotated[
         {
             "anyOf": [
                 {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
-                {"type": "integer"},
+                {"type": "integer", "minimum": MIN_INTEGER_KEY, "maximum": MAX_INTEGER_KEY},
             ],
-            "description": "Your id for the instance: a non-empty string or an integer.",
+            "description": "Your id for the instance: a non-empty string or an integer "
+            "from -2^63 to 2^63-1 (send larger ids as strings).",
         }
     ),
 ]

@@ -13,7 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-Key = str | int
+from keyed_serving.keys import Key, find_key_problems, key_from_cell
+
 Format = Literal["csv", "parquet", "jsonl"]
 MEDIA_TYPES: dict[Format, str] = {
     "csv": "text/csv",
@@ -34,32 +35,19 @@ class InvalidKeys(ValueError):
 
 
 def check_keys(keys: Sequence[Any]) -> list[Key]:
-    """The keys as JSON keys (int or non-empty str); raises ``InvalidKeys`` naming the bad
-    and duplicated ones."""
-    clean: list[Key] = []
-    empty: list[int] = []
-    for position, key in enumerate(keys):
-        if isinstance(key, np.generic):
-            key = key.item()
-        if isinstance(key, float) and key.is_integer():
-            key = int(key)
-        if isinstance(key, bool) or not isinstance(key, int | str) or key == "":
-            empty.append(position)
-        clean.append(key)
-    if empty:
+    """A table's key cells as keys (``keyed_serving.keys``); raises ``InvalidKeys`` naming
+    the unusable and duplicated ones."""
+    clean = [key_from_cell(key) for key in keys]
+    problems = find_key_problems(clean)
+    if problems.unusable:
+        positions = [index for index, _ in problems.unusable]
         raise InvalidKeys(
-            f"{len(empty)} row(s) without a usable key (empty, missing or not a string or "
-            f"integer), first at rows {empty[:10]}"
+            f"{len(positions)} row(s) without a usable key, first at rows {positions[:10]}: "
+            f"{problems.unusable[0][1]}"
         )
-    seen: dict[tuple[type, Key], int] = {}
-    duplicated: list[Key] = []
-    for key in clean:
-        typed = (type(key), key)
-        seen[typed] = seen.get(typed, 0) + 1
-        if seen[typed] == 2:
-            duplicated.append(key)
-    if duplicated:
-        raise InvalidKeys(f"{len(duplicated)} duplicated key(s): {duplicated[:10]}")
+    if problems.duplicated:
+        shown = [key for _, key, _ in problems.duplicated[:10]]
+        raise InvalidKeys(f"{len(problems.duplicated)} duplicated key(s): {shown}")
     return clean
 
 

@@ -17,21 +17,15 @@ the key and the field at fault.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from keyed_serving.keys import Key, find_key_problems, is_usable_key
 from keyed_serving.model import ModelSpec
-from keyed_serving.schemas import (
-    MAX_KEY_LENGTH,
-    ErrorDetail,
-    FeatureInfo,
-    Key,
-    is_usable_key,
-)
+from keyed_serving.schemas import ErrorDetail, FeatureInfo
 
 # Enough to fix a request in one go without an error body that dwarfs the request.
 MAX_REPORTED_ERRORS = 100
@@ -181,49 +175,25 @@ def _check_count(count: int, max_instances: int, where: str) -> None:
 
 def _check_keys(keys: Sequence[Any], loc: Any) -> None:
     """Every key usable and sent once. ``loc(i)`` says where key ``i`` is in the body."""
-    kinds = set(map(type, keys))
-    usable = kinds <= {str, int}  # no bools, floats, nulls...
-    if usable and str in kinds:  # ...and strings of a usable length, checked in C
-        strings = [key for key in keys if type(key) is str] if int in kinds else keys
-        usable = min(map(len, strings)) > 0 and max(map(len, strings)) <= MAX_KEY_LENGTH
-    bad = [] if usable else [i for i, key in enumerate(keys) if not is_usable_key(key)]
-    if bad:
+    problems = find_key_problems(keys)
+    if problems.unusable:
         details = [
-            ErrorDetail(
-                type="invalid_key",
-                msg=f"key must be a non-empty string of at most {MAX_KEY_LENGTH} characters "
-                f"or an integer, got {repr(keys[i])[:80]}",
-                loc=loc(i),
-            )
-            for i in bad[:MAX_REPORTED_ERRORS]
+            ErrorDetail(type="invalid_key", msg=f"unusable key: {reason}", loc=loc(index))
+            for index, reason in problems.unusable[:MAX_REPORTED_ERRORS]
         ]
-        raise InvalidRequest(f"{len(bad)} invalid key(s)", details)
-    # Keys are strings and integers only (no bools, no floats), so 1 and "1" are already
-    # different set members.
-    if len(set(keys)) == len(keys):
-        return
-    counts = Counter(map(_typed, keys))
-    duplicates: list[ErrorDetail] = []
-    seen: set[tuple[type, Key]] = set()
-    for index, key in enumerate(keys):
-        typed = _typed(key)
-        if counts[typed] > 1 and typed not in seen:
-            seen.add(typed)
-            duplicates.append(
-                ErrorDetail(
-                    type="duplicate_key",
-                    msg=f"key {key!r} is sent {counts[typed]} times; "
-                    "keys must be unique within a request",
-                    loc=loc(index),
-                    key=key,
-                    field="key",
-                )
+        raise InvalidRequest(f"{len(problems.unusable)} invalid key(s)", details)
+    if problems.duplicated:
+        duplicates = [
+            ErrorDetail(
+                type="duplicate_key",
+                msg=f"key {key!r} is sent {count} times; keys must be unique within a request",
+                loc=loc(index),
+                key=key,
+                field="key",
             )
-    raise InvalidRequest(f"{len(duplicates)} duplicated key(s)", duplicates[:MAX_REPORTED_ERRORS])
-
-
-def _typed(key: Any) -> tuple[type, Any]:
-    return (type(key), key)
+            for index, key, count in problems.duplicated[:MAX_REPORTED_ERRORS]
+        ]
+        raise InvalidRequest(f"{len(problems.duplicated)} duplicated key(s)", duplicates)
 
 
 def _from_rows(

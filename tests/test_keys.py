@@ -1,0 +1,80 @@
+"""The one definition of a key, as every path (server, client, files, Spark) applies it."""
+
+from __future__ import annotations
+
+import decimal
+
+import numpy as np
+import pytest
+
+from keyed_serving.keys import (
+    MAX_INTEGER_KEY,
+    MIN_INTEGER_KEY,
+    find_key_problems,
+    key_from_cell,
+    key_problem,
+)
+
+
+@pytest.mark.parametrize(
+    "key", ["a", "x" * 256, 0, MAX_INTEGER_KEY, MIN_INTEGER_KEY, "\u00e9\U0001f600"]
+)
+def test_usable_keys_have_no_problem(key: object) -> None:
+    assert key_problem(key) is None
+    assert not find_key_problems([key])
+
+
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        ("", "empty"),
+        ("x" * 257, "257 characters"),
+        ("\ud800", "surrogate"),
+        (MAX_INTEGER_KEY + 1, "as strings"),
+        (MIN_INTEGER_KEY - 1, "as strings"),
+        (1.8446744073709552e19, "as strings"),  # orjson's reading of 2**64
+        (True, "boolean"),
+        (None, "missing"),
+        (1.5, "float"),
+        ([1], "list"),
+    ],
+)
+def test_unusable_keys_say_why(key: object, said: str) -> None:
+    problem = key_problem(key)
+    assert problem is not None and said in problem
+    assert find_key_problems(["ok", key]).unusable == [(1, problem)]
+
+
+def test_one_bad_key_among_many_is_found_by_position() -> None:
+    keys: list[object] = list(range(1000))
+    keys[617] = 2**64
+    assert [index for index, _ in find_key_problems(keys).unusable] == [617]
+    strings: list[object] = [f"k{i}" for i in range(1000)]
+    strings[3] = "bad \udc00"
+    assert [index for index, _ in find_key_problems(strings).unusable] == [3]
+
+
+def test_duplicates_are_judged_with_their_type() -> None:
+    assert not find_key_problems([1, "1", 2])
+    problems = find_key_problems(["a", 7, "b", 7, 7, "a"])
+    assert problems.duplicated == [(0, "a", 2), (1, 7, 3)]
+
+
+@pytest.mark.parametrize(
+    ("cell", "key"),
+    [
+        (np.int64(2**53 + 1), 2**53 + 1),
+        (decimal.Decimal("42"), 42),
+        (decimal.Decimal("42.000"), 42),
+        (7.0, 7),
+        ("007", "007"),
+    ],
+)
+def test_table_cells_become_the_keys_they_stand_for(cell: object, key: object) -> None:
+    taken = key_from_cell(cell)
+    assert taken == key and type(taken) is type(key)
+
+
+@pytest.mark.parametrize("cell", [float(2**53 + 2), decimal.Decimal("4.5"), float("nan"), 2.5])
+def test_cells_that_may_stand_for_another_key_are_not_taken(cell: object) -> None:
+    assert key_problem(key_from_cell(cell)) is not None
