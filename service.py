@@ -12,7 +12,6 @@ micro-batches -> reassemble, with keys checked on the way back.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -48,7 +47,6 @@ from keyed_serving.reassemble import (
 )
 from keyed_serving.schemas import (
     BlockResult,
-    ErrorDetail,
     KeyedBlock,
     ModelInfo,
     PredictRequest,
@@ -56,7 +54,13 @@ from keyed_serving.schemas import (
 )
 from keyed_serving.settings import get_settings
 from keyed_serving.tables import MEDIA_TYPES, format_of
-from keyed_serving.validate import InvalidRequest, ValidBatch, rejection, validate_request
+from keyed_serving.validate import (
+    InvalidRequest,
+    ValidBatch,
+    decode_body,
+    rejection,
+    validate_request,
+)
 
 logger = logging.getLogger("keyed_serving")
 for _name in ("keyed_serving", "keyed_serving.dispatch", "keyed_serving.model"):
@@ -182,19 +186,10 @@ class KeyedPrediction:
         if ctx is None:
             decoded = {name: _plain(value) for name, value in body.items() if value is not None}
             return await self.predict_body(decoded)  # type: ignore[return-value]
-        raw = await ctx.request.body()
-        unreadable: orjson.JSONDecodeError | None = None
         try:
-            decoded = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            decoded = _lenient_json(raw)  # NaN/Infinity: refused below by key and field
-            unreadable = exc if decoded is _UNREADABLE else None
-        if unreadable is not None:
-            response = error_response(
-                400,
-                f"the body is not valid JSON: {unreadable}",
-                [ErrorDetail(type="json_invalid", msg=str(unreadable), loc=["body"])],
-            )
+            decoded = decode_body(await ctx.request.body())
+        except InvalidRequest as exc:
+            response = error_response(400, exc.summary, exc.details)
         else:
             response = await self.predict_body(decoded)
         ctx.response.status_code = response.status_code  # BentoML sets it from ctx
@@ -338,18 +333,6 @@ def _instances_sent(body: Any) -> int:
     """How many instances a refused body held, as far as it can be told (for the metric)."""
     sent = body.get("instances", body.get("keys")) if isinstance(body, dict) else None
     return len(sent) if isinstance(sent, list) else 0
-
-
-_UNREADABLE = object()
-
-
-def _lenient_json(raw: bytes) -> Any:
-    """Python's JSON reader, which also takes NaN and Infinity (not JSON, but some writers
-    emit them): such a body is answered by key and field rather than as unreadable."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return _UNREADABLE
 
 
 def _plain(value: Any) -> Any:

@@ -58,8 +58,16 @@ def key_problem(key: object) -> str | None:
         return f"boolean {key}; {RULE}"
     if key is None:
         return "missing (null); " + RULE
-    shown = repr(key) if len(repr(key)) <= 40 else repr(key)[:37] + "..."
-    return f"{type(key).__name__} {shown}; {RULE}"
+    return f"{shown(key)}; {RULE}"
+
+
+def shown(value: object, width: int = 40) -> str:
+    """A sent value as an error message shows it: its type and a short repr. A list or an
+    object is described, not printed: it may be nested deeper than repr can go."""
+    if isinstance(value, list | dict):
+        return f"{type(value).__name__} of {len(value)} item(s)"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= width else text[: width - 3] + '...'}"
 
 
 def is_usable_key(key: object) -> bool:

@@ -16,14 +16,16 @@ the key and the field at fault.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
-from keyed_serving.keys import Key, find_key_problems, is_usable_key
+from keyed_serving.keys import Key, find_key_problems, is_usable_key, shown
 from keyed_serving.model import ModelSpec
 from keyed_serving.schemas import ErrorDetail, FeatureInfo
 
@@ -80,6 +82,34 @@ class InvalidRequest(Exception):
         super().__init__(summary)
         self.summary = summary
         self.details = details
+
+
+def decode_body(raw: bytes) -> Any:
+    """A /predict body -> the decoded JSON; raises ``InvalidRequest`` (json_invalid) for a
+    body that is not JSON.
+
+    orjson reads it. A body it refuses is read again by Python's reader only to take the
+    non-JSON literals NaN and Infinity that some writers emit, so that they are refused by
+    key and field (out_of_range) rather than as an unreadable body. That second reader must
+    accept nothing else orjson refuses: integers beyond 64 bits are read as floats, as
+    orjson reads them, and the result must be writable by orjson (no lone surrogates, no
+    deep nesting; a real body is four levels deep)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        strict_error = str(exc)
+    try:
+        decoded = json.loads(raw, parse_int=_integer_as_orjson_reads_it)
+        orjson.dumps(decoded)
+    except (ValueError, RecursionError, orjson.JSONEncodeError) as exc:
+        reason = strict_error if isinstance(exc, ValueError | RecursionError) else str(exc)
+        raise _invalid("json_invalid", f"the body is not valid JSON: {reason}", ["body"]) from None
+    return decoded
+
+
+def _integer_as_orjson_reads_it(text: str) -> int | float:
+    number = int(text)
+    return number if -(2**63) <= number < 2**64 else float(number)
 
 
 def validate_request(
@@ -153,9 +183,9 @@ def _as_array(
 def rejection(failures: Sequence[InstanceFailure]) -> InvalidRequest:
     """The whole request's 4xx for instance failures, when the caller asked for all-or-nothing."""
     details = [detail for failure in failures for detail in failure.details]
-    shown = details[:MAX_REPORTED_ERRORS]
-    more = f" (first {len(shown)} shown)" if len(details) > len(shown) else ""
-    return InvalidRequest(f"{len(details)} invalid instance field(s){more}", shown)
+    reported = details[:MAX_REPORTED_ERRORS]
+    more = f" (first {len(reported)} shown)" if len(details) > len(reported) else ""
+    return InvalidRequest(f"{len(details)} invalid instance field(s){more}", reported)
 
 
 def _invalid(kind: str, msg: str, loc: list[str | int]) -> InvalidRequest:
@@ -353,12 +383,11 @@ def _prefer(checked: list[np.ndarray | None], columns: list[Any]) -> list[Any]:
 def _value_problem(value: Any, feature: FeatureInfo) -> tuple[str, str] | None:
     if value is None:
         return None  # the pipeline imputes missing values
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     if feature.type == "number":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return ("wrong_type", f"expected a number or null, got {type(value).__name__} {shown}")
+            return ("wrong_type", f"expected a number or null, got {shown(value)}")
         if isinstance(value, float) and not math.isfinite(value):
-            return "out_of_range", f"expected a finite number, got {shown}"
+            return "out_of_range", f"expected a finite number, got {shown(value)}"
         if abs(value) > LARGEST_MAGNITUDE:
             return (
                 "out_of_range",
@@ -368,7 +397,7 @@ def _value_problem(value: Any, feature: FeatureInfo) -> tuple[str, str] | None:
     if not isinstance(value, str):
         return (
             "wrong_type",
-            f"expected a string (category) or null, got {type(value).__name__} {shown}",
+            f"expected a string (category) or null, got {shown(value)}",
         )
     return None
 

@@ -1,0 +1,144 @@
+"""Bodies a careless writer or a fuzzer sends: every one gets a 4xx that names what is
+wrong, never a 5xx (through BentoML's own ASGI app, in-process)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+GOOD = {
+    "sepal_length_cm": 5.1,
+    "sepal_width_cm": 3.5,
+    "petal_length_cm": 1.4,
+    "petal_width_cm": 0.2,
+}
+ROWS = json.dumps(
+    {
+        "instances": [
+            {"key": "c-1", "features": GOOD},
+            {"key": 42, "features": {**GOOD, "petal_width_cm": None}},
+        ],
+        "errors": "per_instance",
+    }
+)
+COLUMNS = json.dumps({"keys": ["a", 7], "columns": {k: [v, None] for k, v in GOOD.items()}})
+# Python's JSON writer emits NaN: such a body takes the lenient reader's path.
+ROWS_WITH_NAN = ROWS.replace("5.1", "NaN", 1)
+
+
+@pytest.fixture
+def client(asgi_client: TestClient) -> TestClient:
+    return asgi_client
+
+
+def post_raw(client: TestClient, body: str | bytes) -> Any:
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    return client.post("/predict", content=raw, headers={"content-type": "application/json"})
+
+
+def refusal(response: Any) -> tuple[set[str], str]:
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    return {d["type"] for d in answer["detail"]}, json.dumps(answer)
+
+
+@pytest.mark.parametrize("body", [ROWS, COLUMNS, ROWS_WITH_NAN])
+def test_a_lone_surrogate_key_is_refused_with_400(client: TestClient, body: str) -> None:
+    bad = body.replace('"c-1"', '"\\ud800"').replace('"a"', '"\\ud800"')
+    kinds, text = refusal(post_raw(client, bad))
+    assert kinds == {"json_invalid"} and "surrogate" in text
+
+
+@pytest.mark.parametrize("where", ["feature name", "category value"])
+def test_a_lone_surrogate_anywhere_in_a_lenient_body_is_refused(
+    client: TestClient, where: str
+) -> None:
+    bad = (
+        ROWS_WITH_NAN.replace("sepal_width_cm", "sepal_\\udc00width_cm", 1)
+        if where == "feature name"
+        else ROWS_WITH_NAN.replace("3.5", '"\\ud83d"', 1)
+    )
+    kinds, text = refusal(post_raw(client, bad))
+    assert kinds == {"json_invalid"} and "surrogate" in text
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+@pytest.mark.parametrize("key", [2**64, 2**63, 10**30, -(2**63) - 1])
+def test_an_integer_key_beyond_int64_is_refused_with_advice(
+    client: TestClient, key: int, with_nan: bool
+) -> None:
+    body = (ROWS_WITH_NAN if with_nan else ROWS).replace("42", str(key))
+    kinds, text = refusal(post_raw(client, body))
+    assert kinds == {"invalid_key"}
+    assert "as strings" in text and "2^63" in text and "e+" not in text
+
+
+def test_the_largest_integer_keys_are_answered_exactly(client: TestClient) -> None:
+    keys = [2**63 - 1, -(2**63)]
+    body = {"keys": keys, "columns": {k: [v, v] for k, v in GOOD.items()}}
+    response = post_raw(client, json.dumps(body))
+    assert response.status_code == 200, response.text
+    assert response.json()["keys"] == keys
+
+
+@pytest.mark.parametrize("depth", [1000, 1030, 100_000])
+@pytest.mark.parametrize("where", ["body", "features", "value"])
+def test_deeply_nested_arrays_are_refused_with_400(
+    client: TestClient, depth: int, where: str
+) -> None:
+    nested = "[" * depth + "]" * depth
+    rejecting = ROWS.replace(', "errors": "per_instance"', "")
+    if where == "body":
+        body = nested
+    elif where == "features":
+        body = rejecting.replace(json.dumps(GOOD), nested, 1)
+    else:
+        body = rejecting.replace("3.5", nested, 1)
+    for lenient in (False, True):
+        sent = body.replace("5.1", "NaN", 1) if lenient else body
+        response = post_raw(client, sent)
+        assert response.status_code == 400, (depth, where, lenient, response.text[:300])
+        assert response.json()["detail"], response.text[:300]
+
+
+MUTATIONS = st.sampled_from(
+    [
+        *'{}[]":,.-+eE019 \\/nNItfu\x00\u00e9',
+        "\\ud800",
+        "\\udc00",
+        "NaN",
+        "-Infinity",
+        "1e999",
+        "18446744073709551616",
+        "[[[",
+        "",
+    ]
+)
+
+
+@settings(
+    max_examples=600,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    base=st.sampled_from([ROWS, COLUMNS, ROWS_WITH_NAN]),
+    position=st.floats(min_value=0, max_value=1, exclude_max=True),
+    insert=st.booleans(),
+    text=MUTATIONS,
+)
+def test_no_mutation_of_a_valid_body_gets_a_5xx(
+    client: TestClient, base: str, position: float, insert: bool, text: str
+) -> None:
+    at = int(position * len(base))
+    body = base[:at] + text + base[at if insert else at + 1 :]
+    response = post_raw(client, body)
+    assert response.status_code < 500, (body, response.text[:300])
+    if response.status_code != 200:
+        assert response.json()["error"]
