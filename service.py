@@ -15,20 +15,22 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import bentoml
-import orjson
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
 
+from keyed_serving.answers import Answer, keyed_answer, model_error_details, v2_answer
 from keyed_serving.chunking import cut
 from keyed_serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
 from keyed_serving.file_scoring import InvalidFile, score_file
 from keyed_serving.http import (
     EntryGate,
     GetAlias,
+    OpenInferenceRoutes,
     RefinedDocs,
     RequestIdFilter,
     bind_apis_once,
@@ -37,16 +39,12 @@ from keyed_serving.http import (
 from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
 from keyed_serving.metrics import get_metrics
 from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec
-from keyed_serving.reassemble import (
-    KeyMismatch,
-    Scored,
-    column_answer,
-    model_error_details,
-    reassemble_by_key,
-    row_answer,
-)
+from keyed_serving.reassemble import KeyMismatch, Scored, reassemble_by_key
 from keyed_serving.schemas import (
     BlockResult,
+    ErrorDetail,
+    InferenceRequest,
+    InferenceResponse,
     KeyedBlock,
     ModelInfo,
     PredictRequest,
@@ -54,6 +52,13 @@ from keyed_serving.schemas import (
 )
 from keyed_serving.settings import get_settings
 from keyed_serving.tables import MEDIA_TYPES, format_of
+from keyed_serving.v2 import (
+    V2Error,
+    decode_infer_request,
+    model_name,
+    model_version,
+    unknown_model,
+)
 from keyed_serving.validate import (
     InvalidRequest,
     ValidBatch,
@@ -197,13 +202,23 @@ class KeyedPrediction:
 
     async def predict_body(self, body: Any) -> Response:
         """/predict for a decoded body: validate -> cut -> runner -> reassemble -> answer."""
+        return await self.answer(
+            body, lambda batch, scored: keyed_answer(batch, scored, self.spec), name_first=False
+        )
+
+    async def answer(
+        self, body: Any, write: Callable[[ValidBatch, Scored], Answer], *, name_first: bool
+    ) -> Response:
+        """Any decoded body in the columnar or row shape -> the answer ``write`` gives for
+        its checked results, or the error answer. ``name_first``: the error's summary also
+        says the first problem (for clients that show only that line)."""
         try:
             batch = validate_request(body, self.spec, settings.max_instances)
             if batch.failures and batch.errors == "reject":
                 raise rejection(batch.failures)
         except InvalidRequest as exc:
             self.metrics.count_rejected(_instances_sent(body), exc.details)
-            return error_response(400, exc.summary, exc.details)
+            return error_response(400, _summary(exc.summary, exc.details, name_first), exc.details)
         try:
             scored = await self.predict_batch(batch)
         except (RunnerUnavailable, KeyMismatch) as exc:
@@ -211,27 +226,66 @@ class KeyedPrediction:
         if scored.errors and batch.errors == "reject":
             details = model_error_details(batch, scored)
             self.metrics.count_rejected(batch.received, details)
-            return error_response(
-                422, f"the model could not predict {len(details)} instance(s)", details
-            )
-        failed = len(batch.failures) + scored.failed
-        self.metrics.count_answered(batch.received - failed, batch.failures, scored.errors)
-        summary = {
-            "received": batch.received,
-            "predicted": batch.received - failed,
-            "failed": failed,
-        }
-        if batch.shape == "columns":
-            answer = column_answer(batch, scored, self.spec.classes)
-        else:
-            answer = {"predictions": row_answer(batch, scored, self.spec.classes)}
-        return Response(
-            orjson.dumps(
-                {"model": self.spec.tag, **answer, "summary": summary},
-                option=orjson.OPT_SERIALIZE_NUMPY,
-            ),
-            media_type="application/json",
+            said = f"the model could not predict {len(details)} instance(s)"
+            return error_response(422, _summary(said, details, name_first), details)
+        self.metrics.count_answered(
+            batch.received - len(batch.failures) - scored.failed, batch.failures, scored.errors
         )
+        written = write(batch, scored)
+        return Response(written.body, media_type=written.media_type, headers=written.headers)
+
+    @bentoml.api(route="/v2/models/{model_name}/infer", input_spec=InferenceRequest)
+    async def infer(
+        self,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+        **body: Any,
+    ) -> InferenceResponse:
+        """Open Inference Protocol (KServe V2) inference, with keys: an input "key" (BYTES
+        or INT64, one per instance, unique) and one input per feature (numbers FP64, FP32,
+        INT64 or INT32, NaN for missing; categories BYTES), shape [N] or [N, 1]. Outputs
+        "key" (as sent), "prediction", "probabilities" ([N, classes], classifiers) and,
+        with parameters {"errors": "per_instance"}, "error" ("" where predicted). The
+        binary tensor data extension is supported both ways (tritonclient's default).
+        400 names the input or key at fault; 422 when the model could not take some
+        instances; 503 + Retry-After when the runner stays unavailable."""
+        return await self._infer(ctx)  # type: ignore[return-value]  # sent as it is
+
+    @bentoml.api(
+        route="/v2/models/{model_name}/versions/{model_version}/infer", input_spec=InferenceRequest
+    )
+    async def infer_version(
+        self,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+        **body: Any,
+    ) -> InferenceResponse:
+        """The same as /v2/models/{model_name}/infer, for the served version only (404 for
+        another)."""
+        return await self._infer(ctx)  # type: ignore[return-value]  # sent as it is
+
+    async def _infer(self, ctx: bentoml.Context) -> Response:
+        request = ctx.request
+        name = request.path_params.get("model_name")
+        version = request.path_params.get("model_version")
+        if name != model_name(self.spec) or version not in (None, model_version(self.spec)):
+            response = error_response(404, unknown_model(self.spec, name, version))
+        else:
+            try:
+                infer = decode_infer_request(
+                    await request.body(),
+                    request.headers.get("inference-header-content-length"),
+                    self.spec,
+                    settings.max_instances,
+                )
+            except V2Error as exc:
+                response = error_response(exc.status, exc.message)
+            else:
+                response = await self.answer(
+                    infer.body,
+                    lambda batch, scored: v2_answer(infer, batch, scored, self.spec),
+                    name_first=True,
+                )
+        ctx.response.status_code = response.status_code
+        return response
 
     @bentoml.api
     async def predict_file(self, file: Path, key: str, keep: str = "") -> Path:
@@ -329,6 +383,19 @@ class KeyedPrediction:
         return reassemble_by_key(blocks, results)
 
 
+def _summary(summary: str, details: Sequence[ErrorDetail], name_first: bool) -> str:
+    return f"{summary}: {details[0].msg}" if name_first and details else summary
+
+
+def _server_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("keyed-serving")
+    except PackageNotFoundError:  # a bento that carries the code without installing it
+        return "unknown"
+
+
 def _instances_sent(body: Any) -> int:
     """How many instances a refused body held, as far as it can be told (for the metric)."""
     sent = body.get("instances", body.get("keys")) if isinstance(body, dict) else None
@@ -355,4 +422,7 @@ GATE = {
 }
 KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
+KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
+    OpenInferenceRoutes, model_tag=settings.model_tag, server_version=_server_version()
+)
 KeyedPrediction.add_asgi_middleware(RefinedDocs, model_tag=settings.model_tag)  # type: ignore[attr-defined]

@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from keyed_serving.answers import row_answer
 from keyed_serving.model import ModelSpec
-from keyed_serving.reassemble import Scored, row_answer
+from keyed_serving.reassemble import Scored
 from keyed_serving.tables import (
     InvalidKeys,
     TableWriter,

@@ -19,7 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keyed_serving.schemas import ErrorDetail, ErrorResponse
 
 # Probes and scrapers must work without a token and must never be refused for load.
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+OPEN_PATHS = frozenset(
+    {"/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
+# The Open Inference Protocol's binary extension sends bytes after a JSON header, and
+# tritonclient names no content type at all.
+BINARY_MEDIA_TYPES = frozenset({"application/json", "application/octet-stream", ""})
 OVERLOAD_STATUSES = frozenset({429, 503, 504})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -154,7 +159,8 @@ class EntryGate:
         # Judged on the headers, before a byte of the body is read.
         declares_body = "transfer-encoding" in headers or declared not in (None, "0")
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if declares_body and media_type != "application/json":
+        accepted = BINARY_MEDIA_TYPES if _is_v2_infer(scope["path"]) else {"application/json"}
+        if declares_body and media_type not in accepted:
             shown = media_type or "none"
             await _refuse(
                 scope,
@@ -202,6 +208,10 @@ class EntryGate:
             f"request body larger than {self.max_body_bytes} bytes; "
             "split the instances over several requests"
         )
+
+
+def _is_v2_infer(path: str) -> bool:
+    return path.startswith("/v2/models/") and path.endswith("/infer")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -299,3 +309,64 @@ def bind_apis_once(instance: Any, *names: str) -> None:
     for name in names:
         descriptor = getattr(type(instance), name)
         instance.__dict__[name] = descriptor.__get__(instance, type(instance))
+
+
+class OpenInferenceRoutes:
+    """The Open Inference Protocol's GET routes (BentoML routes APIs on POST only):
+
+    - ``/v2``: server metadata; ``/v2/health/live`` and ``/v2/health/ready``: BentoML's
+      ``/livez`` and ``/readyz`` under the protocol's names;
+    - ``/v2/models/{name}`` and ``/v2/models/{name}/versions/{version}``: model metadata;
+      ``.../ready``: ``/readyz`` for the served model; another name or version is a 404.
+
+    Inference (POST ``.../infer``) is an API of the service."""
+
+    def __init__(self, app: ASGIApp, model_tag: str, server_version: str) -> None:
+        self.app = app
+        self.model_tag = model_tag
+        self.server_version = server_version
+        self._spec: Any = None  # loaded on first use: metadata only, from the model store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"].rstrip("/") if scope["type"] == "http" else ""
+        if scope["type"] != "http" or scope["method"] != "GET" or not path.startswith("/v2"):
+            await self.app(scope, receive, send)
+            return
+        from keyed_serving import v2
+
+        if path == "/v2":
+            await _json(200, v2.server_metadata(self.server_version))(scope, receive, send)
+            return
+        if path in ("/v2/health/live", "/v2/health/ready"):
+            probe = "/livez" if path.endswith("live") else "/readyz"
+            await self.app({**scope, "path": probe, "raw_path": probe.encode()}, receive, send)
+            return
+        parts = path.split("/")[3:]  # after "", "v2", "models"
+        if not path.startswith("/v2/models/") or not parts:
+            await self.app(scope, receive, send)
+            return
+        name, rest = parts[0], parts[1:]
+        version = None
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            version, rest = rest[1], rest[2:]
+        if rest not in ([], ["ready"]):
+            await self.app(scope, receive, send)
+            return
+        spec = self.spec()
+        if name != v2.model_name(spec) or version not in (None, v2.model_version(spec)):
+            await error_response(404, v2.unknown_model(spec, name, version))(scope, receive, send)
+        elif rest == ["ready"]:
+            await self.app({**scope, "path": "/readyz", "raw_path": b"/readyz"}, receive, send)
+        else:
+            await _json(200, v2.model_metadata(spec))(scope, receive, send)
+
+    def spec(self) -> Any:
+        if self._spec is None:
+            from keyed_serving.model import ModelSpec
+
+            self._spec = ModelSpec.load(self.model_tag)
+        return self._spec
+
+
+def _json(status: int, body: Any) -> Any:
+    return JSONResponse(body, status_code=status)

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from keyed_serving.schemas import BlockResult, ErrorDetail, InstanceError, Key, KeyedBlock
-from keyed_serving.validate import ValidBatch
+from keyed_serving.schemas import BlockResult, InstanceError, Key, KeyedBlock
 
 # (chunk id, type of key, key): 1 and "1" are different keys.
 PairId = tuple[str, type, Key]
@@ -145,81 +144,3 @@ def _mismatch(blocks: Sequence[KeyedBlock], results: Sequence[BlockResult]) -> K
         # up with their keys: a mismatch all the same.
         unexpected = [pair for pair, mine in zip(got, sent, strict=False) if pair != mine]
     return KeyMismatch(missing, unexpected, repeated)
-
-
-def row_answer(
-    batch: ValidBatch, scored: Scored, classes: Sequence[object] | None
-) -> list[dict[str, Any]]:
-    """Row format: one entry per instance received, in request order, with its key."""
-    labels = [str(label) for label in classes] if classes is not None else None
-    entries: list[dict[str, Any] | None] = [None] * batch.received
-    positions = batch.request_positions
-    probabilities = None if scored.probabilities is None else scored.probabilities.tolist()
-    for row, (position, key, prediction) in enumerate(
-        zip(positions, batch.keys, scored.predictions, strict=True)
-    ):
-        if prediction is None:
-            error = scored.errors[row]
-            entries[position] = {"key": key, "error": error.model_dump()}
-        elif probabilities is not None and labels is not None:
-            entries[position] = {
-                "key": key,
-                "prediction": prediction,
-                "probabilities": dict(zip(labels, probabilities[row], strict=True)),
-            }
-        else:
-            entries[position] = {"key": key, "prediction": prediction}
-    for failure in batch.failures:
-        entries[failure.index] = {"key": failure.key, "error": _error(failure.details)}
-    missing = [index for index, entry in enumerate(entries) if entry is None]
-    if missing:
-        raise ValueError(f"instances at {missing[:5]} have neither a result nor a failure")
-    return entries  # type: ignore[return-value]  # no None left, checked above
-
-
-def column_answer(
-    batch: ValidBatch, scored: Scored, classes: Sequence[object] | None
-) -> dict[str, Any]:
-    """Columnar format: predictions (and a column per class) at the positions of the keys."""
-    predictions: list[Any] = scored.predictions
-    probabilities = scored.probabilities
-    if batch.positions is not None:
-        predictions = [None] * batch.received
-        for row, position in enumerate(batch.positions):
-            predictions[position] = scored.predictions[row]
-        if scored.probabilities is not None:
-            probabilities = np.full((batch.received, scored.probabilities.shape[1]), np.nan)
-            probabilities[batch.positions] = scored.probabilities
-    answer: dict[str, Any] = {"keys": batch.all_keys, "predictions": predictions}
-    if probabilities is not None and classes is not None:
-        # NaN where a key has no prediction: serialised as null.
-        by_class = np.ascontiguousarray(probabilities.T)
-        answer["probabilities"] = {str(label): by_class[i] for i, label in enumerate(classes)}
-    positions = batch.request_positions
-    errors = [(failure.index, failure.key, _error(failure.details)) for failure in batch.failures]
-    errors += [
-        (positions[row], batch.keys[row], error.model_dump())
-        for row, error in scored.errors.items()
-    ]
-    errors.sort(key=lambda entry: entry[0])
-    answer["errors"] = [{"key": key, "error": error} for _, key, error in errors]
-    return answer
-
-
-def _error(details: Sequence[ErrorDetail]) -> dict[str, str]:
-    return {"code": details[0].type, "message": "; ".join(detail.msg for detail in details)}
-
-
-def model_error_details(batch: ValidBatch, scored: Scored) -> list[ErrorDetail]:
-    """The rows the model could not take, as a rejection's details (all-or-nothing mode)."""
-    positions = batch.request_positions
-    where = "instances" if batch.shape == "rows" else "keys"
-    return [
-        ErrorDetail(
-            type=error.code,
-            msg=error.message,
-            loc=[where, positions[row]],
-            key=batch.keys[row],
-        )
-        for row, error in sorted(scored.errors.items())
-    ]

@@ -290,3 +290,58 @@ class BlockResult(BaseModel):
     predictions: Array
     probabilities: Array | None = None
     errors: list[BlockError] = Field(default_factory=list)
+
+
+# ---- Open Inference Protocol (V2) ---------------------------------------------------------
+
+
+class InferenceTensor(BaseModel):
+    """A tensor of the Open Inference Protocol: one element per instance."""
+
+    name: str = Field(description='"key", a feature name, or an output name.')
+    datatype: str = Field(description="BYTES, FP64, FP32, INT64, INT32, ...")
+    shape: list[int] = Field(description="[N] or [N, 1] (probabilities: [N, classes]).")
+    parameters: dict[str, JsonValue] | None = Field(
+        default=None, description="binary_data_size when the data follows the JSON header."
+    )
+    data: list[JsonValue] | None = Field(default=None, description="Row-major elements.")
+
+
+class InferenceOutputRequest(BaseModel):
+    name: str = Field(description="key, prediction, probabilities or error")
+    parameters: dict[str, JsonValue] | None = Field(
+        default=None, description='{"binary_data": true} to have it after the JSON header.'
+    )
+
+
+class InferenceRequest(IODescriptor):
+    """An Open Inference Protocol (KServe V2) inference request with keys. With the binary
+    tensor data extension the JSON header is followed by the inputs' bytes
+    (Inference-Header-Content-Length says where the JSON ends). Documents the request; the
+    API decodes the body itself (keyed_serving.v2)."""
+
+    id: str | None = Field(default=None, description="Echoed in the answer.")
+    parameters: dict[str, JsonValue] | None = Field(
+        default=None,
+        description='{"errors": "reject" | "per_instance", "binary_data_output": bool}',
+    )
+    inputs: list[InferenceTensor] = Field(
+        default_factory=list, description='"key" and one input per feature (GET the model).'
+    )
+    outputs: list[InferenceOutputRequest] | None = Field(
+        default=None, description="The outputs to answer; all when absent."
+    )
+
+    @classmethod
+    async def from_http_request(cls, request: Any, serde: Any) -> InferenceRequest:
+        return cls.model_construct()  # the API reads the body (see the class docstring)
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = Field(default=None, exclude_if=_is_none)
+    parameters: dict[str, JsonValue] | None = Field(
+        default=None, description="received, predicted and failed counts."
+    )
+    outputs: list[InferenceTensor]

@@ -86,14 +86,23 @@ class InvalidRequest(Exception):
 
 def decode_body(raw: bytes) -> Any:
     """A /predict body -> the decoded JSON; raises ``InvalidRequest`` (json_invalid) for a
-    body that is not JSON.
+    body that is not JSON (see ``read_json``)."""
+    try:
+        return read_json(raw)
+    except ValueError as exc:
+        raise _invalid("json_invalid", f"the body is not valid JSON: {exc}", ["body"]) from None
+
+
+def read_json(raw: bytes) -> Any:
+    """JSON as a body holds it; raises ``ValueError`` saying why a body is not JSON.
 
     orjson reads it. A body it refuses is read again by Python's reader only to take the
-    non-JSON literals NaN and Infinity that some writers emit, so that they are refused by
-    key and field (out_of_range) rather than as an unreadable body. That second reader must
-    accept nothing else orjson refuses: integers beyond 64 bits are read as floats, as
-    orjson reads them, and the result must be writable by orjson (no lone surrogates, no
-    deep nesting; a real body is four levels deep)."""
+    non-JSON literals NaN and Infinity that some writers emit (Python's own JSON writer
+    among them), so that they are refused by key and field (out_of_range), or taken as
+    missing where a protocol says NaN is. That second reader must accept nothing else
+    orjson refuses: integers beyond 64 bits are read as floats, as orjson reads them, and
+    the result must be writable by orjson (no lone surrogates, no deep nesting; a real
+    body is four levels deep)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -103,7 +112,7 @@ def decode_body(raw: bytes) -> Any:
         orjson.dumps(decoded)
     except (ValueError, RecursionError, orjson.JSONEncodeError) as exc:
         reason = strict_error if isinstance(exc, ValueError | RecursionError) else str(exc)
-        raise _invalid("json_invalid", f"the body is not valid JSON: {reason}", ["body"]) from None
+        raise ValueError(reason) from None
     return decoded
 
 
