@@ -53,6 +53,65 @@ FILE_ERRORS = {
 }
 
 
+V2_INFER_PATHS = (
+    "/v2/models/{model_name}/infer",
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+)
+V2_ERRORS = {
+    **PREDICT_ERRORS,
+    "400": ("Invalid request: names the input, or the key and the feature, at fault.", False),
+    "404": ("No such model or version here (see GET /v2/models/{model_name}).", False),
+    "415": ("Body neither application/json nor application/octet-stream.", False),
+}
+
+
+def _v2_get(
+    summary: str, schema: dict[str, Any] | None, statuses: tuple[str, ...]
+) -> dict[str, Any]:
+    """A GET route's document; ``schema`` None: a probe, answered as BentoML's /readyz is."""
+    anything: dict[str, Any] = {"application/json": {"schema": {}}, "text/plain": {"schema": {}}}
+    ok = anything if schema is None else {"application/json": {"schema": schema}}
+    return {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "OK", "content": ok},
+            **{
+                status: {
+                    "description": V2_ERRORS.get(status, ("Not ready.", True))[0],
+                    "content": anything,
+                }
+                for status in statuses
+            },
+        },
+    }
+
+
+def v2_get_paths() -> dict[str, Any]:
+    """The Open Inference Protocol's GET routes (served by ``http.OpenInferenceRoutes``)."""
+    name = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
+    version = {**name, "name": "model_version"}
+    metadata = {
+        "type": "object",
+        "required": ["name", "versions", "platform", "inputs", "outputs"],
+    }
+    ready = None
+    paths: dict[str, Any] = {
+        "/v2": {"get": _v2_get("Server metadata", {"type": "object"}, ())},
+        "/v2/health/live": {"get": _v2_get("Live", ready, ("503",))},
+        "/v2/health/ready": {"get": _v2_get("Ready: the model runner answers", ready, ("503",))},
+    }
+    for path, params in (
+        ("/v2/models/{model_name}", [name]),
+        ("/v2/models/{model_name}/versions/{model_version}", [name, version]),
+    ):
+        paths[path] = {
+            "get": _v2_get("Model metadata: inputs, outputs, classes", metadata, ("404",))
+        }
+        paths[f"{path}/ready"] = {"get": _v2_get("Model ready", ready, ("404", "503"))}
+        paths[path]["get"]["parameters"] = paths[f"{path}/ready"]["get"]["parameters"] = params
+    return paths
+
+
 def feature_schema(spec: ModelSpec) -> dict[str, Any]:
     properties = {}
     for feature in spec.features:
@@ -88,8 +147,9 @@ def refine_openapi(document: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
     if "Instance" in schemas:
         schemas["Instance"]["properties"]["features"] = feature_schema(spec)
 
-    paths = doc.get("paths", {})
-    scored = [("/predict", PREDICT_ERRORS)] + [
+    paths = doc.setdefault("paths", {})
+    paths.update(v2_get_paths())
+    scored = [("/predict", PREDICT_ERRORS), *((path, V2_ERRORS) for path in V2_INFER_PATHS)] + [
         (path, FILE_ERRORS)
         for path in ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
     ]
@@ -98,6 +158,10 @@ def refine_openapi(document: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
             continue
         responses = paths[path]["post"]["responses"]
         responses.pop("404", None)
+        if path in V2_INFER_PATHS:  # binary outputs: the JSON header, then their bytes
+            responses["200"]["content"]["application/octet-stream"] = {
+                "schema": {"type": "string", "format": "binary"}
+            }
         for status, (description, retry) in statuses.items():
             response: dict[str, Any] = {
                 "description": description,
