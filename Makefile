@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 export BENTOML_DO_NOT_TRACK := True
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve train test test-fast lint typecheck check build contract soak bench bench-peers bench-sweep wrk clean
+.PHONY: help install serve train test test-fast lint typecheck check build contract soak bench bench-peers bench-sweep wrk browser clean
 .PHONY: container test-container spark-demo bench-spark
 
 help: ## list the targets
@@ -31,7 +31,7 @@ serve: install ## train the default model if the store lacks it, then serve on $
 	$(BIN)/python train.py --if-missing
 	$(BIN)/bentoml serve service:KeyedPrediction --host $(HOST) --port $(PORT)
 
-test: install ## run every test, the slow ones (real servers, bento build) included
+test: install browser ## run every test, the slow ones (real servers, bento build) included
 	$(BIN)/pytest
 
 test-fast: install ## run the tests that need no real server
@@ -71,6 +71,10 @@ bench-peers: install wrk $(MLSERVER) ## install MLServer 1.7 (bench/.venv-mlserv
 
 bench-sweep: install wrk ## the sweep behind the default workers and batching bounds (bench/sweep.md)
 	$(BIN)/python bench/sweep.py
+
+browser: ## a headless browser for the API page's test (Debian's chromium)
+	@command -v chromium >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 wrk: ## the load generator (Debian's wrk, with LuaJIT)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

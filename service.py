@@ -28,6 +28,7 @@ from keyed_serving.chunking import cut
 from keyed_serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
 from keyed_serving.file_scoring import InvalidFile, score_file
 from keyed_serving.http import (
+    ApiPage,
     EntryGate,
     GetAlias,
     OpenInferenceRoutes,
@@ -424,5 +425,10 @@ KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defi
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
     OpenInferenceRoutes, model_tag=settings.model_tag, server_version=_server_version()
+)
+KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
+    ApiPage,
+    title=f"Keyed prediction: {settings.model_tag}",
+    readme=str(Path(__file__).with_name("README.md")),
 )
 KeyedPrediction.add_asgi_middleware(RefinedDocs, model_tag=settings.model_tag)  # type: ignore[attr-defined]

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import contextvars
 import hmac
+import html
 import json
 import logging
 import re
 import uuid
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyed_serving.schemas import ErrorDetail, ErrorResponse
@@ -274,6 +276,65 @@ class RefinedDocs:
         headers["content-length"] = str(len(body))
         await send({**start, "headers": headers.raw})
         await send({"type": "http.response.body", "body": body})
+
+
+class ApiPage:
+    """The API page at ``/``: BentoML's Swagger UI page under this service's title (its
+    text comes from the refined document's ``info``), without BentoML's tag manager, which
+    would report every visit of a self-hosted server's page to a third party; and the
+    user's guide it links to at ``/readme``."""
+
+    def __init__(self, app: ASGIApp, title: str, readme: str) -> None:
+        self.app = app
+        self.title = title
+        self.readme = readme
+        self._page: bytes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "GET"
+            or scope["path"] not in ("/", "/readme")
+        ):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/readme":
+            from pathlib import Path
+
+            from starlette.responses import PlainTextResponse
+
+            text = (
+                Path(self.readme).read_text(encoding="utf-8") if Path(self.readme).exists() else ""
+            )
+            response = PlainTextResponse(text or "no README here", status_code=200 if text else 404)
+            await response(scope, receive, send)
+            return
+        if self._page is None:
+            self._page = _retitled(_bentoml_page(), self.title)
+        await Response(self._page, media_type="text/html")(scope, receive, send)
+
+
+_SHOW_TITLE = (
+    '<style id="keyed-title">.info .main .title {visibility: visible}'
+    " .info .main .title span {position: relative; margin-left: 0.5em}</style>"
+)
+
+
+def _bentoml_page() -> str:
+    import _bentoml_impl.server
+
+    return (Path(_bentoml_impl.server.__file__).parent / "main-openapi.html").read_text("utf-8")
+
+
+def _retitled(page: str, title: str) -> bytes:
+    """BentoML's page, titled ``title``, without its Google Tag Manager blocks. A test
+    fails loudly when BentoML's page changes so that an edit no longer applies."""
+    page = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title)}</title>", page, count=1)
+    tag_manager = r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->"
+    page = re.sub(tag_manager, "", page, flags=re.S)
+    # BentoML's stylesheet hides the document's title and shows only its version.
+    page = page.replace("</head>", f"{_SHOW_TITLE}</head>", 1)
+    return page.encode("utf-8")
 
 
 class GetAlias:

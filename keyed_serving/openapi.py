@@ -138,8 +138,41 @@ def feature_schema(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+def page_description(spec: ModelSpec) -> str:
+    """The API page's text (OpenAPI ``info.description``, markdown): the keyed contract."""
+    features = ", ".join(f"`{f.name}` ({f.type})" for f in spec.features)
+    return f"""Serves **{spec.tag}** ({spec.task}; features {features}) so that every \
+prediction comes back paired with the key its caller sent, however the server merged, \
+split or retried the work. Keys are unique within a request: non-empty strings of at most \
+256 characters, or integers from -2^63 to 2^63-1.
+
+* **Rows**: `POST /predict` with `{{"instances": [{{"key", "features": {{...}}}}]}}`: one \
+entry per instance, in request order, each with its key.
+* **Columns** (bulk): `POST /predict` with `{{"keys": [...], "columns": {{feature: [...]}}}}`: \
+answered in kind.
+* **Open Inference Protocol (KServe V2)**: `POST /v2/models/{model_name_of(spec)}/infer` with \
+an input `key` beside one input per feature; tritonclient works unchanged (binary tensors too).
+* **Files**: `POST /predict_file` (CSV, Parquet, JSON Lines) answers the scored file.
+
+`"errors": "per_instance"` answers each bad instance with its own error and predicts the \
+rest; by default any bad instance rejects the request with a 400 naming the key and the \
+field. 429/503 carry `Retry-After`. What the model takes: `GET /model_info`. The user's \
+guide: [README](./readme)."""
+
+
+def model_name_of(spec: ModelSpec) -> str:
+    return spec.tag.split(":", 1)[0]
+
+
 def refine_openapi(document: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
     doc = copy.deepcopy(document)
+    # BentoML's template names the service class and "dev", with its own help links.
+    doc["info"] = {
+        **{k: v for k, v in doc.get("info", {}).items() if k != "contact"},
+        "title": f"Keyed prediction: {model_name_of(spec)}",
+        "version": spec.tag.split(":", 1)[-1],
+        "description": page_description(spec),
+    }
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(error_schema.pop("$defs", {}))
