@@ -39,8 +39,8 @@ def result_for(request: int, block: KeyedBlock, failed: list[bool], order: list[
         if failed[row]
     ]
     predictions = [None if failed[row] else owner(request, key) for row, key in enumerate(got)]
-    return BlockResult(chunk=block.chunk, keys=objects(got), predictions=objects(predictions),
-                       errors=errors)  # fmt: skip
+    return BlockResult(chunk=block.chunk, model=block.model, keys=objects(got),
+                       predictions=objects(predictions), errors=errors)  # fmt: skip
 
 
 @st.composite
@@ -49,7 +49,7 @@ def served_requests(draw: st.DrawFn) -> tuple[list[list[KeyedBlock]], list[list[
     its rows in a random order, some rows failed by the model."""
     requests = draw(st.lists(request_keys, min_size=1, max_size=6))
     chunk_rows = draw(st.integers(1, 7))
-    blocked = [cut(ValidBatch(len(ks), ks, [np.zeros(len(ks))]), chunk_rows) for ks in requests]
+    blocked = [cut(ValidBatch(len(ks), ks, [np.zeros(len(ks))]), chunk_rows, "m:v1") for ks in requests]
     answers: list[list[BlockResult]] = []
     for request, blocks in enumerate(blocked):
         results = []
@@ -104,6 +104,7 @@ def test_a_dropped_repeated_or_misrouted_row_is_always_caught(served: Any, data:
             errors[len(keys_) - 1] = errors[victim]
     answers[r][b] = BlockResult(
         chunk=victim_result.chunk,
+        model=victim_result.model,
         keys=objects(keys_),
         predictions=objects(predictions),
         errors=[e.model_copy(update={"row": row}) for row, e in errors.items()],
@@ -113,6 +114,7 @@ def test_a_dropped_repeated_or_misrouted_row_is_always_caught(served: Any, data:
         target = answers[r2][b2]
         answers[r2][b2] = BlockResult(
             chunk=target.chunk,
+            model=target.model,
             keys=objects([*target.keys.tolist(), moved_key]),
             predictions=objects([*target.predictions.tolist(), moved_prediction]),
             errors=target.errors,
