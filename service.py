@@ -39,7 +39,6 @@ from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
 from keyed_serving.metrics import get_metrics
 from keyed_serving.model import (
     MODEL_FILE,
-    IsolationBudget,
     LoadedModel,
     ModelSpec,
     served_model_tag,
@@ -113,7 +112,6 @@ class ModelRunner:
             str(stored.tag),
             stored.info.metadata,
             stored.path_of(MODEL_FILE),
-            IsolationBudget(settings.isolation_max_calls, settings.isolation_max_s),
         )
         self.metrics = get_metrics()
         bind_apis_once(self, "predict")

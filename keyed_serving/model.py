@@ -83,8 +83,16 @@ class IsolationBudget:
     """How far the search for the rows a model raises on may go in one micro-batch: model
     calls and seconds. Rows not told apart within it are answered with an error each."""
 
-    max_calls: int = 256
-    max_s: float = 10.0
+    max_calls: int
+    max_s: float
+
+    @classmethod
+    def configured(cls) -> IsolationBudget:
+        """The budget the settings name (KEYED_ISOLATION_MAX_CALLS, KEYED_ISOLATION_MAX_S)."""
+        from keyed_serving.settings import get_settings
+
+        settings = get_settings()
+        return cls(settings.isolation_max_calls, settings.isolation_max_s)
 
 
 @dataclass(frozen=True)
@@ -174,11 +182,11 @@ class LoadedModel:
     """The fitted pipeline with its spec; predicts keyed blocks, keys kept beside each row."""
 
     def __init__(
-        self, spec: ModelSpec, pipeline: Any, budget: IsolationBudget = IsolationBudget()
+        self, spec: ModelSpec, pipeline: Any, budget: IsolationBudget | None = None
     ) -> None:
         self.spec = spec
         self.pipeline = pipeline
-        self.budget = budget
+        self.budget = budget or IsolationBudget.configured()
         self.derive_predictions = _predicts_by_largest_probability(pipeline)
 
     @classmethod
@@ -187,7 +195,7 @@ class LoadedModel:
         tag: str,
         metadata: dict[str, Any],
         path: str,
-        budget: IsolationBudget = IsolationBudget(),
+        budget: IsolationBudget | None = None,
     ) -> LoadedModel:
         return cls(ModelSpec.from_metadata(tag, metadata), joblib.load(path), budget)
 

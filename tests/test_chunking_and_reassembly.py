@@ -10,7 +10,6 @@ from keyed_serving.reassemble import KeyMismatch, ModelVersionMismatch, reassemb
 from keyed_serving.schemas import BlockResult, KeyedBlock
 from keyed_serving.validate import ValidBatch
 
-
 MODEL = "iris:v1"
 
 

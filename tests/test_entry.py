@@ -510,9 +510,7 @@ def test_duplicate_keys_reject_the_request_even_in_per_instance_mode(entry: Any)
 
 
 def version_mismatches(side: str) -> float:
-    return (
-        REGISTRY.get_sample_value("keyed_model_version_mismatches_total", {"side": side}) or 0.0
-    )
+    return REGISTRY.get_sample_value("keyed_model_version_mismatches_total", {"side": side}) or 0.0
 
 
 def test_the_runner_refuses_a_block_sent_for_another_model_version(service: Any) -> None:

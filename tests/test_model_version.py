@@ -82,7 +82,11 @@ def test_a_model_not_in_the_store_is_left_as_asked_and_no_pin_is_handed_down() -
     assert PIN_VARIABLE not in os.environ
 
 
-IRIS_RELABELLED = {"setosa": "v2-setosa", "versicolor": "v2-versicolor", "virginica": "v2-virginica"}
+IRIS_RELABELLED = {
+    "setosa": "v2-setosa",
+    "versicolor": "v2-versicolor",
+    "virginica": "v2-virginica",
+}
 FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 
 
@@ -137,7 +141,9 @@ def test_a_runner_restarted_after_a_new_version_was_saved_serves_the_servers_ver
 
         def ask(turn: int) -> httpx.Response:
             instances = requests[turn % len(requests)]
-            response = httpx.post(f"{server.url}/predict", json={"instances": instances}, timeout=60)
+            response = httpx.post(
+                f"{server.url}/predict", json={"instances": instances}, timeout=60
+            )
             if response.status_code != 200:
                 assert response.status_code == 503 and "retry-after" in response.headers
                 return response
@@ -147,7 +153,8 @@ def test_a_runner_restarted_after_a_new_version_was_saved_serves_the_servers_ver
             got = [(p["key"], p["prediction"]) for p in answer["predictions"]]
             assert {prediction for _, prediction in got} <= classes, got
             assert got == [
-                (i["key"], e) for i, e in zip(instances, expected[turn % len(requests)], strict=True)
+                (i["key"], e)
+                for i, e in zip(instances, expected[turn % len(requests)], strict=True)
             ]
             return response
 

@@ -49,7 +49,9 @@ def served_requests(draw: st.DrawFn) -> tuple[list[list[KeyedBlock]], list[list[
     its rows in a random order, some rows failed by the model."""
     requests = draw(st.lists(request_keys, min_size=1, max_size=6))
     chunk_rows = draw(st.integers(1, 7))
-    blocked = [cut(ValidBatch(len(ks), ks, [np.zeros(len(ks))]), chunk_rows, "m:v1") for ks in requests]
+    blocked = [
+        cut(ValidBatch(len(ks), ks, [np.zeros(len(ks))]), chunk_rows, "m:v1") for ks in requests
+    ]
     answers: list[list[BlockResult]] = []
     for request, blocks in enumerate(blocked):
         results = []
