@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyed_serving.chunking import cut
-from keyed_serving.reassemble import KeyMismatch, reassemble_by_key
+from keyed_serving.reassemble import KeyMismatch, ModelVersionMismatch, reassemble_by_key
 from keyed_serving.schemas import BlockError, BlockResult, InstanceError, KeyedBlock
 from keyed_serving.validate import ValidBatch
 
@@ -128,3 +129,18 @@ def test_a_dropped_repeated_or_misrouted_row_is_always_caught(served: Any, data:
         except KeyMismatch:
             caught += 1
     assert caught >= (2 if fault == "misroute" else 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(served_requests(), st.data())
+def test_a_result_of_another_model_version_is_always_refused(served: Any, data: Any) -> None:
+    blocked, answers = served
+    flat = [(r, b) for r, results in enumerate(answers) for b in range(len(results))]
+    r, b = data.draw(st.sampled_from(flat))
+    answers[r][b] = answers[r][b].model_copy(update={"model": "m:v2"})
+    for request, (blocks, answer) in enumerate(zip(blocked, answers, strict=True)):
+        if request == r:
+            with pytest.raises(ModelVersionMismatch):
+                reassemble_by_key(blocks, answer)
+        else:
+            reassemble_by_key(blocks, answer)
