@@ -102,7 +102,7 @@ QUIET = {
 )
 class ModelRunner:
     """Predicts micro-batches of keyed blocks; each result carries its block's chunk id and
-    keys."""
+    keys and the model version that predicted it (a block for another version is refused)."""
 
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 

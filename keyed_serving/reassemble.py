@@ -37,8 +37,9 @@ class KeyMismatch(Exception):
 
 class ModelVersionMismatch(KeyMismatch):
     """Results from another model version than the blocks were sent for (a runner that
-    restarted with another version, or one that refused the blocks). Not a bug in the
-    pairing: the request may be retried, and it is answered 503."""
+    restarted with another version, or one that refused the blocks). A ``KeyMismatch`` too,
+    so that every path that refuses mispaired results refuses these; but not a bug in the
+    pairing: the request may be retried, and the entry answers it 503."""
 
     def __init__(self, sent: str, got: str, chunk: str) -> None:
         self.missing, self.unexpected, self.repeated = [], [], []
