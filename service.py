@@ -39,8 +39,8 @@ from keyed_serving.http import (
 )
 from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
 from keyed_serving.metrics import get_metrics
-from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec
-from keyed_serving.reassemble import KeyMismatch, Scored, reassemble_by_key
+from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec, served_model_tag
+from keyed_serving.reassemble import KeyMismatch, ModelVersionMismatch, Scored, reassemble_by_key
 from keyed_serving.schemas import (
     BlockResult,
     ErrorDetail,
@@ -72,6 +72,9 @@ logger = logging.getLogger("keyed_serving")
 for _name in ("keyed_serving", "keyed_serving.dispatch", "keyed_serving.model"):
     logging.getLogger(_name).addFilter(RequestIdFilter())
 settings = get_settings()
+# Resolved once where the server starts and handed to every worker (see served_model_tag):
+# the entry and the runner serve this one version, whatever is saved meanwhile.
+MODEL_TAG = served_model_tag(settings.model_tag)
 # BentoML routes a task at its path (run now) and at /submit (run in the background).
 FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
 
@@ -103,14 +106,16 @@ QUIET = {
 )
 class ModelRunner:
     """Predicts micro-batches of keyed blocks; each result carries its block's chunk id and
-    keys."""
+    keys and the model version that predicted it (a block for another version is refused)."""
 
-    model_ref = bentoml.models.BentoModel(settings.model_tag)
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
         stored = self.model_ref
         self.model = LoadedModel.load(
-            str(stored.tag), stored.info.metadata, stored.path_of(MODEL_FILE)
+            str(stored.tag),
+            stored.info.metadata,
+            stored.path_of(MODEL_FILE),
         )
         self.metrics = get_metrics()
         bind_apis_once(self, "predict")
@@ -128,10 +133,19 @@ class ModelRunner:
     async def predict(self, blocks: list[KeyedBlock]) -> list[BlockResult]:
         # Runs on the event loop, not in a thread: BentoML's dispatcher polls every
         # millisecond while a batch runs, and from a thread that polling took the GIL from
-        # the model over and over. This worker serves nothing else while it predicts.
+        # the model over and over. This worker serves nothing else while it predicts (the
+        # rare search for rows the model raised on runs in a thread, bounded).
         self.metrics.micro_batch_rows.observe(sum(len(block.keys) for block in blocks))
         self.metrics.micro_batch_chunks.observe(len(blocks))
-        return self.model.predict_blocks(blocks)
+        others = len(blocks) - len(self.model.own_blocks(blocks))
+        if others:
+            logger.error(
+                "refusing %d block(s) sent for another model version: this runner serves %s",
+                others,
+                self.model.spec.tag,
+            )
+            self.metrics.model_version_mismatches.labels("runner").inc(others)
+        return await self.model.predict_blocks_async(blocks)
 
 
 # BentoML names a response's media type by generating the output's JSON schema on every
@@ -149,7 +163,7 @@ class KeyedPrediction:
     """Keyed batch prediction: send instances with your own keys, get each prediction back
     paired with its key, however the server merged or split the work."""
 
-    model_ref = bentoml.models.BentoModel(settings.model_tag)
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
@@ -353,10 +367,22 @@ class KeyedPrediction:
         )
 
     def _runner_failure(self, exc: RunnerUnavailable | KeyMismatch, instances: int | None) -> Any:
-        """The answer when the runner path failed: 503 + Retry-After (safe to retry), or 500
-        for results that did not match the keys sent (logged and counted)."""
+        """The answer when the runner path failed: 503 + Retry-After (safe to retry; also
+        for results of another model version), or 500 for results that did not match the
+        keys sent (logged and counted)."""
         if instances is not None:
             self.metrics.instances.labels("failed").inc(instances)
+        if isinstance(exc, ModelVersionMismatch):
+            # A runner restarted with another version, or one deployed apart: what it
+            # predicted must not be answered under this entry's version. Retrying may reach
+            # a runner of the right version.
+            logger.error("answering 503, model version mismatch: %s", exc)
+            self.metrics.model_version_mismatches.labels("entry").inc()
+            return error_response(
+                503,
+                f"the model runner does not serve {self.spec.tag} right now; retry later",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
         if isinstance(exc, KeyMismatch):
             logger.error("answering 500, key mismatch: %s", exc)
             self.metrics.key_mismatches.inc()
@@ -372,7 +398,7 @@ class KeyedPrediction:
         """Rows -> blocks -> runner micro-batches -> results in row order, keys verified."""
         if not batch.keys:
             return Scored([], None, {})
-        blocks = cut(batch, settings.chunk_rows)
+        blocks = cut(batch, settings.chunk_rows, self.spec.tag)
         results = await send_blocks(
             blocks,
             self.coalescer.predict,
@@ -424,11 +450,11 @@ GATE = {
 KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
-    OpenInferenceRoutes, model_tag=settings.model_tag, server_version=_server_version()
+    OpenInferenceRoutes, model_tag=MODEL_TAG, server_version=_server_version()
 )
 KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
     ApiPage,
-    title=f"Keyed prediction: {settings.model_tag}",
+    title=f"Keyed prediction: {MODEL_TAG}",
     readme=str(Path(__file__).with_name("README.md")),
 )
-KeyedPrediction.add_asgi_middleware(RefinedDocs, model_tag=settings.model_tag)  # type: ignore[attr-defined]
+KeyedPrediction.add_asgi_middleware(RefinedDocs, model_tag=MODEL_TAG)  # type: ignore[attr-defined]

@@ -22,12 +22,12 @@ from keyed_serving.dispatch import Coalescer, send_blocks
 from keyed_serving.http import EntryGate, bind_apis_once, error_response
 from keyed_serving.model import ModelSpec
 from keyed_serving.validate import InvalidRequest, validate_request
-from service import GATE, QUIET, ModelRunner, PredictRequest, settings
+from service import GATE, MODEL_TAG, QUIET, ModelRunner, PredictRequest, settings
 
 
 @bentoml.service(workers=settings.entry_workers, **QUIET)
 class UnkeyedPrediction:
-    model_ref = bentoml.models.BentoModel(settings.model_tag)
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
@@ -48,7 +48,7 @@ class UnkeyedPrediction:
         except InvalidRequest as exc:
             ctx.response.status_code = 400
             return error_response(400, exc.summary, exc.details)
-        blocks = cut(batch, settings.chunk_rows)
+        blocks = cut(batch, settings.chunk_rows, self.spec.tag)
         for block in blocks:  # numbered rows, not keys: one int64 buffer over the hop
             block.keys = np.arange(len(block.keys))
         results = await send_blocks(

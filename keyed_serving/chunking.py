@@ -15,7 +15,8 @@ from keyed_serving.schemas import Key, KeyedBlock
 from keyed_serving.validate import ValidBatch
 
 
-def cut(batch: ValidBatch, chunk_rows: int) -> list[KeyedBlock]:
+def cut(batch: ValidBatch, chunk_rows: int, model: str) -> list[KeyedBlock]:
+    """Blocks of at most ``chunk_rows`` rows, each for the model version ``model``."""
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
     blocks = []
@@ -26,6 +27,7 @@ def cut(batch: ValidBatch, chunk_rows: int) -> list[KeyedBlock]:
             # are checked when the block's results come back.
             KeyedBlock.model_construct(
                 chunk=uuid.uuid4().hex,
+                model=model,
                 keys=key_array(batch.keys[start:end]),
                 columns=[column[start:end] for column in batch.columns],
             )

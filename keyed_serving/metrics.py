@@ -53,6 +53,13 @@ class Metrics:
             "keyed_key_mismatches",
             "Requests whose runner results did not match the keys sent (must stay 0).",
         )
+        self.model_version_mismatches: Any = prom.Counter(
+            "keyed_model_version_mismatches",
+            "Model version mismatches (must stay 0): blocks a runner refused as sent for "
+            "another version (side=runner), requests an entry answered 503 because results "
+            "came from another version (side=entry).",
+            ["side"],
+        )
 
         # Labelled children resolved once: .labels() costs more than the increment.
         self.predicted = self.instances.labels("predicted")

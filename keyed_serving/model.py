@@ -6,7 +6,12 @@ time, so the pipeline always sees columns of the dtypes it was fitted on.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import json
 import logging
+import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +33,66 @@ from keyed_serving.schemas import (
 logger = logging.getLogger("keyed_serving.model")
 MODEL_FILE = "model.joblib"
 Task = Literal["classification", "regression"]
+# Where a server's start hands the version it resolved to its workers (see served_model_tag).
+PIN_VARIABLE = "KEYED_SERVED_MODEL"
+
+
+def served_model_tag(requested: str) -> str:
+    """The one model version a server serves: ``requested`` (``name:version`` or
+    ``name:latest``) resolved once, where the server starts.
+
+    ``bentoml serve`` imports the service in the process that spawns the workers, then each
+    worker imports it again, and a respawned worker does so once more: resolving ``latest``
+    in each would let a worker restarted after a new version was saved serve another version
+    than its siblings. So the starting process resolves it and leaves the result in its
+    environment, which circus copies to every worker it spawns, respawned ones included;
+    a worker takes the version from there. A built bento holds one version of the model,
+    and in-process (``to_asgi()``, tests) the one process resolves it once.
+
+    A model not in the local store is left as asked for: BentoML pulls or refuses it."""
+    import bentoml
+    from bentoml._internal.context import server_context
+    from bentoml.exceptions import NotFound
+
+    if server_context.worker_index is not None:  # a worker of `bentoml serve`
+        pinned = _pinned(requested)
+        if pinned is not None:
+            return pinned
+    try:
+        resolved = str(bentoml.models.get(requested).tag)
+    except NotFound:
+        os.environ.pop(PIN_VARIABLE, None)  # never hand down a pin made for another start
+        return requested
+    os.environ[PIN_VARIABLE] = json.dumps({"requested": requested, "tag": resolved})
+    return resolved
+
+
+def _pinned(requested: str) -> str | None:
+    try:
+        pin = json.loads(os.environ.get(PIN_VARIABLE, ""))
+    except ValueError:
+        return None
+    if not isinstance(pin, dict) or pin.get("requested") != requested:
+        return None  # made for another MODEL_TAG
+    tag = pin.get("tag")
+    return tag if isinstance(tag, str) else None
+
+
+@dataclass(frozen=True)
+class IsolationBudget:
+    """How far the search for the rows a model raises on may go in one micro-batch: model
+    calls and seconds. Rows not told apart within it are answered with an error each."""
+
+    max_calls: int
+    max_s: float
+
+    @classmethod
+    def configured(cls) -> IsolationBudget:
+        """The budget the settings name (KEYED_ISOLATION_MAX_CALLS, KEYED_ISOLATION_MAX_S)."""
+        from keyed_serving.settings import get_settings
+
+        settings = get_settings()
+        return cls(settings.isolation_max_calls, settings.isolation_max_s)
 
 
 @dataclass(frozen=True)
@@ -116,18 +181,116 @@ class Predicted:
 class LoadedModel:
     """The fitted pipeline with its spec; predicts keyed blocks, keys kept beside each row."""
 
-    def __init__(self, spec: ModelSpec, pipeline: Any) -> None:
+    def __init__(
+        self, spec: ModelSpec, pipeline: Any, budget: IsolationBudget | None = None
+    ) -> None:
         self.spec = spec
         self.pipeline = pipeline
+        self.budget = budget or IsolationBudget.configured()
         self.derive_predictions = _predicts_by_largest_probability(pipeline)
 
     @classmethod
-    def load(cls, tag: str, metadata: dict[str, Any], path: str) -> LoadedModel:
-        return cls(ModelSpec.from_metadata(tag, metadata), joblib.load(path))
+    def load(
+        cls,
+        tag: str,
+        metadata: dict[str, Any],
+        path: str,
+        budget: IsolationBudget | None = None,
+    ) -> LoadedModel:
+        return cls(ModelSpec.from_metadata(tag, metadata), joblib.load(path), budget)
 
     def predict_blocks(self, blocks: Sequence[KeyedBlock]) -> list[BlockResult]:
-        """One result per block, in order, each with its block's chunk id and keys. The
-        blocks are predicted as one frame: the model's cost is mostly per call."""
+        """One result per block, in order, each with its block's chunk id, keys and model
+        version. The blocks are predicted as one frame: the model's cost is mostly per call.
+        A block for another model version is refused (see ``refused``), not predicted."""
+        mine = self.own_blocks(blocks)
+        predicted = self.predict_columns(self._columns(mine)) if mine else None
+        return self._results(blocks, predicted)
+
+    async def predict_blocks_async(self, blocks: Sequence[KeyedBlock]) -> list[BlockResult]:
+        """``predict_blocks`` for a server's event loop: the usual single model call runs on
+        the loop; the search for the rows the model raised on, rare and longer (bounded by
+        the budget), runs in a thread so that the loop goes on serving meanwhile."""
+        mine = self.own_blocks(blocks)
+        predicted = None
+        if mine:
+            frame = to_frame(self._columns(mine), self.spec.features)
+            try:
+                predicted = self._predict_whole(frame)
+            except Exception as exc:
+                predicted = await asyncio.to_thread(self._isolate, frame, exc)
+        return self._results(blocks, predicted)
+
+    def own_blocks(self, blocks: Sequence[KeyedBlock]) -> list[KeyedBlock]:
+        """The blocks sent for this model's version; the others are refused."""
+        return [block for block in blocks if block.model == self.spec.tag]
+
+    def predict_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Predicted:
+        """Columns by feature name -> ``Predicted``. If the model raises on the rows, the
+        ones it cannot take are searched for by bisection and get an error each; the others,
+        which may belong to other callers, are predicted as usual."""
+        frame = to_frame(columns, self.spec.features)
+        try:  # the usual case: one call for every row
+            return self._predict_whole(frame)
+        except Exception as exc:
+            return self._isolate(frame, exc)
+
+    def _predict_whole(self, frame: pd.DataFrame) -> Predicted:
+        predictions, probabilities = self._predict(frame)
+        return Predicted(predictions, probabilities, {})
+
+    def _isolate(self, frame: pd.DataFrame, first_error: Exception) -> Predicted:
+        """After the model raised on ``frame``: bisect it, largest parts first, so that
+        every call clears as many good rows as it can. Within the budget every row the
+        model raised on alone is found; past it, the rows of the parts not yet told apart
+        get an error saying so (never a silent loss)."""
+        n = len(frame)
+        predictions = np.full(n, None, dtype=object)
+        probabilities = self._no_probabilities(n)
+        errors: dict[int, str] = {}
+        if n <= 1:
+            logger.warning("model raised on one row: %s", _first_line(first_error))
+            return Predicted(predictions, probabilities, {0: _first_line(first_error)})
+        pending = collections.deque([(0, n // 2), (n // 2, n)])
+        calls, started = 0, time.monotonic()
+        while pending:
+            if calls >= self.budget.max_calls or time.monotonic() - started >= self.budget.max_s:
+                break
+            start, end = pending.popleft()
+            calls += 1
+            try:
+                part, part_probabilities = self._predict(frame.iloc[start:end])
+            except Exception as exc:
+                if end - start == 1:
+                    logger.warning("model raised on one row: %s", _first_line(exc))
+                    errors[start] = _first_line(exc)
+                else:
+                    middle = (start + end) // 2
+                    pending.extend([(start, middle), (middle, end)])
+                continue
+            predictions[start:end] = part
+            if probabilities is not None and part_probabilities is not None:
+                probabilities[start:end] = part_probabilities
+        if pending:
+            rows = sum(end - start for start, end in pending)
+            logger.warning(
+                "model raised on a micro-batch of %d rows; %d rows not told apart within the "
+                "isolation budget (%d model calls, %.1f s)",
+                n,
+                rows,
+                calls,
+                time.monotonic() - started,
+            )
+            reason = (
+                "the model raised on a group of rows holding this one, and the rows it "
+                f"cannot take were not told apart within the budget of {calls} model calls; "
+                f"send it again in a smaller request ({_first_line(first_error)})"
+            )
+            for start, end in pending:
+                errors.update(dict.fromkeys(range(start, end), reason))
+        return Predicted(predictions, probabilities, errors)
+
+    def _columns(self, blocks: Sequence[KeyedBlock]) -> dict[str, np.ndarray]:
         names = self.spec.feature_names
         for block in blocks:
             if len(block.columns) != len(names) or any(
@@ -137,13 +300,21 @@ class LoadedModel:
                     f"block {block.chunk[:8]} does not hold {len(names)} columns of "
                     f"{len(block.keys)} values"
                 )
-        columns = {
+        return {
             name: np.concatenate([block.columns[i] for block in blocks])
             for i, name in enumerate(names)
         }
-        predicted = self.predict_columns(columns)
+
+    def _results(
+        self, blocks: Sequence[KeyedBlock], predicted: Predicted | None
+    ) -> list[BlockResult]:
+        """The results of ``blocks``, whose own ones ``predicted`` holds in order."""
         results, start = [], 0
         for block in blocks:
+            if block.model != self.spec.tag:
+                results.append(refused(block, self.spec.tag))
+                continue
+            assert predicted is not None  # some block was this version's
             end = start + len(block.keys)
             errors = [
                 BlockError(
@@ -156,6 +327,7 @@ class LoadedModel:
             results.append(
                 BlockResult.model_construct(
                     chunk=block.chunk,
+                    model=self.spec.tag,
                     keys=block.keys,
                     predictions=predicted.predictions[start:end],
                     probabilities=None
@@ -166,46 +338,6 @@ class LoadedModel:
             )
             start = end
         return results
-
-    def predict_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Predicted:
-        """Columns by feature name -> ``Predicted``. If the model raises on the rows, the
-        ones it cannot take are found by bisection and get an error each; the others, which
-        may belong to other callers, are predicted as usual."""
-        frame = to_frame(columns, self.spec.features)
-        n = len(frame)
-        try:  # the usual case: one call for every row
-            predictions, probabilities = self._predict(frame)
-            return Predicted(predictions, probabilities, {})
-        except Exception as exc:
-            if n <= 1:
-                logger.warning("model raised on one row: %s", _first_line(exc))
-                return Predicted(
-                    np.full(n, None, dtype=object), self._no_probabilities(n), {0: _first_line(exc)}
-                )
-        predictions = np.full(n, None, dtype=object)
-        probabilities = self._no_probabilities(n)
-        errors: dict[int, str] = {}
-
-        def run(start: int, end: int) -> None:
-            try:
-                part, part_probabilities = self._predict(frame.iloc[start:end])
-            except Exception as exc:
-                if end - start == 1:
-                    logger.warning("model raised on one row: %s", _first_line(exc))
-                    errors[start] = _first_line(exc)
-                    return
-                middle = (start + end) // 2
-                run(start, middle)
-                run(middle, end)
-                return
-            predictions[start:end] = part
-            if probabilities is not None and part_probabilities is not None:
-                probabilities[start:end] = part_probabilities
-
-        middle = n // 2
-        run(0, middle)
-        run(middle, n)
-        return Predicted(predictions, probabilities, errors)
 
     def _no_probabilities(self, n: int) -> np.ndarray | None:
         if self.spec.task != "classification" or self.spec.classes is None:
@@ -231,6 +363,24 @@ class LoadedModel:
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
             raise ValueError("model produced a non-finite prediction")
         return values, probabilities
+
+
+def refused(block: KeyedBlock, serving: str) -> BlockResult:
+    """The answer to a block sent for another model version than the one ``serving``: no
+    predictions, an error per row, and the version that refused it, which the entry checks
+    before anything else (``reassemble_by_key``)."""
+    reason = f"this runner serves {serving}, not {block.model}"
+    return BlockResult.model_construct(
+        chunk=block.chunk,
+        model=serving,
+        keys=block.keys,
+        predictions=np.full(len(block.keys), None, dtype=object),
+        probabilities=None,
+        errors=[
+            BlockError(row=row, error=InstanceError(code="model_version", message=reason))
+            for row in range(len(block.keys))
+        ],
+    )
 
 
 def model_error(key: Any, reason: str) -> InstanceError:

@@ -4,7 +4,9 @@ BentoML splits a micro-batch's output back to its callers by position and never 
 it. This is where the pairing is verified: each block's results must carry that block's
 chunk id and exactly its keys, in its order, with a prediction (or an error) for each.
 Any difference is a ``KeyMismatch``; the caller must fail the request rather than answer
-with a wrong or missing pairing.
+with a wrong or missing pairing. A result predicted by another model version than its block
+was sent for is a ``ModelVersionMismatch``, checked first: its predictions must not be
+answered under the version the answer names.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ class KeyMismatch(Exception):
         )
 
 
+class ModelVersionMismatch(KeyMismatch):
+    """Results from another model version than the blocks were sent for (a runner that
+    restarted with another version, or one that refused the blocks). A ``KeyMismatch`` too,
+    so that every path that refuses mispaired results refuses these; but not a bug in the
+    pairing: the request may be retried, and the entry answers it 503."""
+
+    def __init__(self, sent: str, got: str, chunk: str) -> None:
+        self.missing, self.unexpected, self.repeated = [], [], []
+        self.sent, self.got = sent, got
+        Exception.__init__(
+            self,
+            f"runner answered chunk {chunk[:8]} with model {got}, sent for {sent}",
+        )
+
+
 def _show(ids: list[PairId]) -> str:
     return repr([(chunk[:8], key) for chunk, _, key in ids[:3]])
 
@@ -53,7 +70,13 @@ def reassemble_by_key(blocks: Sequence[KeyedBlock], results: Sequence[BlockResul
     """The results of every block, in the order the rows were sent; raises ``KeyMismatch``
     unless every (chunk, key) sent came back exactly once and nothing else did. Results may
     come back in any order, of blocks and of rows within a block: they are matched by chunk
-    id and key (a cheap comparison when nothing was reordered, which is the usual case)."""
+    id and key (a cheap comparison when nothing was reordered, which is the usual case).
+    Raises ``ModelVersionMismatch`` first if a result comes from another model version than
+    its block was sent for."""
+    sent_for = {block.chunk: block.model for block in blocks}
+    for result in results:
+        if result.chunk in sent_for and result.model != sent_for[result.chunk]:
+            raise ModelVersionMismatch(sent_for[result.chunk], result.model, result.chunk)
     by_chunk: dict[str, BlockResult] = {}
     for result in results:
         if result.chunk in by_chunk or not _well_formed(result):

@@ -265,9 +265,11 @@ class KeyedBlock(BaseModel):
     """One chunk of one request inside a runner micro-batch: its keys (an object array) and
     one array per feature in the model's feature order (float64 for numbers, object for
     categories). ``chunk`` is unique to this chunk, so equal keys of different requests in
-    one micro-batch stay apart."""
+    one micro-batch stay apart. ``model`` is the version (name:version) the entry answers
+    for: a runner serving another version refuses the block."""
 
     chunk: str
+    model: str
     keys: Array
     columns: list[Array]
 
@@ -281,11 +283,12 @@ class BlockError(BaseModel):
 
 
 class BlockResult(BaseModel):
-    """A block's results: the chunk id and keys of the block it answers, a prediction per
-    row (None where the model raised on that row alone, see errors) and, for classifiers,
-    a row of class probabilities per row."""
+    """A block's results: the chunk id and keys of the block it answers, the model version
+    that predicted them, a prediction per row (None where the model raised on that row
+    alone, see errors) and, for classifiers, a row of class probabilities per row."""
 
     chunk: str
+    model: str
     keys: Array
     predictions: Array
     probabilities: Array | None = None

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     # While a call is in flight, a new one waits this long to gather more requests (it
     # would wait behind the running one at the runner anyway). 0: send at once.
     coalesce_linger_ms: float = Field(default=5.0, ge=0)
+    # When the model raises on a micro-batch, the rows it cannot take are searched for by
+    # bisection, at most this many model calls and seconds per micro-batch (other callers'
+    # blocks wait behind it); rows not told apart by then are answered with a model_error.
+    # Measured with a strict churn forest (~5 ms a call): 20 bad rows scattered in 10,000
+    # took 375 calls (1.9 s); 200 would take 2,335 calls (12 s) unbounded.
+    isolation_max_calls: int = Field(default=512, ge=0)
+    isolation_max_s: float = Field(default=5.0, ge=0)
     # One log line per request costs about a tenth of a small request's CPU.
     access_log: bool = False
     max_instances: int = Field(default=100_000, ge=1)

@@ -12,7 +12,9 @@ from keyed_serving.schemas import BlockResult, KeyedBlock
 
 
 def block(name: str, rows: int = 1) -> KeyedBlock:
-    return KeyedBlock(chunk=name, keys=np.arange(rows, dtype=object), columns=[np.zeros(rows)])
+    return KeyedBlock(
+        chunk=name, model="m:v1", keys=np.arange(rows, dtype=object), columns=[np.zeros(rows)]
+    )
 
 
 async def turns(n: int) -> None:
@@ -34,7 +36,9 @@ class HeldRunner:
         self.release.append(done)
         await done.wait()
         return [
-            BlockResult(chunk=b.chunk, keys=b.keys, predictions=np.zeros(len(b.keys)))
+            BlockResult(
+                chunk=b.chunk, model=b.model, keys=b.keys, predictions=np.zeros(len(b.keys))
+            )
             for b in blocks
         ]
 

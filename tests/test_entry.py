@@ -176,6 +176,7 @@ def drop_last_row(results: list[BlockResult]) -> list[BlockResult]:
     first = results[0]
     results[0] = BlockResult(
         chunk=first.chunk,
+        model=first.model,
         keys=first.keys[:-1],
         predictions=first.predictions[:-1],
         probabilities=first.probabilities[:-1],
@@ -340,9 +341,15 @@ def test_model_info_says_what_a_request_needs(entry: Any) -> None:
     assert info.max_instances == get_settings().max_instances
 
 
-def block(chunk: str, keys: list[Any], instances: list[dict[str, Any]]) -> KeyedBlock:
+def block(
+    chunk: str, keys: list[Any], instances: list[dict[str, Any]], model: str | None = None
+) -> KeyedBlock:
+    """A block as the entry sends it, for the served model version unless ``model``."""
+    import service
+
     return KeyedBlock(
         chunk=chunk,
+        model=service.MODEL_TAG if model is None else model,
         keys=np.array(keys, dtype=object),
         columns=[np.array([i["features"][f] for i in instances]) for f in FEATURES],
     )
@@ -500,3 +507,49 @@ def test_duplicate_keys_reject_the_request_even_in_per_instance_mode(entry: Any)
     instances = flowers(3, seed=41, keys=["a", "b", "a"])
     answer = asyncio.run(entry.predict(instances=instances, errors="per_instance"))
     assert answer.status_code == 400 and b"duplicate_key" in answer.body
+
+
+def version_mismatches(side: str) -> float:
+    return REGISTRY.get_sample_value("keyed_model_version_mismatches_total", {"side": side}) or 0.0
+
+
+def test_the_runner_refuses_a_block_sent_for_another_model_version(service: Any) -> None:
+    runner_service = service.ModelRunner()
+    instances = flowers(5, seed=9)
+    blocks = [
+        block("c0", [0, 1, 2], instances[:3]),
+        block("c1", [0, 1], instances[3:], model="iris_classifier:another"),
+    ]
+    before = version_mismatches("runner")
+    mine, theirs = asyncio.run(runner_service.predict(blocks))
+    served = runner_service.model.spec.tag
+    assert mine.model == served and mine.predictions.tolist() == own_predictions(
+        runner_service.model, instances[:3]
+    )
+    assert theirs.model == served and theirs.keys.tolist() == [0, 1]
+    assert theirs.predictions.tolist() == [None, None]
+    assert {e.error.code for e in theirs.errors} == {"model_version"}
+    assert version_mismatches("runner") == before + 1
+
+
+def test_results_of_another_model_version_are_answered_503_never_200(
+    entry: Any, model: Any
+) -> None:
+    # A runner that restarted with another version: it predicts, but not with ours.
+    from dataclasses import replace
+
+    from keyed_serving.model import LoadedModel
+
+    def relabelled(results: list[BlockResult]) -> list[BlockResult]:
+        return [r.model_copy(update={"model": "iris_classifier:another"}) for r in results]
+
+    refusing = LoadedModel(replace(model.spec, tag="iris_classifier:another"), model.pipeline)
+    for faulty in (MicroBatchingRunner(model, mangle=relabelled), MicroBatchingRunner(refusing)):
+        entry.runner = runner(faulty.predict)
+        before = version_mismatches("entry")
+        for body in ({"instances": flowers(4, seed=5)}, columns_of(flowers(4, seed=6))):
+            answer = asyncio.run(entry.predict(**body, errors="per_instance"))
+            assert answer.status_code == 503, answer.body
+            assert answer.headers["Retry-After"] == str(get_settings().retry_after_s)
+            assert entry.spec.tag.encode() in answer.body
+        assert version_mismatches("entry") == before + 2

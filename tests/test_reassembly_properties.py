@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyed_serving.chunking import cut
-from keyed_serving.reassemble import KeyMismatch, reassemble_by_key
+from keyed_serving.reassemble import KeyMismatch, ModelVersionMismatch, reassemble_by_key
 from keyed_serving.schemas import BlockError, BlockResult, InstanceError, KeyedBlock
 from keyed_serving.validate import ValidBatch
 
@@ -39,8 +40,8 @@ def result_for(request: int, block: KeyedBlock, failed: list[bool], order: list[
         if failed[row]
     ]
     predictions = [None if failed[row] else owner(request, key) for row, key in enumerate(got)]
-    return BlockResult(chunk=block.chunk, keys=objects(got), predictions=objects(predictions),
-                       errors=errors)  # fmt: skip
+    return BlockResult(chunk=block.chunk, model=block.model, keys=objects(got),
+                       predictions=objects(predictions), errors=errors)  # fmt: skip
 
 
 @st.composite
@@ -49,7 +50,9 @@ def served_requests(draw: st.DrawFn) -> tuple[list[list[KeyedBlock]], list[list[
     its rows in a random order, some rows failed by the model."""
     requests = draw(st.lists(request_keys, min_size=1, max_size=6))
     chunk_rows = draw(st.integers(1, 7))
-    blocked = [cut(ValidBatch(len(ks), ks, [np.zeros(len(ks))]), chunk_rows) for ks in requests]
+    blocked = [
+        cut(ValidBatch(len(ks), ks, [np.zeros(len(ks))]), chunk_rows, "m:v1") for ks in requests
+    ]
     answers: list[list[BlockResult]] = []
     for request, blocks in enumerate(blocked):
         results = []
@@ -104,6 +107,7 @@ def test_a_dropped_repeated_or_misrouted_row_is_always_caught(served: Any, data:
             errors[len(keys_) - 1] = errors[victim]
     answers[r][b] = BlockResult(
         chunk=victim_result.chunk,
+        model=victim_result.model,
         keys=objects(keys_),
         predictions=objects(predictions),
         errors=[e.model_copy(update={"row": row}) for row, e in errors.items()],
@@ -113,6 +117,7 @@ def test_a_dropped_repeated_or_misrouted_row_is_always_caught(served: Any, data:
         target = answers[r2][b2]
         answers[r2][b2] = BlockResult(
             chunk=target.chunk,
+            model=target.model,
             keys=objects([*target.keys.tolist(), moved_key]),
             predictions=objects([*target.predictions.tolist(), moved_prediction]),
             errors=target.errors,
@@ -124,3 +129,18 @@ def test_a_dropped_repeated_or_misrouted_row_is_always_caught(served: Any, data:
         except KeyMismatch:
             caught += 1
     assert caught >= (2 if fault == "misroute" else 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(served_requests(), st.data())
+def test_a_result_of_another_model_version_is_always_refused(served: Any, data: Any) -> None:
+    blocked, answers = served
+    flat = [(r, b) for r, results in enumerate(answers) for b in range(len(results))]
+    r, b = data.draw(st.sampled_from(flat))
+    answers[r][b] = answers[r][b].model_copy(update={"model": "m:v2"})
+    for request, (blocks, answer) in enumerate(zip(blocked, answers, strict=True)):
+        if request == r:
+            with pytest.raises(ModelVersionMismatch):
+                reassemble_by_key(blocks, answer)
+        else:
+            reassemble_by_key(blocks, answer)
