@@ -115,3 +115,85 @@ def test_bentoml_reads_the_serving_config_for_both_services(tmp_path: Path) -> N
                 assert value.items() <= services[name][key].items(), (name, key)
             else:
                 assert services[name][key] == value, (name, key)
+
+
+# ---- KServe ------------------------------------------------------------------------------
+
+KSERVE = DEPLOY / "kserve" / "inferenceservice.yaml"
+# KServe's InferenceService CRD schema (v1beta1), vendored: the test data names its source.
+KSERVE_SCHEMA = (
+    Path(__file__).parent / "data" / "kserve" / "inferenceservice-v1beta1.schema.json.gz"
+)
+# What a custom predictor adds to a PodSpec (KServe's ComponentExtensionSpec).
+KSERVE_COMPONENT_FIELDS = {
+    "minReplicas", "maxReplicas", "containerConcurrency", "timeout", "scaleTarget",
+    "scaleMetric", "scaleMetricType", "canaryTrafficPercent", "logger", "batcher", "labels",
+    "annotations", "deploymentStrategy", "autoScaling", "storageUris", "workerSpec",
+}  # fmt: skip
+
+
+def kserve_validator() -> Any:
+    """KServe's schema, closed as `kubectl apply --validate=strict` treats it: an object
+    with properties takes no other field (unless it preserves unknown fields)."""
+    import gzip
+    import json
+
+    import jsonschema
+
+    def closed(schema: Any) -> Any:
+        if isinstance(schema, list):
+            return [closed(item) for item in schema]
+        if not isinstance(schema, dict):
+            return schema
+        schema = {key: closed(value) for key, value in schema.items()}
+        if schema.pop("x-kubernetes-int-or-string", False):
+            schema.pop("type", None)
+            schema["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+
+    with gzip.open(KSERVE_SCHEMA, "rt") as handle:
+        schema = closed(json.load(handle)["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_the_kserve_inference_service_validates_against_kserves_schema() -> None:
+    (service,) = documents(KSERVE)
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert service["kind"] == "InferenceService"
+    validator = kserve_validator()
+    errors = [error.message for error in validator.iter_errors(service)]
+    assert not errors, errors
+    misspelled = copy.deepcopy(service)
+    misspelled["spec"]["predictor"]["minReplica"] = 2
+    assert list(validator.iter_errors(misspelled)), "the closed schema must refuse a typo"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_kserve_predictor_is_a_valid_kubernetes_pod_spec(version: str) -> None:
+    (service,) = documents(KSERVE)
+    predictor = service["spec"]["predictor"]
+    pod_spec = {k: v for k, v in predictor.items() if k not in KSERVE_COMPONENT_FIELDS}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod_spec}
+    kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_the_kserve_predictor_runs_our_image_and_speaks_v2() -> None:
+    (service,) = documents(KSERVE)
+    (container,) = service["spec"]["predictor"]["containers"]
+    assert container["name"] == "kserve-container"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PROTOCOL"] == "v2"  # how KServe reads a custom predictor's protocol
+    deployment = by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == deployment["image"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    (port,) = container["ports"]
+    assert port["containerPort"] == container["readinessProbe"]["httpGet"]["port"] == 3000
+    (mount,) = container["volumeMounts"]
+    assert env["BENTOML_CONFIG"] == f"{mount['mountPath']}/bentoml_config.yaml"
