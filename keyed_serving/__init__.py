@@ -7,7 +7,13 @@ The request path, one module per stage:
 3. cut: :mod:`keyed_serving.chunking`, keyed rows -> runner-sized chunks;
 4. runner: ``service.py`` (``ModelRunner``), adaptive micro-batches of keyed rows;
 5. model: :mod:`keyed_serving.model`, the loaded pipeline and what it takes;
-6. reassemble: :mod:`keyed_serving.reassemble`, chunk results -> one answer, checked key by key.
+6. reassemble: :mod:`keyed_serving.reassemble`, chunk results -> results in request order,
+   checked key by key;
+7. answer formats: :mod:`keyed_serving.answers`, the checked results as rows, columns or an
+   Open Inference Protocol (V2) answer.
+
+What a key is: :mod:`keyed_serving.keys`, the one definition every path calls. V2
+requests are decoded by :mod:`keyed_serving.v2` into the columnar body stage 2 takes.
 
 :mod:`keyed_serving.dispatch` carries chunks from 3 to 4 and back (retries, deadline).
 
