@@ -8,7 +8,8 @@ Workloads (each a warm-up, then --seconds of load):
   W1  64 connections x 1 instance (row format)     W2  16 x 100 (row format)
   W3  1 x 10,000 (columnar; rows too, for reference)
   W4  a 1,000,000-row table through the keyed-score CLI (this project only)
-Servers: this project as deployed (defaults), the same with batching off, an unkeyed variant
+Servers: this project as deployed (defaults) on /predict and on its Open Inference Protocol
+path with the very V2 bodies MLServer gets, the same with batching off, an unkeyed variant
 of the same endpoint (bench/unkeyed_service.py), MLServer 1.7 + mlserver-sklearn with
 adaptive batching (bench/peers/), and the model in-process as the limit. A concurrency
 sweep (1 to 256 connections x 1 instance) of this project and MLServer gives the plot.
@@ -514,6 +515,9 @@ def machine() -> dict[str, str]:
     return info
 
 
+V2_PATH = "keyed, V2 path (MLServer's body)"
+
+
 def find(run: Run, server: str, workload: str) -> Result | None:
     return next((r for r in run.results if r.server == server and r.workload == workload), None)
 
@@ -582,6 +586,24 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
             f"{ratio(mine.instances_per_s, unkeyed and unkeyed.instances_per_s)} | "
             f"{ratio(mine.instances_per_s, limit)} |"
         )
+    same_body = [
+        (load, find(run, V2_PATH, load.name), find(run, "MLServer 1.7.1", load.name))
+        for load in WORKLOADS
+    ]
+    same_body = [(load, v2, peer) for load, v2, peer in same_body if v2 and peer]
+    if same_body:
+        lines += [
+            "",
+            "## The same V2 body to both servers",
+            "",
+            "| workload | V2 path / MLServer (inst/s) | p99 ours / MLServer |",
+            "|---|---:|---:|",
+            *(
+                f"| {load.name} | {ratio(v2.instances_per_s, peer.instances_per_s)} | "
+                f"{ratio(v2.summary['p99_ms'], peer.summary['p99_ms'])} |"
+                for load, v2, peer in same_body
+            ),
+        ]
     if run.sweep:
         lines += [
             "",
@@ -746,6 +768,16 @@ def main(argv: list[str] | None = None) -> int:
                         continue  # V2 is columnar only: W3 is measured once
                     source = files[load.name]["v2" if fmt == "v2" else fmt]
                     run.results.append(measure(server, load, source, fmt, args, work))
+                if name == "keyed (this project)":
+                    # The Open Inference Protocol path, with the very bodies MLServer gets.
+                    server.name, server.path = V2_PATH, f"/v2/models/{tag.split(':')[0]}/infer"
+                    for load in WORKLOADS:
+                        if load.shape == "rows" and load.instances > 1000:
+                            continue  # V2 is columnar: W3 is measured once
+                        run.results.append(
+                            measure(server, load, files[load.name]["v2"], "v2", args, work)
+                        )
+                    server.name, server.path = name, "/predict"
                 if not args.no_sweep and name in ("keyed (this project)", "MLServer 1.7.1"):
                     fmt = "v2" if name == "MLServer 1.7.1" else "rows"
                     for connections in (1, 4, 16, 64, 256):

@@ -6,7 +6,7 @@
 -- answer to body i has. FORMAT says how to read an answer:
 --   rows     {"predictions": [{"key", "prediction", ...}]}   signature: key=prediction;...
 --   columns  {"keys": [...], "predictions": [...]}          signature: keys|predictions
---   v2       MLServer V2: outputs "key" and "predict"       signature: keys|predictions
+--   v2       V2: outputs "key" and "predict" (MLServer) or "prediction" (ours)  signature: keys|predictions
 --   *_unkeyed  predictions only, the body told by the echoed X-Request-ID
 -- Keys are "b<body>-<row>", so an answer says which body it answers. Counts of checked,
 -- mismatched and failed (non-200) answers go to SUMMARY_JSON with wrk's own numbers.
@@ -62,6 +62,7 @@ local function signature(body, headers)
     local at = string.find(body, '"name":"key"', 1, true) or string.find(body, '"name": "key"', 1, true)
     local keys = at and array_after(string.sub(body, at), '"data":')
     local pat = string.find(body, '"name":"predict"', 1, true) or string.find(body, '"name": "predict"', 1, true)
+      or string.find(body, '"name":"prediction"', 1, true)
     local predictions = pat and array_after(string.sub(body, pat), '"data":')
     index = keys and string.match(keys, '"b(%d+)%-')
     return (keys or "") .. "|" .. (predictions or ""), index
