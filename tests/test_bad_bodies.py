@@ -142,3 +142,63 @@ def test_no_mutation_of_a_valid_body_gets_a_5xx(
     assert response.status_code < 500, (body, response.text[:300])
     if response.status_code != 200:
         assert response.json()["error"]
+
+
+def v2_binary_body() -> tuple[bytes, int]:
+    """A valid V2 request with binary tensors (as tritonclient sends it) and its header's
+    length."""
+    import struct
+
+    import numpy as np
+
+    keys = [b"c-1", b"c-2"]
+    tensors = [("key", "BYTES", b"".join(struct.pack("<I", len(k)) + k for k in keys))]
+    tensors += [(name, "FP64", np.array([v, v], dtype="<f8").tobytes()) for name, v in GOOD.items()]
+    header = {
+        "inputs": [
+            {"name": n, "datatype": d, "shape": [2], "parameters": {"binary_data_size": len(raw)}}
+            for n, d, raw in tensors
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    head = json.dumps(header).encode()
+    return head + b"".join(raw for _, _, raw in tensors), len(head)
+
+
+def post_v2(client: TestClient, body: bytes, header_length: int | str | None) -> Any:
+    headers = (
+        {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+    )
+    return client.post("/v2/models/iris_classifier/infer", content=body, headers=headers)
+
+
+def test_the_v2_binary_body_is_answered(client: TestClient) -> None:
+    body, length = v2_binary_body()
+    response = post_v2(client, body, length)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert int(response.headers["inference-header-content-length"]) < len(response.content)
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    position=st.floats(min_value=0, max_value=1, exclude_max=True),
+    replacement=st.binary(min_size=0, max_size=4),
+    header_shift=st.sampled_from([0, 0, 0, -1, 1, -7, 10_000, None]),
+)
+def test_no_mutation_of_a_v2_binary_body_gets_a_5xx(
+    client: TestClient, position: float, replacement: bytes, header_shift: int | None
+) -> None:
+    body, length = v2_binary_body()
+    at = int(position * len(body))
+    mutated = body[:at] + replacement + body[at + 1 :]
+    header = None if header_shift is None else length + header_shift
+    response = post_v2(client, mutated, header)
+    assert response.status_code < 500, (mutated, header, response.text[:300])
+    if response.status_code != 200:
+        assert response.json()["error"]
