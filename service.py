@@ -28,10 +28,12 @@ from keyed_serving.chunking import cut
 from keyed_serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
 from keyed_serving.file_scoring import InvalidFile, score_file
 from keyed_serving.http import (
+    AnswerStamp,
     EntryGate,
     GetAlias,
     RefinedDocs,
     RequestIdFilter,
+    add_outermost,
     bind_apis_once,
     error_response,
 )
@@ -64,6 +66,8 @@ for _name in ("keyed_serving", "keyed_serving.dispatch", "keyed_serving.model"):
 settings = get_settings()
 # BentoML routes a task at its path (run now) and at /submit (run in the background).
 FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
+# Task operations that hold or load a whole upload in memory (BentoML's task store).
+TASK_PATHS = ("/predict_file_task/submit", "/predict_file_task/retry", "/predict_file_task/get")
 
 
 # Tracing and access logs cost more than the rest of a small request (measured: a no-op
@@ -361,15 +365,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# Starlette runs the first middleware added outermost: the gate sees every request first.
+# Starlette runs the first middleware added outermost: the gate sees every request first
+# after BentoML's own traffic middlewares, and the stamp wraps them all.
 GATE = {
     "api_token": settings.api_token,
     "max_body_bytes": settings.max_body_bytes,
     "max_concurrency": settings.max_concurrency,
     "retry_after_s": settings.retry_after_s,
+    "body_budget_bytes": settings.body_budget_bytes,
     "file_paths": FILE_PATHS,
     "max_file_bytes": settings.max_file_bytes,
+    "task_paths": TASK_PATHS,
+    "max_tasks": settings.max_tasks,
+    "max_task_file_bytes": settings.max_task_file_bytes,
 }
+add_outermost(KeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
 KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(RefinedDocs, model_tag=settings.model_tag)  # type: ignore[attr-defined]

@@ -55,8 +55,16 @@ class Settings(BaseSettings):
     # The entry's own bounds (per worker). See README "Limits" for how they were chosen.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_concurrency: int = Field(default=128, ge=1)
+    # All request bodies held in memory at once (per worker): past it 429 + Retry-After.
+    # See README "Limits" for the measurement behind the default.
+    body_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     # /predict_file uploads are streamed to disk, not held in memory: a larger bound.
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    # /predict_file_task/submit uploads are held in memory by BentoML's task store (with a
+    # base64 and a JSON copy), and /get and /retry load them again: a smaller bound, and
+    # few tasks at once.
+    max_task_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_tasks: int = Field(default=2, ge=1)
     file_batch_rows: int = Field(default=20_000, ge=1)
     api_token: str | None = Field(
         default=None,
