@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import anyio
 import bentoml
 import orjson
 from starlette.background import BackgroundTask
@@ -294,8 +295,10 @@ class KeyedPrediction:
             "X-Failed": str(summary.failed),
         }
         media_type = MEDIA_TYPES[format_of(target)]
-        if in_memory:  # a task's result is stored by BentoML, not streamed from this file
-            content = target.read_bytes()
+        if in_memory:
+            # A task's answer is consumed by BentoML's task store with a scope that has no
+            # method, which a FileResponse cannot be sent with: the bytes, read off the loop.
+            content = await anyio.to_thread.run_sync(target.read_bytes)
             shutil.rmtree(work, ignore_errors=True)
             return Response(content, media_type=media_type, headers=headers)
         return FileResponse(
