@@ -376,6 +376,7 @@ GATE = {
     "max_concurrency": settings.max_concurrency,
     "retry_after_s": settings.retry_after_s,
     "body_budget_bytes": settings.body_budget_bytes,
+    "max_body_values": settings.max_body_values,
     "file_paths": FILE_PATHS,
     "max_file_bytes": settings.max_file_bytes,
     "task_paths": TASK_PATHS,

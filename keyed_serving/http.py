@@ -114,7 +114,9 @@ class EntryGate:
     - with a token configured, asks for ``Authorization: Bearer <token>`` (401 otherwise,
       compared in constant time; a websocket is closed with 1008), except on the probe and
       metrics paths and for CORS preflights (which carry no credentials by design);
-    - refuses bodies that are not JSON (415) or larger than ``max_body_bytes`` (413);
+    - refuses bodies that are not JSON (415), larger than ``max_body_bytes`` (413) or
+      holding more than ``max_body_values`` values (413: a body of tiny values decodes
+      into 10-25 times its size in Python objects, measured);
     - answers 429 when ``max_concurrency`` requests are already in flight on this worker,
       or when the bodies held in memory would pass ``body_budget_bytes`` (a body larger
       than the whole budget is a 413): counted from admission until the request ends;
@@ -136,6 +138,7 @@ class EntryGate:
         max_concurrency: int,
         retry_after_s: int,
         body_budget_bytes: int | None = None,
+        max_body_values: int | None = None,
         file_paths: Iterable[str] = (),
         max_file_bytes: int = 0,
         task_paths: Iterable[str] = (),
@@ -150,6 +153,7 @@ class EntryGate:
         self.in_flight = 0
         self.body_budget = body_budget_bytes if body_budget_bytes is not None else 2**62
         self.bytes_in_flight = 0
+        self.max_body_values = max_body_values
         self.file_paths = frozenset(file_paths)
         self.max_file_bytes = max_file_bytes
         self.task_paths = frozenset(task_paths)
@@ -258,7 +262,18 @@ class EntryGate:
                     reserved = received
                 if not message.get("more_body", False):
                     break
-            await self.app(scope, _replay(b"".join(chunks), receive), send)
+            body = b"".join(chunks)
+            if self.max_body_values is not None and _values_in(body) > self.max_body_values:
+                await _refuse(
+                    scope,
+                    receive,
+                    send,
+                    413,
+                    f"request body with more than {self.max_body_values} JSON values; "
+                    "split the instances over several requests",
+                )
+                return
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.bytes_in_flight -= reserved
 
@@ -319,6 +334,12 @@ class EntryGate:
             f"request body larger than {min(self.max_body_bytes, self.body_budget)} bytes; "
             "split the instances over several requests"
         )
+
+
+def _values_in(body: bytes) -> int:
+    """About how many JSON values (array items, containers) a body decodes into, read
+    without decoding it: a lower bound on the Python objects it becomes."""
+    return body.count(b",") + body.count(b"{") + body.count(b"[")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # The entry's own bounds (per worker). See README "Limits" for how they were chosen.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_concurrency: int = Field(default=128, ge=1)
+    # JSON values (array items and containers) per body: 64 MiB of `{},{},...` decoded
+    # into 1.5 GB of dicts, 64 MiB of small numbers into 0.5-0.65 GB (measured); this
+    # bounds a body's decoded size whatever its bytes. 100,000 instances of 36 features.
+    max_body_values: int = Field(default=4_000_000, ge=1000)
     # All request bodies held in memory at once (per worker): past it 429 + Retry-After.
     # See README "Limits" for the measurement behind the default.
     body_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)

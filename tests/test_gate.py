@@ -376,3 +376,12 @@ def test_a_task_counts_in_the_body_budget_while_it_runs() -> None:
         return body.status_code, retry.status_code
 
     assert asyncio.run(scenario()) == (200, 429)
+
+
+def test_a_body_of_too_many_values_gets_413_before_it_is_decoded() -> None:
+    app, _ = app_behind_gate(max_body_bytes=10_000, max_body_values=100)
+    tiny_dicts = b'{"instances": [' + b"{}," * 200 + b"{}]}"
+    refused = run(app, content=tiny_dicts, headers=JSON)
+    assert refused.status_code == 413 and "100 JSON values" in refused.json()["error"]
+    fits = b'{"instances": [' + b"{}," * 40 + b"{}]}"
+    assert run(app, content=fits, headers=JSON).status_code == 200
