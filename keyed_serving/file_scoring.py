@@ -96,7 +96,6 @@ async def score_file(
             )
             rows += len(keys)
     finally:
-        batches.close()
         writer.close()
     return FileSummary(rows=rows, predicted=predicted, failed=rows - predicted)
 

@@ -59,9 +59,12 @@ class Settings(BaseSettings):
     # into 1.5 GB of dicts, 64 MiB of small numbers into 0.5-0.65 GB (measured); this
     # bounds a body's decoded size whatever its bytes. 100,000 instances of 36 features.
     max_body_values: int = Field(default=4_000_000, ge=1000)
-    # All request bodies held in memory at once (per worker): past it 429 + Retry-After.
-    # See README "Limits" for the measurement behind the default.
-    body_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    # Request bodies held in memory at once (per worker): past it 429 + Retry-After. An
+    # admitted body costs about 7 times its bytes at its peak (decoded, validated,
+    # answered): with 64 MiB the entry peaked at 525-668 MB and the whole server at
+    # 1.0-1.2 GB under 8 concurrent maximum-size bodies; unbounded, at 1.9 and 2.4 GB,
+    # past the Deployment's 2 GiB (bench/memory_burst.md).
+    body_budget_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # /predict_file uploads are streamed to disk, not held in memory: a larger bound.
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     # /predict_file_task/submit uploads are held in memory by BentoML's task store (with a

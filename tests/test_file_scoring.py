@@ -150,3 +150,26 @@ def test_predict_is_answered_while_a_file_is_being_scored(
         assert predicted.status_code == 200
         assert scored.result(timeout=60).status_code == 200
     assert predict_answered_meanwhile == [True]
+
+
+@pytest.mark.slow
+def test_a_second_task_is_refused_with_429_while_the_first_runs(default_model: str) -> None:
+    big = encode(flowers(100_000, seed=4), ".csv")
+    with (
+        served(MODEL_TAG=default_model, KEYED_MAX_TASKS="1") as url,
+        httpx.Client(base_url=url, timeout=120) as http,
+    ):
+        first = http.post(
+            "/predict_file_task/submit", data={"key": "id"}, files={"file": ("a.csv", big)}
+        )
+        assert first.status_code == 200, first.text
+        task_id = first.json()["task_id"]
+        status = http.get("/predict_file_task/status", params={"task_id": task_id})
+        second = http.post(
+            "/predict_file_task/submit", data={"key": "id"}, files={"file": ("b.csv", b"id\n")}
+        )
+        retried = http.post("/predict_file_task/retry", params={"task_id": task_id})
+        after = http.get("/predict_file_task/status", params={"task_id": task_id})
+        assert status.json()["status"] == after.json()["status"] == "in_progress"
+        assert second.status_code == retried.status_code == 429
+        assert second.headers["retry-after"] and retried.headers["retry-after"]
