@@ -123,10 +123,11 @@ class EntryGate:
     - uploads (``file_paths``) are spooled to disk by the server and bounded by their
       declared length (``max_file_bytes``);
     - task operations (``task_paths``: BentoML's task store holds the whole upload in
-      memory, base64 and JSON, and loads it again for /get and /retry) are at most
-      ``max_tasks`` at once, each counted in the body budget for as long as it runs:
-      an upload among them by its declared length (at most ``max_task_file_bytes``), the
-      others by the largest upload a task may have stored.
+      memory, with a base64 and a JSON copy, and loads it again for /get and /retry) are
+      at most ``max_tasks`` at once, a task for as long as it runs; their uploads are
+      bounded by ``max_task_file_bytes``. They are bounded apart from the body budget:
+      a /get reserving the largest upload a task may have stored would starve behind
+      ordinary traffic.
     """
 
     def __init__(
@@ -283,28 +284,21 @@ class EntryGate:
         if scope["method"] not in ("POST", "PUT", "PATCH", "GET"):
             await self.app(scope, receive, send)
             return
-        if scope["path"] in self.file_paths:
-            bound = self.max_task_file_bytes
-            if await self._upload_refused(scope, headers, receive, send, bound):
-                return
-            held = int(headers["content-length"])
-        else:  # loads a stored upload: as much as a task may have stored
-            held = self.max_task_file_bytes
+        bound = self.max_task_file_bytes
+        if scope["path"] in self.file_paths and await self._upload_refused(
+            scope, headers, receive, send, bound
+        ):
+            return
         if self.tasks_in_flight >= self.max_tasks:
             await self._busy(scope, receive, send, f"{self.max_tasks} file tasks in progress")
-            return
-        if self.bytes_in_flight + held > self.body_budget:
-            await self._busy(scope, receive, send, "the request bodies in flight fill memory")
             return
         # A task runs in the background of its /submit answer (a starlette BackgroundTask),
         # which the server awaits within this call: it counts until the task has ended.
         self.tasks_in_flight += 1
-        self.bytes_in_flight += held
         try:
             await self.app(scope, receive, send)
         finally:
             self.tasks_in_flight -= 1
-            self.bytes_in_flight -= held
 
     async def _upload_refused(
         self, scope: Scope, headers: Headers, receive: Receive, send: Send, bound: int
