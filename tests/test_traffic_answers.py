@@ -21,7 +21,9 @@ entered = threading.Event()
 never = threading.Event()
 
 
-@bentoml.service(traffic={"timeout": 1, "max_concurrency": 1})
+# No metrics: BentoML registers its Prometheus series once per process, and the
+# session's own entry app (conftest.py) has them.
+@bentoml.service(traffic={"timeout": 1, "max_concurrency": 1}, metrics={"enabled": False})
 class Stalled:
     @bentoml.api
     def wait(self) -> dict[str, Any]:
