@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import bentoml
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
@@ -28,12 +29,14 @@ from keyed_serving.chunking import cut
 from keyed_serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
 from keyed_serving.file_scoring import InvalidFile, score_file
 from keyed_serving.http import (
+    AnswerStamp,
     ApiPage,
     EntryGate,
     GetAlias,
     OpenInferenceRoutes,
     RefinedDocs,
     RequestIdFilter,
+    add_outermost,
     bind_apis_once,
     error_response,
 )
@@ -77,6 +80,8 @@ settings = get_settings()
 MODEL_TAG = served_model_tag(settings.model_tag)
 # BentoML routes a task at its path (run now) and at /submit (run in the background).
 FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
+# Task operations that hold or load a whole upload in memory (BentoML's task store).
+TASK_PATHS = ("/predict_file_task/submit", "/predict_file_task/retry", "/predict_file_task/get")
 
 
 # Tracing and access logs cost more than the rest of a small request (measured: a no-op
@@ -354,8 +359,10 @@ class KeyedPrediction:
             "X-Failed": str(summary.failed),
         }
         media_type = MEDIA_TYPES[format_of(target)]
-        if in_memory:  # a task's result is stored by BentoML, not streamed from this file
-            content = target.read_bytes()
+        if in_memory:
+            # A task's answer is consumed by BentoML's task store with a scope that has no
+            # method, which a FileResponse cannot be sent with: the bytes, read off the loop.
+            content = await anyio.to_thread.run_sync(target.read_bytes)
             shutil.rmtree(work, ignore_errors=True)
             return Response(content, media_type=media_type, headers=headers)
         return FileResponse(
@@ -438,15 +445,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# Starlette runs the first middleware added outermost: the gate sees every request first.
+# Starlette runs the first middleware added outermost: the gate sees every request first
+# after BentoML's own traffic middlewares, and the stamp wraps them all.
 GATE = {
     "api_token": settings.api_token,
     "max_body_bytes": settings.max_body_bytes,
     "max_concurrency": settings.max_concurrency,
     "retry_after_s": settings.retry_after_s,
+    "body_budget_bytes": settings.body_budget_bytes,
+    "max_body_values": settings.max_body_values,
     "file_paths": FILE_PATHS,
     "max_file_bytes": settings.max_file_bytes,
+    "task_paths": TASK_PATHS,
+    "max_tasks": settings.max_tasks,
+    "max_task_file_bytes": settings.max_task_file_bytes,
 }
+add_outermost(KeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
 KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from keyed_serving.chunking import cut
 from keyed_serving.dispatch import Coalescer, send_blocks
-from keyed_serving.http import EntryGate, bind_apis_once, error_response
+from keyed_serving.http import AnswerStamp, EntryGate, add_outermost, bind_apis_once, error_response
 from keyed_serving.model import ModelSpec
 from keyed_serving.validate import InvalidRequest, validate_request
 from service import GATE, MODEL_TAG, QUIET, ModelRunner, PredictRequest, settings
@@ -81,4 +81,5 @@ class UnkeyedPrediction:
 
 
 # The same gate as the keyed entry (request ids, limits): the variants differ in keys only.
+add_outermost(UnkeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
 UnkeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]

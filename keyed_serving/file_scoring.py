@@ -7,9 +7,13 @@ held whole. Every key comes back: predicted, or with its reason in the ``error``
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from anyio import to_thread
 
 from keyed_serving.answers import row_answer
 from keyed_serving.model import ModelSpec
@@ -74,32 +78,63 @@ async def score_file(
     predict_batch: PredictBatch,
     batch_rows: int,
 ) -> FileSummary:
-    check_file(source, key, keep, spec)
-    names = spec.feature_names
-    writer = TableWriter(target)
+    """Scores ``source`` into ``target``. Reading, validating and writing run in worker
+    threads, a batch at a time: on the event loop they stalled every other request of the
+    entry for as long as a file took. Only the predictions run on the loop."""
+    await to_thread.run_sync(check_file, source, key, keep, spec)
+    writer = await to_thread.run_sync(TableWriter, target)
+    batches = iter_batches(source, batch_rows, key)
     rows = predicted = 0
     try:
-        for batch in iter_batches(source, batch_rows, key):
-            keys = check_keys(batch[key].tolist())
-            convert = {
-                f.name: number_or_as_is if f.type == "number" else json_value for f in spec.features
-            }
-            columns = {n: [convert[n](value) for value in batch[n].tolist()] for n in names}
-            try:
-                valid = validate_request(
-                    {"keys": keys, "columns": columns, "errors": "per_instance"},
-                    spec,
-                    max_instances=max(len(keys), 1),
-                )
-            except InvalidRequest as exc:
-                raise InvalidFile(f"{exc.summary}: {exc.details[0].msg}") from None
+        while True:
+            prepared = await to_thread.run_sync(_next_batch, batches, key, spec)
+            if prepared is None:
+                break
+            batch, keys, valid = prepared
             scored = await predict_batch(valid)
-            dumped = row_answer(valid, scored, spec.classes)
-            writer.write(
-                scored_table(keys, dumped, key, spec.classes, batch[list(keep)], error_column=True)
+            predicted += await to_thread.run_sync(
+                _write_batch, writer, batch, keys, valid, scored, key, keep, spec
             )
             rows += len(keys)
-            predicted += sum(1 for entry in dumped if "error" not in entry)
     finally:
         writer.close()
     return FileSummary(rows=rows, predicted=predicted, failed=rows - predicted)
+
+
+def _next_batch(
+    batches: Iterator[pd.DataFrame], key: str, spec: ModelSpec
+) -> tuple[pd.DataFrame, list[Any], ValidBatch] | None:
+    """The next batch of the file, read and validated; None at its end."""
+    batch = next(batches, None)
+    if batch is None:
+        return None
+    keys = check_keys(batch[key].tolist())
+    convert = {f.name: number_or_as_is if f.type == "number" else json_value for f in spec.features}
+    columns = {n: [convert[n](value) for value in batch[n].tolist()] for n in spec.feature_names}
+    try:
+        valid = validate_request(
+            {"keys": keys, "columns": columns, "errors": "per_instance"},
+            spec,
+            max_instances=max(len(keys), 1),
+        )
+    except InvalidRequest as exc:
+        raise InvalidFile(f"{exc.summary}: {exc.details[0].msg}") from None
+    return batch, keys, valid
+
+
+def _write_batch(
+    writer: TableWriter,
+    batch: pd.DataFrame,
+    keys: list[Any],
+    valid: ValidBatch,
+    scored: Scored,
+    key: str,
+    keep: Sequence[str],
+    spec: ModelSpec,
+) -> int:
+    """Appends a scored batch to the file; how many of its rows were predicted."""
+    dumped = row_answer(valid, scored, spec.classes)
+    writer.write(
+        scored_table(keys, dumped, key, spec.classes, batch[list(keep)], error_column=True)
+    )
+    return sum(1 for entry in dumped if "error" not in entry)

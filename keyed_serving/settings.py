@@ -62,8 +62,23 @@ class Settings(BaseSettings):
     # The entry's own bounds (per worker). See README "Limits" for how they were chosen.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_concurrency: int = Field(default=128, ge=1)
+    # JSON values (array items and containers) per body: 64 MiB of `{},{},...` decoded
+    # into 1.5 GB of dicts, 64 MiB of small numbers into 0.5-0.65 GB (measured); this
+    # bounds a body's decoded size whatever its bytes. 100,000 instances of 36 features.
+    max_body_values: int = Field(default=4_000_000, ge=1000)
+    # Request bodies held in memory at once (per worker): past it 429 + Retry-After. An
+    # admitted body costs about 7 times its bytes at its peak (decoded, validated,
+    # answered): with 64 MiB the entry peaked at 525-668 MB and the whole server at
+    # 1.0-1.2 GB under 8 concurrent maximum-size bodies; unbounded, at 1.9 and 2.4 GB,
+    # past the Deployment's 2 GiB (bench/memory_burst.md).
+    body_budget_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # /predict_file uploads are streamed to disk, not held in memory: a larger bound.
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    # /predict_file_task/submit uploads are held in memory by BentoML's task store (with a
+    # base64 and a JSON copy), and /get and /retry load them again: a smaller bound, and
+    # few tasks at once.
+    max_task_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_tasks: int = Field(default=2, ge=1)
     file_batch_rows: int = Field(default=20_000, ge=1)
     api_token: str | None = Field(
         default=None,

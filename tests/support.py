@@ -190,8 +190,10 @@ class Server:
         psutil.wait_procs(family, timeout=10)
         self.process.wait(timeout=10)
         # The drain lock a graceful runner would have removed (keyed_serving.lifecycle).
-        lock = Path(tempfile.gettempdir()) / f"keyed-serving-{self.process.pid}.entry.lock"
-        lock.unlink(missing_ok=True)
+        from keyed_serving.lifecycle import lock_path
+
+        base = Path(os.environ.get("XDG_RUNTIME_DIR") or self.home)
+        lock_path(self.process.pid, base).unlink(missing_ok=True)
 
     def print_log(self) -> None:
         self.log.seek(0)

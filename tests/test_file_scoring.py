@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -12,6 +15,8 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 from support import own_predictions, served
+
+from keyed_serving import file_scoring
 
 FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 
@@ -120,3 +125,51 @@ def test_the_task_variant_scores_a_file_in_the_background(default_model: str) ->
     scored = decode(result.content, ".csv")
     assert scored["id"].tolist() == frame["id"].tolist()
     assert scored["prediction"].tolist() == own_predictions(default_model, frame)
+
+
+def test_predict_is_answered_while_a_file_is_being_scored(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reading, answered = threading.Event(), threading.Event()
+    predict_answered_meanwhile: list[bool] = []
+    read_the_file = file_scoring.iter_batches
+
+    def a_slow_read(*args: Any, **kwargs: Any) -> Iterator[pd.DataFrame]:
+        reading.set()
+        # Hang guard only: with the file read on the event loop, /predict waits for this.
+        predict_answered_meanwhile.append(answered.wait(timeout=30))
+        yield from read_the_file(*args, **kwargs)
+
+    monkeypatch.setattr(file_scoring, "iter_batches", a_slow_read)
+    with ThreadPoolExecutor(1) as pool:
+        scored = pool.submit(upload, client, encode(flowers(300), ".csv"), "f.csv", key="id")
+        assert reading.wait(timeout=60)
+        features = flowers(1).drop(columns=["id", "shelf"]).iloc[0].to_dict()
+        predicted = client.post("/predict", json={"instances": [{"key": 1, "features": features}]})
+        answered.set()
+        assert predicted.status_code == 200
+        assert scored.result(timeout=60).status_code == 200
+    assert predict_answered_meanwhile == [True]
+
+
+@pytest.mark.slow
+def test_a_second_task_is_refused_with_429_while_the_first_runs(default_model: str) -> None:
+    big = encode(flowers(100_000, seed=4), ".csv")
+    with (
+        served(MODEL_TAG=default_model, KEYED_MAX_TASKS="1") as url,
+        httpx.Client(base_url=url, timeout=120) as http,
+    ):
+        first = http.post(
+            "/predict_file_task/submit", data={"key": "id"}, files={"file": ("a.csv", big)}
+        )
+        assert first.status_code == 200, first.text
+        task_id = first.json()["task_id"]
+        status = http.get("/predict_file_task/status", params={"task_id": task_id})
+        second = http.post(
+            "/predict_file_task/submit", data={"key": "id"}, files={"file": ("b.csv", b"id\n")}
+        )
+        retried = http.post("/predict_file_task/retry", params={"task_id": task_id})
+        after = http.get("/predict_file_task/status", params={"task_id": task_id})
+        assert status.json()["status"] == after.json()["status"] == "in_progress"
+        assert second.status_code == retried.status_code == 429
+        assert second.headers["retry-after"] and retried.headers["retry-after"]

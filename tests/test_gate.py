@@ -8,16 +8,20 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from keyed_serving.http import EntryGate
+from keyed_serving.http import AnswerStamp, EntryGate
 
 TOKEN = "s3cret-token-value"
 
 
-def app_behind_gate(**options: Any) -> tuple[Any, asyncio.Event]:
+def app_behind_gate(**options: Any) -> tuple[Stamped, asyncio.Event]:
     release = asyncio.Event()
 
     async def echo(request: Request) -> JSONResponse:
@@ -45,7 +49,20 @@ def app_behind_gate(**options: Any) -> tuple[Any, asyncio.Event]:
         "retry_after_s": 2,
         **options,
     }
-    return EntryGate(inner, **settings), release
+    gate = EntryGate(inner, **settings)
+    return Stamped(gate, retry_after_s=settings["retry_after_s"]), release
+
+
+class Stamped(AnswerStamp):
+    """The entry's layers as service.py stacks them, the gate's counters in reach."""
+
+    def __init__(self, gate: EntryGate, retry_after_s: int) -> None:
+        super().__init__(gate, retry_after_s=retry_after_s)
+        self.gate = gate
+
+    @property
+    def in_flight(self) -> int:
+        return self.gate.in_flight
 
 
 async def call(app: Any, method: str = "POST", path: str = "/predict", **kwargs: Any) -> Any:
@@ -167,3 +184,179 @@ def test_a_body_that_is_not_json_is_refused_before_it_is_read() -> None:
     response = run(app, content=chunks(), headers={"content-type": "application/octet-stream"})
     assert response.status_code == 415
     assert len(pulled) < 100
+
+
+def test_a_cors_preflight_passes_the_token_check_and_nothing_else_does() -> None:
+    inner, _ = app_behind_gate()
+    app = Stamped(
+        EntryGate(
+            CORSMiddleware(
+                inner.gate.app, allow_origins=["https://ui.example"], allow_methods=["*"]
+            ),
+            api_token=TOKEN,
+            max_body_bytes=1000,
+            max_concurrency=4,
+            retry_after_s=2,
+        ),
+        retry_after_s=2,
+    )
+    origin = {"origin": "https://ui.example"}
+    preflight = run(app, "OPTIONS", headers={**origin, "access-control-request-method": "POST"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://ui.example"
+    assert run(app, "OPTIONS", headers=origin).status_code == 401  # not a preflight
+    assert run(app, json={}, headers=origin).status_code == 401
+
+
+def test_a_websocket_without_the_token_is_refused() -> None:
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("in")
+        await websocket.close()
+
+    gate = EntryGate(
+        Starlette(routes=[WebSocketRoute("/ws", echo)]),
+        api_token=TOKEN,
+        max_body_bytes=1000,
+        max_concurrency=4,
+        retry_after_s=2,
+    )
+    client = TestClient(Stamped(gate, retry_after_s=2))
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            client.websocket_connect("/ws", headers=headers) as socket,
+        ):
+            socket.receive_text()
+        assert refused.value.code == 1008
+    with client.websocket_connect("/ws", headers={"authorization": f"Bearer {TOKEN}"}) as socket:
+        assert socket.receive_text() == "in"
+
+
+def held_bodies(app_and_release: tuple[Stamped, asyncio.Event], sizes: list[int], then: Any) -> Any:
+    """Holds requests with bodies of ``sizes`` inside the app, then awaits ``then(app)``."""
+    app, release = app_and_release
+
+    async def scenario() -> Any:
+        held = [
+            asyncio.create_task(call(app, params={"wait": 1}, content=b" " * size, headers=JSON))
+            for size in sizes
+        ]
+        while app.in_flight < len(sizes):
+            await asyncio.sleep(0)
+        try:
+            return await then(app)
+        finally:
+            release.set()
+            await asyncio.gather(*held)
+
+    return asyncio.run(scenario())
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_bodies_past_the_memory_budget_get_429_with_retry_after() -> None:
+    app = app_behind_gate(max_body_bytes=1000, body_budget_bytes=2500)
+
+    async def more(app: Any) -> list[httpx.Response]:
+        fits = await call(app, content=b" " * 500, headers=JSON)
+        spent = await call(app, content=b" " * 600, headers=JSON)
+        return [fits, spent]
+
+    fits, spent = held_bodies(app, [1000, 1000], more)
+    assert fits.status_code == 200
+    assert spent.status_code == 429 and spent.headers["retry-after"] == "2"
+    assert app[0].gate.bytes_in_flight == 0
+
+
+def test_a_body_of_undeclared_length_is_counted_as_it_arrives() -> None:
+    app = app_behind_gate(max_body_bytes=1000, body_budget_bytes=2500)
+
+    async def streamed(app: Any) -> httpx.Response:
+        async def chunks() -> Any:
+            for _ in range(4):
+                yield b" " * 200
+
+        return await call(app, content=chunks(), headers=JSON)
+
+    refused = held_bodies(app, [1000, 1000], streamed)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+    assert app[0].gate.bytes_in_flight == 0
+
+
+def test_a_body_larger_than_the_whole_budget_is_413_not_429() -> None:
+    app, _ = app_behind_gate(max_body_bytes=1000, body_budget_bytes=600)
+    assert run(app, content=b" " * 700, headers=JSON).status_code == 413
+    assert run(app, content=b" " * 500, headers=JSON).status_code == 200
+
+
+def task_app(**options: Any) -> tuple[Stamped, asyncio.Event]:
+    """A stand-in for BentoML's task routes: /submit answers at once and runs the task in
+    the background of its answer, as starlette's BackgroundTask does."""
+    finish = asyncio.Event()
+
+    async def submit(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"task_id": "t"}, background=BackgroundTask(finish.wait))
+
+    async def get(request: Request) -> JSONResponse:
+        return JSONResponse({"result": "r"})
+
+    inner = Starlette(
+        routes=[
+            Route("/task/submit", submit, methods=["POST"]),
+            Route("/task/retry", submit, methods=["POST"]),
+            Route("/task/get", get),
+            Route("/predict", get, methods=["POST"]),
+        ]
+    )
+    settings = {
+        "api_token": None,
+        "max_body_bytes": 1000,
+        "max_concurrency": 8,
+        "retry_after_s": 2,
+        "body_budget_bytes": 10_000,
+        "file_paths": ["/task/submit"],
+        "max_file_bytes": 100_000,
+        "task_paths": ["/task/submit", "/task/retry", "/task/get"],
+        "max_tasks": 1,
+        "max_task_file_bytes": 3000,
+        **options,
+    }
+    return Stamped(EntryGate(inner, **settings), retry_after_s=2), finish
+
+
+def form(size: int) -> dict[str, Any]:
+    return {"files": {"file": ("f.csv", b"x" * size)}}
+
+
+def test_file_tasks_past_their_limit_get_429_until_the_running_one_ends() -> None:
+    app, finish = task_app()
+    assert asyncio.run(scenario_with_running_task(app, finish)) == [200, 429, 429, 429, 200]
+
+
+async def scenario_with_running_task(app: Stamped, finish: asyncio.Event) -> list[int]:
+    first = asyncio.create_task(call(app, path="/task/submit", **form(100)))
+    while app.gate.tasks_in_flight < 1:
+        await asyncio.sleep(0)
+    statuses = []
+    for method, path, kwargs in (
+        ("POST", "/task/submit", form(100)),
+        ("POST", "/task/retry", {}),
+        ("GET", "/task/get", {}),
+    ):
+        refused = await call(app, method, path, **kwargs)
+        if refused.status_code == 429:
+            assert refused.headers["retry-after"] == "2"
+        statuses.append(refused.status_code)
+    finish.set()
+    statuses.insert(0, (await first).status_code)
+    statuses.append((await call(app, "GET", "/task/get")).status_code)
+    assert app.gate.tasks_in_flight == 0 and app.gate.bytes_in_flight == 0
+    return statuses
+
+
+def test_a_task_upload_over_its_own_bound_gets_413() -> None:
+    app, _ = task_app()
+    assert run(app, path="/task/submit", **form(5000)).status_code == 413
