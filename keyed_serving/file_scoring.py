@@ -18,10 +18,9 @@ from keyed_serving.tables import (
     TableWriter,
     check_keys,
     columns_of,
+    feature_values,
     format_of,
     iter_batches,
-    json_value,
-    number_or_as_is,
     read_keys,
     scored_table,
 )
@@ -74,16 +73,14 @@ async def score_file(
     batch_rows: int,
 ) -> FileSummary:
     check_file(source, key, keep, spec)
-    names = spec.feature_names
     writer = TableWriter(target)
     rows = predicted = 0
     try:
         for batch in iter_batches(source, batch_rows, key):
             keys = check_keys(batch[key].tolist())
-            convert = {
-                f.name: number_or_as_is if f.type == "number" else json_value for f in spec.features
+            columns = {
+                f.name: feature_values(batch[f.name].tolist(), f.type) for f in spec.features
             }
-            columns = {n: [convert[n](value) for value in batch[n].tolist()] for n in names}
             try:
                 valid = validate_request(
                     {"keys": keys, "columns": columns, "errors": "per_instance"},
@@ -95,7 +92,9 @@ async def score_file(
             scored = await predict_batch(valid)
             dumped = row_answer(valid, scored, spec.classes)
             writer.write(
-                scored_table(keys, dumped, key, spec.classes, batch[list(keep)], error_column=True)
+                scored_table(
+                    {key: keys}, dumped, spec.classes, batch[list(keep)], error_column=True
+                )
             )
             rows += len(keys)
             predicted += sum(1 for entry in dumped if "error" not in entry)
