@@ -248,8 +248,13 @@ class KeyedClient:
                     response.raise_for_status()
                     return dict(response.json())
                 except (httpx.HTTPError, TimeoutError, ValueError) as exc:
-                    errors.append(f"{url}: {type(exc).__name__}: {exc}")
+                    errors.append(f"{url}: {self._failure(exc)}")
         raise ConnectionError(f"no server answered /model_info: {errors}")
+
+    def _failure(self, exc: Exception) -> str:
+        if isinstance(exc, TimeoutError):  # the deadline's own error says nothing
+            return f"Timeout: no complete answer within {self.timeout_s:g} s"
+        return f"{type(exc).__name__}: {exc}"
 
     def _http(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.concurrency * 2)
@@ -365,7 +370,7 @@ class KeyedClient:
         except (httpx.HTTPError, TimeoutError) as exc:
             # The server did not answer: keep the work away from it for a while.
             _cool_down(server)
-            chunk.last_error = f"{server.url}: {type(exc).__name__}: {exc}"
+            chunk.last_error = f"{server.url}: {self._failure(exc)}"
             return "retry"
         server.failures = 0
         if response.status_code == 200:
