@@ -117,7 +117,7 @@ def completed_keys(out: Path, names: Sequence[str]) -> set[tuple[str, ...]]:
     )
     kept = answered & ~texts.duplicated()
     if not kept.all():
-        staging = out.with_name(out.name + ".resume")
+        staging = out.with_name(f"{out.stem}.resume{out.suffix}")
         writer = TableWriter(staging)
         try:
             writer.write(frame[kept])

@@ -229,7 +229,7 @@ def test_a_server_that_accepts_and_never_answers_times_out() -> None:
         with pytest.raises(ConnectionError, match="Timeout"):
             client.model_info()
         client._info = INFO
-        scored, failed = run_bounded(client, table(5), "id")
+        _, failed = run_bounded(client, table(5), "id")
     assert len(failed) == 5 and "Timeout" in failed["row-0"]
 
 
