@@ -113,11 +113,7 @@ def score_frame(
     of longs would have reached pandas as floats)."""
     spec = model.spec
     names = [key] if isinstance(key, str) else list(key)
-    parts = [[key_from_cell(cell) for cell in batch[name].tolist()] for name in names]
-    for name, cells in zip(names, parts, strict=True):
-        unusable = find_key_problems(cells).unusable
-        if unusable:
-            raise ValueError(f"key column {name!r}: {len(unusable)} unusable, {unusable[0][1]}")
+    parts = [_usable_keys(batch[name].tolist(), name) for name in names]
     keys = parts[0] if len(names) == 1 else list(zip(*parts, strict=True))
     columns = {name: batch[name].tolist() for name in spec.feature_names}
     predicted = model.predict_columns(columns)
@@ -134,6 +130,19 @@ def score_frame(
     for column in keep:
         out[column] = batch[column].to_numpy()
     return pd.DataFrame(out)
+
+
+def _usable_keys(cells: list[Any], name: str) -> list[Any]:
+    """A batch's key column as keys, refused if one is unusable (the driver's check makes
+    that a guard only). Strings and integers are checked as they are, in C; only other
+    cells (decimals) go through ``key_from_cell``."""
+    if not find_key_problems(cells).unusable:
+        return cells
+    cells = [key_from_cell(cell) for cell in cells]
+    unusable = find_key_problems(cells).unusable
+    if unusable:
+        raise ValueError(f"key column {name!r}: {len(unusable)} unusable, {unusable[0][1]}")
+    return cells
 
 
 def output_schema(
