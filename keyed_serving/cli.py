@@ -13,8 +13,9 @@ position, written to the output as a first column "row".
 
 Exit status 0 only when every key is answered; 1 when some keys failed, with one line per
 failed key in OUTPUT.errors.jsonl; 2 when the input cannot be scored (unusable or
-duplicate keys, a missing column), before anything is sent; 3 when the run stopped on an
-unexpected error: what was scored until then is in OUTPUT, and --resume continues.
+duplicate keys, a missing column, no server answering), before anything is sent; 3 when
+the run stopped on an unexpected error: what was scored until then is in OUTPUT, and
+--resume continues.
 --resume skips the keys OUTPUT already holds answered, after removing any row an
 interrupted run left half written.
 """
@@ -155,14 +156,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"{out}; score into a new output instead of --resume"
                 )
             done = completed_keys(out, names)
-    except (InvalidKeys, ValueError, FileNotFoundError) as exc:
+        client = KeyedClient(
+            args.url, token=args.token, chunk_rows=args.chunk_size, concurrency=args.concurrency
+        )
+        features = [f["name"] for f in client.model_info()["features"]]
+        absent = [n for n in features if n not in present]
+        if absent:
+            raise ValueError(f"{args.input} lacks the model's features {absent}")
+    except (InvalidKeys, ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"keyed-score: {exc}; nothing was sent", file=sys.stderr)
         return 2
 
     to_score = sum(1 for k in keys if key_as_text(k) not in done)
-    client = KeyedClient(
-        args.url, token=args.token, chunk_rows=args.chunk_size, concurrency=args.concurrency
-    )
     started = time.monotonic()
     failed: dict[Any, str] = {}
     stopped: ScoringStopped | None = None

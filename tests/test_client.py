@@ -268,3 +268,19 @@ def test_a_table_without_a_key_column_is_keyed_by_its_rows() -> None:
     scored = fleet.client(chunk_rows=10).score(frame, key="@row", keep=["region"])
     assert scored["row"].tolist() == list(range(25))
     assert scored["region"].tolist() == frame["region"].tolist()
+
+
+def test_a_retry_after_of_a_day_is_capped_not_obeyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("keyed_serving.client.MAX_PAUSE_S", 0.2)  # a day, in test time
+    calls = Counter[str]()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls["predict"] += 1
+        if calls["predict"] == 1:
+            return httpx.Response(503, json={"error": "busy"}, headers={"Retry-After": "86400"})
+        return Fleet(a="ok").handle(request)
+
+    client = KeyedClient(["http://a"], transport=httpx.MockTransport(handle))
+    client._info = INFO
+    scored, failed = run_bounded(client, table(10), "id")
+    assert failed == {} and len(scored) == 10 and calls["predict"] == 2
