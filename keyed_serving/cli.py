@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keyed-score: {exc}; nothing was sent", file=sys.stderr)
         return 2
 
-    to_score = sum(1 for k in keys if key_as_text(k) not in done)
+    to_score = sum(1 for k in keys if key_as_text(k) not in done) if done else len(keys)
     started = time.monotonic()
     failed: dict[Any, str] = {}
     stopped: ScoringStopped | None = None
@@ -195,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                 if row_keyed:
                     batch = with_row_numbers(batch, first_row)
                     first_row += len(batch)
-                fresh = [key_as_text(k) not in done for k in batch_keys(batch, names)]
-                batch = batch[fresh]
-                if batch.empty:
-                    continue
+                if done:
+                    fresh = [key_as_text(k) not in done for k in batch_keys(batch, names)]
+                    batch = batch[fresh]
+                    if batch.empty:
+                        continue
                 try:
                     scored, batch_failed = asyncio.run(
                         client.ascore(batch, names, keep, on_progress=advance)
