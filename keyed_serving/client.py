@@ -2,13 +2,21 @@
 
     client = KeyedClient(["http://10.0.0.5:3000", "http://10.0.0.6:3000"])
     scored = client.score(frame, key="customer_id", keep=["region"])
+    scored = client.score(frame, key=["region", "customer_id"])  # a key of two columns
+    scored = client.score(frame, key="@row")  # no key column: rows by position ("row")
 
 The client knows only the wire format. It cuts the input into chunks (bounded in rows and
 bytes), sends them concurrently to the least-loaded server that is not cooling down,
 honours 429/503 ``Retry-After``, moves work off a server that stops answering, and asks
 for per-instance errors so that only the keys that really failed are reported. Every
 answer is checked: the keys that come back must be the keys sent, in order, each once.
-Keys must be unique across the whole input (that is what makes any split safe).
+Keys must be unique across the whole input (that is what makes any split safe). A key of
+several columns (or ``@row``) is sent as the row's position in the input, which maps back
+exactly; the output carries every key column's own values.
+
+No path waits forever: each request has an overall deadline (``timeout_s``), a server's
+Retry-After is capped, and an unexpected error in the client itself stops the run at once
+(``ScoringStopped``, with the rows scored until then).
 """
 
 from __future__ import annotations
@@ -26,30 +34,64 @@ import httpx
 import orjson
 import pandas as pd
 
+from keyed_serving.keys import Key, typed
 from keyed_serving.tables import (
+    ROW_KEY,
     InvalidKeys,
+    check_key_columns,
     check_keys,
-    json_value,
-    number_or_as_is,
+    feature_values,
+    key_columns,
     scored_table,
+    with_row_numbers,
 )
 
-Key = str | int
-__all__ = ["InvalidKeys", "KeyedClient", "ScoringError", "check_keys"]
+__all__ = ["InvalidKeys", "KeyedClient", "ScoringError", "ScoringStopped", "check_keys"]
 # Answers that mean "this server is busy or unwell for now": try again, maybe elsewhere.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A Retry-After longer than this is taken as this: a server's hint must not park a run.
+MAX_PAUSE_S = 60.0
 
 
 class ScoringError(Exception):
     """Some keys could not be scored. ``failed`` maps each to its reason; ``partial`` holds
     the rows that were scored, in input order."""
 
-    def __init__(self, failed: dict[Key, str], partial: pd.DataFrame | list[dict[str, Any]]):
+    def __init__(self, failed: dict[Any, str], partial: pd.DataFrame | list[dict[str, Any]]):
         self.failed = failed
         self.partial = partial
         shown = ", ".join(f"{k!r}: {v}" for k, v in list(failed.items())[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         super().__init__(f"{len(failed)} key(s) could not be scored: {shown}{more}")
+
+
+class ScoringStopped(Exception):
+    """The run stopped on an unexpected error in the client (a value it cannot send, a
+    bug): ``cause`` says which. ``partial`` holds the rows scored before it, in input order;
+    ``failed`` the keys that had failed; the other keys were not scored."""
+
+    def __init__(
+        self,
+        cause: BaseException,
+        failed: dict[Any, str],
+        partial: pd.DataFrame | list[dict[str, Any]],
+    ):
+        self.cause = cause
+        self.failed = failed
+        self.partial = partial
+        super().__init__(
+            f"scoring stopped on an unexpected error in the client: {type(cause).__name__}: {cause}"
+        )
+
+
+class _Stopped(Exception):
+    """A worker's unexpected error, with the positions answered and failed until then."""
+
+    def __init__(
+        self, cause: BaseException, answered: dict[int, dict[str, Any]], failed: dict[int, str]
+    ):
+        super().__init__(str(cause))
+        self.cause, self.answered, self.failed = cause, answered, failed
 
 
 @dataclass
@@ -103,7 +145,12 @@ class KeyedClient:
         """Entries for ``[{"key", "features"}, ...]``, in input order; raises
         ``ScoringError`` (with the scored entries as ``partial``) if some keys failed."""
         check_keys([i["key"] for i in instances])
-        answered, failed = asyncio.run(self._score_instances(list(instances)))
+        try:
+            answered, failed = asyncio.run(self._score_instances(list(instances)))
+        except _Stopped as stopped:
+            entries = [stopped.answered[p] for p in sorted(stopped.answered)]
+            reasons = {instances[p]["key"]: r for p, r in stopped.failed.items()}
+            raise ScoringStopped(stopped.cause, reasons, entries) from stopped.cause
         entries = [answered[p] for p in range(len(instances)) if p in answered]
         if failed:
             raise ScoringError({instances[p]["key"]: r for p, r in failed.items()}, entries)
@@ -112,12 +159,15 @@ class KeyedClient:
     def score(
         self,
         frame: pd.DataFrame,
-        key: str,
+        key: str | Sequence[str],
         keep: Sequence[str] = (),
         on_progress: Callable[[int], None] | None = None,
     ) -> pd.DataFrame:
-        """The frame's rows scored: the key column, ``prediction``, one ``probability_<class>``
-        column per class (classifiers), and the ``keep`` columns, in input order."""
+        """The frame's rows scored: the key column(s), ``prediction``, one
+        ``probability_<class>`` column per class (classifiers), and the ``keep`` columns, in
+        input order. ``key`` is a column, a list of columns (a key of several parts: a
+        failed key is then reported as a tuple), or ``"@row"``: the rows' 0-based positions
+        in ``frame``, in a first column ``row``."""
         scored, failed = asyncio.run(self.ascore(frame, key, keep, on_progress))
         if failed:
             raise ScoringError(failed, scored)
@@ -128,54 +178,83 @@ class KeyedClient:
     async def ascore(
         self,
         frame: pd.DataFrame,
-        key: str,
+        key: str | Sequence[str],
         keep: Sequence[str] = (),
         on_progress: Callable[[int], None] | None = None,
-    ) -> tuple[pd.DataFrame, dict[Key, str]]:
-        """(scored rows in input order, reasons of the keys that failed)."""
-        if key not in frame.columns:
-            raise ValueError(f"no key column {key!r} in {list(frame.columns)}")
+    ) -> tuple[pd.DataFrame, dict[Any, str]]:
+        """(scored rows in input order, reasons of the keys that failed). Raises
+        ``ScoringStopped`` (with the rows scored so far) on an unexpected error."""
+        names = key_columns(key)
+        if key == ROW_KEY:
+            frame = with_row_numbers(frame)
+        absent_keys = [n for n in names if n not in frame.columns]
+        if absent_keys:
+            raise ValueError(f"no key column {absent_keys[0]!r} in {list(frame.columns)}")
         missing_keep = [c for c in keep if c not in frame.columns]
         if missing_keep:
             raise ValueError(f"columns to keep not in the input: {missing_keep}")
-        keys = check_keys(frame[key].tolist())
+        # One key column: its keys go on the wire as they are. Several: the row's position
+        # stands for the tuple on the wire, and the tuple comes back in the output.
+        wire_keys: list[Key]
+        if len(names) == 1:
+            wire_keys = check_keys(frame[names[0]].tolist())
+            labels: list[Any] = list(wire_keys)
+        else:
+            labels = list(check_key_columns({n: frame[n].tolist() for n in names}))
+            wire_keys = list(range(len(labels)))
         info = self._info or await self._model_info()
         self._info = info
-        names = [f["name"] for f in info["features"]]
-        absent = [n for n in names if n not in frame.columns]
+        features = info["features"]
+        absent = [f["name"] for f in features if f["name"] not in frame.columns]
         if absent:
             raise ValueError(f"the input lacks the model's features {absent}")
-        columns = {n: frame[n].tolist() for n in names}
-        convert = {
-            f["name"]: number_or_as_is if f["type"] == "number" else json_value
-            for f in info["features"]
+        columns = {
+            f["name"]: feature_values(frame[f["name"]].tolist(), f["type"]) for f in features
         }
         instances = [
-            {"key": k, "features": {n: convert[n](columns[n][row]) for n in names}}
-            for row, k in enumerate(keys)
+            {"key": k, "features": {n: values[row] for n, values in columns.items()}}
+            for row, k in enumerate(wire_keys)
         ]
-        answered, failed = await self._score_instances(instances, on_progress)
-        positions = sorted(answered)
-        table = scored_table(
-            [keys[p] for p in positions],
-            [answered[p] for p in positions],
-            key,
-            info.get("classes"),
-            frame[list(keep)].iloc[positions],
-        )
-        return table, {keys[p]: reason for p, reason in sorted(failed.items())}
+
+        def table(answered: dict[int, dict[str, Any]]) -> pd.DataFrame:
+            positions = sorted(answered)
+            if len(names) == 1:
+                key_values = {names[0]: [labels[p] for p in positions]}
+            else:
+                key_values = {n: [labels[p][i] for p in positions] for i, n in enumerate(names)}
+            return scored_table(
+                key_values,
+                [answered[p] for p in positions],
+                info.get("classes"),
+                frame[list(keep)].iloc[positions],
+            )
+
+        try:
+            answered, failed = await self._score_instances(instances, on_progress)
+        except _Stopped as stopped:
+            reasons = {labels[p]: r for p, r in sorted(stopped.failed.items())}
+            raise ScoringStopped(stopped.cause, reasons, table(stopped.answered)) from (
+                stopped.cause
+            )
+        return table(answered), {labels[p]: reason for p, reason in sorted(failed.items())}
 
     async def _model_info(self) -> dict[str, Any]:
         errors = []
         async with self._http() as http:
             for url in self.urls:
                 try:
-                    response = await http.get(f"{url}/model_info")
+                    async with asyncio.timeout(self.timeout_s):
+                        response = await http.get(f"{url}/model_info")
                     response.raise_for_status()
                     return dict(response.json())
-                except httpx.HTTPError as exc:
-                    errors.append(f"{url}: {exc}")
+                except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+                    errors.append(f"{url}: {self._failure(exc)}")
         raise ConnectionError(f"no server answered /model_info: {errors}")
+
+    def _failure(self, exc: Exception) -> str:
+        if isinstance(exc, TimeoutError):  # the deadline's own error says nothing
+            return f"Timeout: no complete answer within {self.timeout_s:g} s"
+        return f"{type(exc).__name__}: {exc}"
 
     def _http(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.concurrency * 2)
@@ -216,6 +295,7 @@ class KeyedClient:
                 await asyncio.sleep(min(s.not_before for s in servers) - now)
 
         async def worker(http: httpx.AsyncClient) -> None:
+            # Runs until cancelled; an exception ends it, and with it the run (see below).
             while True:
                 chunk = await queue.get()
                 server = await pick_server()
@@ -242,12 +322,22 @@ class KeyedClient:
 
         async with self._http() as http:
             workers = [asyncio.create_task(worker(http)) for _ in range(self.concurrency)]
+            finished = asyncio.create_task(queue.join())
             try:
-                await queue.join()
+                # A worker only ever ends by raising: its chunk would never be settled and
+                # queue.join() would wait forever, so the first one to end ends the run.
+                await asyncio.wait([finished, *workers], return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in workers:
+                for task in [finished, *workers]:
                     task.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
+                ended = await asyncio.gather(*workers, return_exceptions=True)
+            errors = [
+                e
+                for e in ended
+                if isinstance(e, BaseException) and not isinstance(e, asyncio.CancelledError)
+            ]
+            if errors:
+                raise _Stopped(errors[0], answered, failed)
         unaccounted = set(range(len(instances))) - answered.keys() - failed.keys()
         if unaccounted or answered.keys() & failed.keys():
             raise AssertionError(f"client bookkeeping lost rows {sorted(unaccounted)[:10]}")
@@ -269,19 +359,25 @@ class KeyedClient:
             return "split"
         chunk.attempts += 1
         try:
-            response = await http.post(
-                f"{server.url}/predict",
-                content=body,
-                headers={"content-type": "application/json"},
-            )
-        except httpx.HTTPError as exc:
+            # httpx's timeout bounds each read, not the whole answer: a server that trickles
+            # bytes would hold the chunk for ever without this deadline.
+            async with asyncio.timeout(self.timeout_s):
+                response = await http.post(
+                    f"{server.url}/predict",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
+        except (httpx.HTTPError, TimeoutError) as exc:
             # The server did not answer: keep the work away from it for a while.
             _cool_down(server)
-            chunk.last_error = f"{server.url}: {type(exc).__name__}: {exc}"
+            chunk.last_error = f"{server.url}: {self._failure(exc)}"
             return "retry"
         server.failures = 0
         if response.status_code == 200:
-            entries = _entries(orjson.loads(response.content))
+            try:
+                entries = _entries(orjson.loads(response.content))
+            except orjson.JSONDecodeError:
+                entries = None
             if entries is None or [e["key"] for e in entries] != [i["key"] for i in sent]:
                 # Not to be believed, nor trusted with the retry: as if it had not answered.
                 _cool_down(server)
@@ -296,7 +392,7 @@ class KeyedClient:
         chunk.last_error = f"{server.url}: HTTP {response.status_code}: {response.text[:300]}"
         if response.status_code in RETRY_STATUSES:
             wait = response.headers.get("retry-after", "")
-            pause = float(wait) if wait.replace(".", "", 1).isdigit() else 0.5
+            pause = min(float(wait), MAX_PAUSE_S) if wait.replace(".", "", 1).isdigit() else 0.5
             server.not_before = max(server.not_before, time.monotonic() + pause)
             return "retry"
         if response.status_code == 413 and len(sent) > 1:
@@ -334,14 +430,14 @@ def _entries(answer: Any) -> list[dict[str, Any]] | None:
     try:
         keys, predictions = answer["keys"], answer["predictions"]
         probabilities = answer.get("probabilities")
-        errors = {_typed(e["key"]): e["error"] for e in answer.get("errors", [])}
+        errors = {typed(e["key"]): e["error"] for e in answer.get("errors", [])}
     except (KeyError, TypeError):
         return None
     if len(keys) != len(predictions):
         return None
     entries: list[dict[str, Any]] = []
     for row, (key, prediction) in enumerate(zip(keys, predictions, strict=True)):
-        error = errors.get(_typed(key))
+        error = errors.get(typed(key))
         if error is not None:
             entries.append({"key": key, "error": error})
         elif probabilities is not None:
@@ -357,7 +453,3 @@ def _entries(answer: Any) -> list[dict[str, Any]] | None:
         else:
             entries.append({"key": key, "prediction": prediction})
     return entries
-
-
-def _typed(key: Any) -> tuple[type, Any]:
-    return (type(key), key)

@@ -23,10 +23,9 @@ from keyed_serving.tables import (
     TableWriter,
     check_keys,
     columns_of,
+    feature_values,
     format_of,
     iter_batches,
-    json_value,
-    number_or_as_is,
     read_keys,
     scored_table,
 )
@@ -109,8 +108,7 @@ def _next_batch(
     if batch is None:
         return None
     keys = check_keys(batch[key].tolist())
-    convert = {f.name: number_or_as_is if f.type == "number" else json_value for f in spec.features}
-    columns = {n: [convert[n](value) for value in batch[n].tolist()] for n in spec.feature_names}
+    columns = {f.name: feature_values(batch[f.name].tolist(), f.type) for f in spec.features}
     try:
         valid = validate_request(
             {"keys": keys, "columns": columns, "errors": "per_instance"},
@@ -135,6 +133,6 @@ def _write_batch(
     """Appends a scored batch to the file; how many of its rows were predicted."""
     dumped = row_answer(valid, scored, spec.classes)
     writer.write(
-        scored_table(keys, dumped, key, spec.classes, batch[list(keep)], error_column=True)
+        scored_table({key: keys}, dumped, spec.classes, batch[list(keep)], error_column=True)
     )
     return sum(1 for entry in dumped if "error" not in entry)

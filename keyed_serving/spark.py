@@ -3,13 +3,15 @@ keeping its key and the columns asked for.
 
     from keyed_serving.spark import score_spark
     scored = score_spark(df, key="customer_id", model_tag="churn:latest", keep=["region"])
+    scored = score_spark(df, key=["region", "customer_id"], model_tag="churn:latest")
 
 BentoML's ``bentoml.batch.run_in_spark`` only drives the legacy service API, so this is
 ours. Rows are scored where they are (``mapInPandas``), never moved or reordered across
 machines, and each output row is built from its own input row: the key cannot be parted
 from its prediction by any partitioning or shuffle. The output columns are the client's
-(``keyed_serving.tables.scored_table``): the key, ``prediction``, one ``probability_<class>``
-column per class, ``error`` (null when the row was predicted), then the kept columns.
+(``keyed_serving.tables.scored_table``): the key column(s), ``prediction``, one
+``probability_<class>`` column per class, ``error`` (null when the row was predicted), then
+the kept columns.
 
 The model is the one the service serves, loaded through the same model stage
 (``LoadedModel``), once per Spark Python worker process (Spark reuses its
@@ -31,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from keyed_serving.keys import MAX_KEY_LENGTH, RULE, find_key_problems, key_from_cell
 from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec, model_error
+from keyed_serving.tables import ROW_KEY, key_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -47,7 +51,7 @@ _loading = threading.Lock()
 
 def score_spark(
     df: DataFrame,
-    key: str,
+    key: str | Sequence[str],
     model_tag: str | None = None,
     keep: Sequence[str] = (),
     *,
@@ -56,21 +60,34 @@ def score_spark(
     """Score every row of ``df`` with the model ``model_tag`` (``name:version`` or
     ``name:latest``; default ``MODEL_TAG`` or ``iris_classifier:latest``, as the service).
 
-    The result has one row per input row: ``key`` as it came, ``prediction``, one
+    The result has one row per input row: the ``key`` column(s) as they came (``key`` is a
+    column or a list of them, a key of several parts), ``prediction``, one
     ``probability_<class>`` column per class for classifiers, ``error`` (null, or
     ``model_error: ...`` for a row the model raised on; the other rows of its batch are
     still predicted) and the ``keep`` columns. Keys should be unique, as for the client:
     the function pairs each prediction with its own row's key whatever they are, but only
     unique keys let a reader join the output back. ``latest`` is resolved on the driver,
     so every executor scores with the same version.
+
+    Keys follow ``keyed_serving.keys``: a row whose key (or a part of it) is null, an empty
+    string or longer than the limit is refused, on the driver and before any scoring, by
+    one pass over the key columns. A Spark DataFrame has no row order, so ``"@row"`` is
+    refused: add a key column first.
     """
     import bentoml
 
     tag = model_tag or os.environ.get("MODEL_TAG", "iris_classifier:latest")
     stored = bentoml.models.get(tag)
     spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
-    _check_columns(df, key, keep, spec)
-    schema = output_schema(spec, df.schema[key], [df.schema[c] for c in keep])
+    if key == ROW_KEY:
+        raise ValueError(
+            f"a Spark DataFrame has no row order to key by ({ROW_KEY}): add a key column, "
+            "e.g. with pyspark.sql.functions.monotonically_increasing_id()"
+        )
+    names = key_columns(key)
+    _check_columns(df, names, keep, spec)
+    check_spark_keys(df, names)
+    schema = output_schema(spec, [df.schema[n] for n in names], [df.schema[c] for c in keep])
     shipped: str | None = None
     if ship_model:
         shipped = _ship(df, spec.tag)
@@ -80,24 +97,27 @@ def score_spark(
     def score_batches(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
         model = _model_on_executor(spec.tag, shipped)
         for batch in batches:
-            yield score_frame(model, batch, key, keep)
+            yield score_frame(model, batch, names, keep)
 
-    return df.select(key, *[c for c in features if c not in (key, *keep)], *keep).mapInPandas(
-        score_batches, schema
-    )
+    others = [c for c in features if c not in (*names, *keep)]
+    return df.select(*names, *others, *keep).mapInPandas(score_batches, schema)
 
 
 def score_frame(
-    model: LoadedModel, batch: pd.DataFrame, key: str, keep: Sequence[str]
+    model: LoadedModel, batch: pd.DataFrame, key: str | Sequence[str], keep: Sequence[str]
 ) -> pd.DataFrame:
     """One pandas batch scored, in its own row order, by the runner's own model stage
     (``LoadedModel.predict_columns``): the whole batch in one call; if the model raises,
-    the rows it cannot take get an error each and the others are predicted."""
+    the rows it cannot take get an error each and the others are predicted. Key columns
+    are passed through as they came, after a check that each is usable (a null key column
+    of longs would have reached pandas as floats)."""
     spec = model.spec
-    keys = batch[key].tolist()
+    names = [key] if isinstance(key, str) else list(key)
+    parts = [_usable_keys(batch[name].tolist(), name) for name in names]
+    keys = parts[0] if len(names) == 1 else list(zip(*parts, strict=True))
     columns = {name: batch[name].tolist() for name in spec.feature_names}
     predicted = model.predict_columns(columns)
-    out: dict[str, Any] = {key: batch[key].to_numpy()}
+    out: dict[str, Any] = {name: batch[name].to_numpy() for name in names}
     out["prediction"] = pd.Series(predicted.predictions.tolist(), dtype=object)
     if predicted.probabilities is not None:
         for i, label in enumerate(spec.classes or []):
@@ -112,11 +132,26 @@ def score_frame(
     return pd.DataFrame(out)
 
 
-def output_schema(spec: ModelSpec, key: StructField, kept: Sequence[StructField]) -> StructType:
-    """The client's columns as a Spark schema: key, prediction, probabilities, error, kept."""
+def _usable_keys(cells: list[Any], name: str) -> list[Any]:
+    """A batch's key column as keys, refused if one is unusable (the driver's check makes
+    that a guard only). Strings and integers are checked as they are, in C; only other
+    cells (decimals) go through ``key_from_cell``."""
+    if not find_key_problems(cells).unusable:
+        return cells
+    cells = [key_from_cell(cell) for cell in cells]
+    unusable = find_key_problems(cells).unusable
+    if unusable:
+        raise ValueError(f"key column {name!r}: {len(unusable)} unusable, {unusable[0][1]}")
+    return cells
+
+
+def output_schema(
+    spec: ModelSpec, keys: Sequence[StructField], kept: Sequence[StructField]
+) -> StructType:
+    """The client's columns as a Spark schema: keys, prediction, probabilities, error, kept."""
     from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-    fields = [key]
+    fields = list(keys)
     fields.append(StructField("prediction", _prediction_type(spec), True))
     fields += [
         StructField(f"probability_{label}", DoubleType(), True) for label in spec.classes or []
@@ -126,10 +161,52 @@ def output_schema(spec: ModelSpec, key: StructField, kept: Sequence[StructField]
     return StructType(fields)
 
 
-def _check_columns(df: DataFrame, key: str, keep: Sequence[str], spec: ModelSpec) -> None:
+def check_spark_keys(df: DataFrame, names: Sequence[str]) -> None:
+    """Refuses key columns that are not usable keys (``keyed_serving.keys``): types that
+    are neither strings nor integers, and rows whose key part is null, empty or too long,
+    counted in one pass on the driver. Only then does any scoring start."""
+    from pyspark.sql import functions
+    from pyspark.sql.types import (
+        ByteType,
+        DecimalType,
+        IntegerType,
+        LongType,
+        ShortType,
+        StringType,
+    )
+
+    checks = []
+    for name in names:
+        kind = df.schema[name].dataType
+        column = functions.col(name)
+        if isinstance(kind, StringType):
+            bad = column.isNull() | (functions.length(column) == 0)
+            bad = bad | (functions.length(column) > MAX_KEY_LENGTH)
+        elif isinstance(kind, ByteType | ShortType | IntegerType | LongType) or (
+            isinstance(kind, DecimalType) and kind.scale == 0 and kind.precision <= 18
+        ):
+            bad = column.isNull()  # every value of these types is in the int64 range
+        else:
+            raise ValueError(f"key column {name!r} is of type {kind.simpleString()}; {RULE}")
+        checks.append(functions.count(functions.when(bad, 1)).alias(name))
+    counts = df.agg(*checks).first()
+    assert counts is not None
+    unusable = {name: counts[name] for name in names if counts[name]}
+    if unusable:
+        shown = ", ".join(f"{count:,} in {name!r}" for name, count in unusable.items())
+        raise ValueError(
+            f"rows without a usable key (null, empty, or longer than {MAX_KEY_LENGTH} "
+            f"characters): {shown}; {RULE}"
+        )
+
+
+def _check_columns(
+    df: DataFrame, names: Sequence[str], keep: Sequence[str], spec: ModelSpec
+) -> None:
     columns = set(df.columns)
-    if key not in columns:
-        raise ValueError(f"no key column {key!r}; the DataFrame has {sorted(columns)[:20]}")
+    absent = [n for n in names if n not in columns]
+    if absent:
+        raise ValueError(f"no key column {absent[0]!r}; the DataFrame has {sorted(columns)[:20]}")
     missing = [n for n in spec.feature_names if n not in columns]
     if missing:
         raise ValueError(f"the DataFrame lacks the model's features {missing}")
@@ -137,11 +214,14 @@ def _check_columns(df: DataFrame, key: str, keep: Sequence[str], spec: ModelSpec
     if missing_keep:
         raise ValueError(f"columns to keep not in the DataFrame: {missing_keep}")
     produced = {"prediction", ERROR_COLUMN, *(f"probability_{c}" for c in spec.classes or [])}
-    clashes = sorted(produced & {key, *keep})
+    clashes = sorted(produced & {*names, *keep})
     if clashes:
         raise ValueError(f"the key or kept columns {clashes} clash with the output's own")
-    if key in keep:
-        raise ValueError(f"the key column {key!r} is in the output already; do not keep it")
+    kept_keys = [n for n in names if n in keep]
+    if kept_keys:
+        raise ValueError(
+            f"the key column {kept_keys[0]!r} is in the output already; do not keep it"
+        )
 
 
 def _prediction_type(spec: ModelSpec) -> DataType:

@@ -1,19 +1,34 @@
 """Tables on disk: CSV, Parquet and JSON Lines, chosen by file extension, read in batches
-and written incrementally so that a large table is never held whole."""
+and written incrementally so that a large table is never held whole.
+
+This is the one reader of table files (the client, keyed-score, /predict_file, train.py).
+What it promises, whatever the format:
+
+- In a CSV only an empty cell is missing: ``NA``, ``None``, ``null``, ``nan``, ``N/A`` are
+  text (a key, a region code), not gaps. Columns of numbers are still read as numbers.
+- Key columns come back exactly: a CSV's as the text written (``00123``), a Parquet or
+  JSON Lines table's as Python values (an integer key column with a gap is not turned into
+  floats, which would round ids above 2^53 onto other keys).
+- Parquet decimals outside the key columns are read as the numbers they are (float64).
+"""
 
 from __future__ import annotations
 
+import decimal
 import math
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from keyed_serving.keys import Key, find_key_problems, key_from_cell
+from keyed_serving.keys import Key, find_key_problems, key_from_cell, typed
 
 Format = Literal["csv", "parquet", "jsonl"]
 MEDIA_TYPES: dict[Format, str] = {
@@ -28,10 +43,42 @@ EXTENSIONS: dict[str, Format] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
+# `key="@row"`: a table without a key column is keyed by its rows' 0-based positions, put
+# in a column of this name (in the output too).
+ROW_KEY = "@row"
+ROW_COLUMN = "row"
 
 
 class InvalidKeys(ValueError):
     """The input's keys are unusable as they are (found before anything is sent)."""
+
+
+def key_columns(key: str | Sequence[str]) -> list[str]:
+    """The key as a caller gives it (a column, several columns, or ``"@row"``) -> the
+    names of the key columns in the table it is applied to (``@row`` -> ``["row"]``)."""
+    names = [key] if isinstance(key, str) else list(key)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"a key is a column name, a list of them, or {ROW_KEY!r}; got {key!r}")
+    if ROW_KEY in names:
+        if len(names) > 1:
+            raise ValueError(f"{ROW_KEY!r} is a key on its own, not a part of one")
+        return [ROW_COLUMN]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a key column is named twice: {names}")
+    return names
+
+
+def with_row_numbers(frame: pd.DataFrame, start: int = 0) -> pd.DataFrame:
+    """The frame with a first column ``row``: each row's 0-based position in its table
+    (``start`` is the position of the frame's first row)."""
+    if ROW_COLUMN in frame.columns:
+        raise ValueError(
+            f"the table has a column {ROW_COLUMN!r} already: use it as the key, or rename it "
+            f"to key by {ROW_KEY}"
+        )
+    numbered = frame.reset_index(drop=True)
+    numbered.insert(0, ROW_COLUMN, np.arange(start, start + len(frame), dtype=np.int64))
+    return numbered
 
 
 def check_keys(keys: Sequence[Any]) -> list[Key]:
@@ -39,16 +86,42 @@ def check_keys(keys: Sequence[Any]) -> list[Key]:
     the unusable and duplicated ones."""
     clean = [key_from_cell(key) for key in keys]
     problems = find_key_problems(clean)
-    if problems.unusable:
-        positions = [index for index, _ in problems.unusable]
-        raise InvalidKeys(
-            f"{len(positions)} row(s) without a usable key, first at rows {positions[:10]}: "
-            f"{problems.unusable[0][1]}"
-        )
+    _raise_unusable(problems.unusable, "")
     if problems.duplicated:
         shown = [key for _, key, _ in problems.duplicated[:10]]
         raise InvalidKeys(f"{len(problems.duplicated)} duplicated key(s): {shown}")
     return clean
+
+
+def check_key_columns(columns: Mapping[str, Sequence[Any]]) -> list[tuple[Key, ...]]:
+    """Several key columns as one key per row, a tuple of parts. Each part must be a usable
+    key (``keyed_serving.keys``); duplicates are judged on the whole tuple."""
+    parts: list[list[Key]] = []
+    for name, cells in columns.items():
+        clean = [key_from_cell(cell) for cell in cells]
+        _raise_unusable(find_key_problems(clean).unusable, f" in key column {name!r}")
+        parts.append(clean)
+    keys = list(zip(*parts, strict=True))
+    if len(set(keys)) != len(keys):
+        counts = Counter(tuple(map(typed, key)) for key in keys)
+        shown = [key for key in dict.fromkeys(keys) if counts[tuple(map(typed, key))] > 1]
+        raise InvalidKeys(f"{len(shown)} duplicated key(s) ({', '.join(columns)}): {shown[:10]}")
+    return keys
+
+
+def _raise_unusable(unusable: list[tuple[int, str]], where: str) -> None:
+    if unusable:
+        positions = [index for index, _ in unusable]
+        raise InvalidKeys(
+            f"{len(positions)} row(s) without a usable key{where}, first at rows "
+            f"{positions[:10]}: {unusable[0][1]}"
+        )
+
+
+def key_as_text(key: Key | tuple[Key, ...]) -> tuple[str, ...]:
+    """A key in the one form every file format can hold: its parts as text. A CSV cannot
+    tell 17 from "17", so keys read back from files are compared in this form."""
+    return tuple(str(part) for part in (key if isinstance(key, tuple) else (key,)))
 
 
 def json_value(value: Any) -> Any:
@@ -60,30 +133,50 @@ def json_value(value: Any) -> Any:
 
 
 def number_or_as_is(value: Any) -> Any:
-    """A number feature's cell: text that reads as a number becomes one. A CSV column with
-    one bad cell is read as text throughout; this keeps that one cell the only failure."""
+    """A number feature's cell: text that reads as a number becomes one, and so does a
+    decimal. A CSV column with one bad cell is read as text throughout; this keeps that one
+    cell the only failure. Text such as "nan" is not a missing value (only an empty cell
+    is): it is sent as it is, and refused for that key alone."""
     value = json_value(value)
+    if isinstance(value, decimal.Decimal):
+        return None if value.is_nan() else float(value)
     if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
             return value  # judged, and refused for that key alone, by the server
-        return None if math.isnan(number) else number
+        return value if math.isnan(number) else number
     return value
 
 
+def category_or_as_is(value: Any) -> Any:
+    """A category feature's cell as the text the model was trained on: training takes a
+    column of booleans or numbers mixed with text as the categories "True", "False", "7"
+    (``str`` of each value), and the server takes categories as strings."""
+    value = json_value(value)
+    if isinstance(value, bool | int | float | decimal.Decimal):
+        return str(value)
+    return value
+
+
+def feature_values(cells: Sequence[Any], feature_type: str) -> list[Any]:
+    """A feature column's cells as the server takes them (see the two functions above)."""
+    convert = number_or_as_is if feature_type == "number" else category_or_as_is
+    return [convert(cell) for cell in cells]
+
+
 def scored_table(
-    keys: Sequence[Key],
+    keys: Mapping[str, Sequence[Key]],
     entries: Sequence[dict[str, Any]],
-    key: str,
     classes: Sequence[Any] | None,
     kept: pd.DataFrame,
     error_column: bool = False,
 ) -> pd.DataFrame:
-    """The scored rows: the key column, ``prediction``, one ``probability_<class>`` column per
-    class, an ``error`` column (when asked for, or when an entry is an error), then the kept
-    columns. Typed columns, so that every batch of a file has the same schema."""
-    table: dict[str, Any] = {key: list(keys)}
+    """The scored rows: the key columns (name -> values), ``prediction``, one
+    ``probability_<class>`` column per class, an ``error`` column (when asked for, or when
+    an entry is an error), then the kept columns. Typed columns, so that every batch of a
+    file has the same schema."""
+    table: dict[str, Any] = {name: list(values) for name, values in keys.items()}
     table["prediction"] = [e.get("prediction") for e in entries]
     for label in classes or []:
         table[f"probability_{label}"] = pd.array(
@@ -113,37 +206,129 @@ def format_of(path: str | Path) -> Format:
 
 
 def iter_batches(
-    path: str | Path, batch_rows: int, key: str, columns: Sequence[str] | None = None
+    path: str | Path,
+    batch_rows: int,
+    keys: str | Sequence[str] = (),
+    columns: Sequence[str] | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """The table in batches of at most ``batch_rows`` rows. A CSV's key column is read as
-    text, so that keys such as 00123 come back exactly as written."""
+    """The table in batches of at most ``batch_rows`` rows, the ``keys`` columns exact (see
+    the module's promises); ``columns`` reads only those."""
+    exact = [keys] if isinstance(keys, str) else list(keys)
     fmt = format_of(path)
     if fmt == "csv":
         yield from pd.read_csv(
-            path, chunksize=batch_rows, dtype={key: str}, usecols=columns, keep_default_na=True
+            path,
+            chunksize=batch_rows,
+            dtype={name: str for name in exact},
+            usecols=columns,
+            keep_default_na=False,
+            na_values=[""],
         )
     elif fmt == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
-            yield batch.to_pandas()
+            yield _parquet_frame(batch, exact)
     else:
-        for frame in pd.read_json(
-            path, lines=True, chunksize=batch_rows, dtype=False, convert_dates=False
-        ):
-            yield frame if columns is None else frame[list(columns)]
+        yield from _jsonl_batches(Path(path), batch_rows, exact, columns)
 
 
-def read_keys(path: str | Path, key: str, batch_rows: int = 100_000) -> list[Any]:
-    keys: list[Any] = []
-    for batch in iter_batches(path, batch_rows, key, columns=[key]):
-        if key not in batch.columns:
-            raise ValueError(f"{path}: no column {key!r}")
-        keys.extend(batch[key].tolist())
-    return keys
+def _parquet_frame(batch: pa.RecordBatch, exact: Sequence[str]) -> pd.DataFrame:
+    arrays = []
+    for name, array in zip(batch.schema.names, batch.columns, strict=True):
+        if pa.types.is_decimal(array.type) and name not in exact:
+            array = pc.cast(array, pa.float64())  # numbers, not decimal.Decimal objects
+        arrays.append(array)
+    frame = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names).to_pandas()
+    for name in exact:
+        if name in frame.columns:
+            frame[name] = pd.Series(batch.column(name).to_pylist(), dtype=object)
+    return frame
 
 
-def columns_of(path: str | Path, key: str) -> list[str]:
-    first = next(iter_batches(path, 1, key), None)
+def _jsonl_batches(
+    path: Path, batch_rows: int, exact: Sequence[str], columns: Sequence[str] | None
+) -> Iterator[pd.DataFrame]:
+    """JSON Lines read with orjson, a line at a time: integers stay integers (pandas' reader
+    turns an integer column with a null into floats, and fails on an integer above 2^64)."""
+    with path.open("rb") as handle:
+        records: list[Any] = []
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{path.name}: line {number} is not JSON: {exc}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path.name}: line {number} is not a JSON object")
+            records.append(record)
+            if len(records) == batch_rows:
+                yield _records_frame(records, exact, columns)
+                records = []
+        if records:
+            yield _records_frame(records, exact, columns)
+
+
+def _records_frame(
+    records: list[dict[str, Any]], exact: Sequence[str], columns: Sequence[str] | None
+) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records)
+    for name in exact:
+        if name in frame.columns:
+            frame[name] = pd.Series([r.get(name) for r in records], dtype=object)
+    return frame if columns is None else frame[[c for c in columns if c in frame.columns]]
+
+
+def read_table(path: str | Path, keys: str | Sequence[str] = ()) -> pd.DataFrame:
+    """A whole table (for training), read as ``iter_batches`` reads it."""
+    batches = list(iter_batches(path, 100_000, keys))
+    if not batches:
+        return pd.DataFrame()
+    return pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
+
+
+def read_keys(path: str | Path, keys: str | Sequence[str], batch_rows: int = 100_000) -> Any:
+    """The key cells of a table: a list for one key column; for several, a dict of lists by
+    column name."""
+    names = [keys] if isinstance(keys, str) else list(keys)
+    cells: dict[str, list[Any]] = {name: [] for name in names}
+    for batch in iter_batches(path, batch_rows, names, columns=names):
+        for name in names:
+            if name not in batch.columns:
+                raise ValueError(f"{path}: no column {name!r}")
+            cells[name].extend(batch[name].tolist())
+    return cells[names[0]] if isinstance(keys, str) else cells
+
+
+def columns_of(path: str | Path, keys: str | Sequence[str] = ()) -> list[str]:
+    first = next(iter_batches(path, 1, keys), None)
     return [] if first is None else [str(c) for c in first.columns]
+
+
+def drop_unfinished_line(path: Path) -> bool:
+    """A CSV or JSON Lines file cut off mid-line (a run interrupted while writing) ends
+    without a newline: remove that half line. True when something was removed."""
+    if format_of(path) == "parquet" or not path.exists():
+        return False  # a Parquet file is only ever replaced whole
+    with path.open("rb+") as handle:
+        size = handle.seek(0, 2)
+        if size == 0:
+            return False
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return False
+        keep = 0
+        step = 64 * 1024
+        position = size
+        while position > 0:  # find the last newline, reading backwards
+            start = max(0, position - step)
+            handle.seek(start)
+            found = handle.read(position - start).rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+            position = start
+        handle.truncate(keep)
+    return True
 
 
 class TableWriter:

@@ -6,6 +6,7 @@ values) as built by :func:`keyed_serving.model.to_frame`, the same function the 
 
 from __future__ import annotations
 
+import decimal
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,10 +54,14 @@ def infer_task(target: pd.Series) -> Task:
 
 
 def describe_features(frame: pd.DataFrame) -> list[FeatureInfo]:
+    """Numbers (decimals included) are number features; anything else is a category,
+    named by ``str`` of each value (a boolean column's categories are "True" and "False",
+    which is what the client and the file routes send for a boolean cell)."""
     features = []
     for name in frame.columns:
         column = frame[name]
-        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        numbers = pd.api.types.is_numeric_dtype(column) or _all_decimals(column)
+        if numbers and not pd.api.types.is_bool_dtype(column):
             features.append(FeatureInfo(name=str(name), type="number"))
         else:
             seen = sorted({str(v) for v in column.dropna().unique()})
@@ -68,6 +73,12 @@ def describe_features(frame: pd.DataFrame) -> list[FeatureInfo]:
                 )
             )
     return features
+
+
+def _all_decimals(column: pd.Series) -> bool:
+    """A column of ``decimal.Decimal`` (a database export, read into pandas as objects)."""
+    values = column.dropna()
+    return len(values) > 0 and all(isinstance(v, decimal.Decimal) for v in values)
 
 
 def build_pipeline(features: list[FeatureInfo], task: Task) -> Pipeline:

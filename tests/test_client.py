@@ -3,7 +3,10 @@ Retry-After, servers that stop answering, answers that do not match, per-key fai
 
 from __future__ import annotations
 
+import asyncio
+import decimal
 import json
+import socket
 import time
 from collections import Counter
 from typing import Any
@@ -12,7 +15,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from keyed_serving.client import InvalidKeys, KeyedClient, ScoringError
+from keyed_serving.client import InvalidKeys, KeyedClient, ScoringError, ScoringStopped
 
 INFO = {
     "model": "m:1",
@@ -175,3 +178,109 @@ def test_every_server_down_ends_in_an_error_listing_every_key_not_a_hang() -> No
         client.score(table(30), "id")
     assert len(caught.value.failed) == 30
     assert all("gave up after 2 attempts" in r for r in caught.value.failed.values())
+
+
+def run_bounded(client: KeyedClient, frame: pd.DataFrame, key: Any, bound_s: float = 30) -> Any:
+    """The client's own run, under a bound: a hang fails the test instead of stalling it."""
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(client.ascore(frame, key), bound_s)
+
+    return asyncio.run(bounded())
+
+
+def test_decimal_numbers_are_scored_as_the_numbers_they_are() -> None:
+    fleet = Fleet(a="ok")
+    frame = table(40)
+    frame["x"] = [None if pd.isna(x) else decimal.Decimal(str(x)) for x in frame["x"]]
+    scored, failed = run_bounded(fleet.client(chunk_rows=10), frame, "id")
+    assert failed == {}
+    assert scored["prediction"].tolist() == [label({"x": x}) for x in table(40)["x"]]
+
+
+def test_an_unexpected_error_in_a_worker_stops_the_run_keeping_what_was_scored() -> None:
+    fleet = Fleet(a="ok")
+    frame = table(60).astype({"colour": object})
+    frame.loc[35, "colour"] = b"bytes"  # a value the client cannot write as JSON
+    with pytest.raises(ScoringStopped, match="TypeError") as caught:
+        run_bounded(fleet.client(chunk_rows=10, concurrency=1), frame, "id")
+    assert caught.value.partial["id"].tolist() == [f"row-{i}" for i in range(30)]
+
+
+def test_a_server_that_never_finishes_its_answer_is_given_up_on_not_waited_for() -> None:
+    async def never(request: httpx.Request) -> httpx.Response:
+        await asyncio.Event().wait()  # no httpx timeout reaches a stalled transport
+        raise AssertionError
+
+    client = KeyedClient(
+        ["http://a"], transport=httpx.MockTransport(never), timeout_s=0.2, max_attempts=2
+    )
+    client._info = INFO
+    scored, failed = run_bounded(client, table(20), "id")
+    assert len(scored) == 0 and len(failed) == 20
+    assert all("gave up after 2 attempts" in reason for reason in failed.values())
+
+
+def test_a_server_that_accepts_and_never_answers_times_out() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        client = KeyedClient([url], timeout_s=0.3, max_attempts=1)
+        with pytest.raises(ConnectionError, match="Timeout"):
+            client.model_info()
+        client._info = INFO
+        _, failed = run_bounded(client, table(5), "id")
+    assert len(failed) == 5 and "Timeout" in failed["row-0"]
+
+
+def test_a_key_longer_than_256_characters_is_refused_before_anything_is_sent() -> None:
+    fleet = Fleet(a="ok")
+    frame = table(10)
+    frame.loc[4, "id"] = "k" * 257
+    with pytest.raises(InvalidKeys, match=r"rows \[4\]: string of 257 characters"):
+        fleet.client().score(frame, "id")
+    assert fleet.calls == Counter()
+
+
+def test_a_key_of_several_columns_comes_back_whole_in_its_own_columns() -> None:
+    fleet = Fleet(a="ok")
+    frame = table(30)
+    frame["customer"] = [i // 3 for i in range(30)]  # repeats: unique only with the region
+    frame["region"] = [f"r{i % 3}" for i in range(30)]
+    scored = fleet.client(chunk_rows=7).score(frame, key=["region", "customer"], keep=["id"])
+    assert scored.columns.tolist()[:3] == ["region", "customer", "prediction"]
+    assert scored[["region", "customer", "id"]].values.tolist() == (
+        frame[["region", "customer", "id"]].values.tolist()
+    )
+    frame.loc[5, "id"] = "poison-row"
+    frame.loc[5, "colour"] = "poison"
+    with pytest.raises(ScoringError) as caught:
+        fleet.client().score(frame, key=["region", "customer"])
+    assert list(caught.value.failed) == [("r2", 1)]
+    twice = frame.assign(customer=0)
+    with pytest.raises(InvalidKeys, match="duplicated"):
+        fleet.client().score(twice, key=["region", "customer"])
+
+
+def test_a_table_without_a_key_column_is_keyed_by_its_rows() -> None:
+    fleet = Fleet(a="ok")
+    frame = table(25).drop(columns=["id"])
+    scored = fleet.client(chunk_rows=10).score(frame, key="@row", keep=["region"])
+    assert scored["row"].tolist() == list(range(25))
+    assert scored["region"].tolist() == frame["region"].tolist()
+
+
+def test_a_retry_after_of_a_day_is_capped_not_obeyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("keyed_serving.client.MAX_PAUSE_S", 0.2)  # a day, in test time
+    calls = Counter[str]()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls["predict"] += 1
+        if calls["predict"] == 1:
+            return httpx.Response(503, json={"error": "busy"}, headers={"Retry-After": "86400"})
+        return Fleet(a="ok").handle(request)
+
+    client = KeyedClient(["http://a"], transport=httpx.MockTransport(handle))
+    client._info = INFO
+    scored, failed = run_bounded(client, table(10), "id")
+    assert failed == {} and len(scored) == 10 and calls["predict"] == 2

@@ -173,3 +173,16 @@ def test_a_second_task_is_refused_with_429_while_the_first_runs(default_model: s
         assert status.json()["status"] == after.json()["status"] == "in_progress"
         assert second.status_code == retried.status_code == 429
         assert second.headers["retry-after"] and retried.headers["retry-after"]
+
+
+def test_in_a_csv_only_an_empty_cell_is_missing(client: TestClient) -> None:
+    frame = flowers(10, seed=4).astype({"petal_width_cm": object})
+    frame.loc[:5, "id"] = ["NA", "None", "null", "nan", "N/A", "#N/A"]  # keys, not gaps
+    frame.loc[7, "petal_width_cm"] = "NA"  # not a number, and not a missing one either
+    frame.loc[8, "petal_width_cm"] = None  # an empty cell: missing, imputed by the model
+    response = upload(client, encode(frame, ".csv"), "f.csv", key="id")
+    assert response.status_code == 200, response.text
+    scored = pd.read_csv(io.BytesIO(response.content), dtype=str, keep_default_na=False)
+    assert scored["id"].tolist() == frame["id"].tolist()
+    failed = scored[scored["error"] != ""]
+    assert failed["id"].tolist() == ["007"] and "wrong_type" in failed["error"].iloc[0]

@@ -158,3 +158,38 @@ def test_a_dataframe_without_the_models_features_is_refused_before_any_job_runs(
         score_spark(df, key="id", model_tag=default_model)
     with pytest.raises(ValueError, match="no key column 'customer'"):
         score_spark(spark.createDataFrame(flowers(10)), key="customer", model_tag=default_model)
+
+
+def long_keyed(spark: Any, keys: list[int | None]) -> Any:
+    from pyspark.sql.types import DoubleType, LongType, StructField, StructType
+
+    schema = StructType(
+        [StructField("id", LongType(), True)]
+        + [StructField(name, DoubleType(), True) for name in FEATURES]
+    )
+    rows = [(key, 5.1, 3.5, 1.4, 0.2) for key in keys]
+    return spark.createDataFrame(rows, schema)
+
+
+def test_long_keys_above_2_to_the_53_come_back_exact_and_a_null_key_is_refused(
+    spark: Any, default_model: str
+) -> None:
+    big = [2**53 + i for i in range(1, 9)]
+    with pytest.raises(ValueError, match=r"rows without a usable key .*: 1 in 'id'"):
+        score_spark(long_keyed(spark, [*big, None]), key="id", model_tag=default_model)
+    scored = score_spark(long_keyed(spark, big).coalesce(1), key="id", model_tag=default_model)
+    assert sorted(row["id"] for row in scored.collect()) == big
+
+
+def test_a_key_of_several_columns_is_kept_whole(spark: Any, default_model: str) -> None:
+    table = flowers(200, seed=12)
+    table["bay"] = [i % 4 for i in range(200)]
+    scored = score_spark(
+        spark.createDataFrame(table).repartition(2), key=["shelf", "id"], model_tag=default_model
+    ).toPandas()
+    assert scored.columns.tolist()[:3] == ["shelf", "id", "prediction"]
+    got = scored.set_index("id").loc[table["id"]]
+    assert got["shelf"].tolist() == table["shelf"].tolist()
+    assert got["prediction"].tolist() == own_predictions(default_model, table)
+    with pytest.raises(ValueError, match="no row order"):
+        score_spark(spark.createDataFrame(table), key="@row", model_tag=default_model)

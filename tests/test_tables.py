@@ -1,11 +1,28 @@
 from __future__ import annotations
 
+import decimal
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from keyed_serving.tables import TableWriter, iter_batches, read_keys
+from keyed_serving.tables import (
+    InvalidKeys,
+    TableWriter,
+    check_key_columns,
+    check_keys,
+    drop_unfinished_line,
+    feature_values,
+    iter_batches,
+    key_columns,
+    read_keys,
+    read_table,
+    with_row_numbers,
+)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
@@ -29,3 +46,114 @@ def test_a_writer_that_wrote_nothing_leaves_an_empty_file(tmp_path: Path, suffix
     path = tmp_path / f"t{suffix}"
     TableWriter(path).close()
     assert path.exists() and not list(tmp_path.glob("*.partial"))
+
+
+TEXT_THAT_IS_NOT_MISSING = ["NA", "None", "null", "nan", "N/A", "#N/A"]
+
+
+def test_in_a_csv_only_an_empty_cell_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "id,region,x\n"
+        + "".join(f"{key},{key},{i}.5\n" for i, key in enumerate(TEXT_THAT_IS_NOT_MISSING))
+        + "k7,,\n"
+    )
+    frame = read_table(path, "id")
+    assert frame["id"].tolist() == [*TEXT_THAT_IS_NOT_MISSING, "k7"]
+    assert check_keys(frame["id"].tolist()) == [*TEXT_THAT_IS_NOT_MISSING, "k7"]
+    assert frame["region"].tolist()[:-1] == TEXT_THAT_IS_NOT_MISSING
+    assert pd.isna(frame["region"].iloc[-1])
+    assert pd.api.types.is_float_dtype(frame["x"])  # numbers are still numbers
+    assert frame["x"].tolist()[:2] == [0.5, 1.5] and pd.isna(frame["x"].iloc[-1])
+
+
+def test_text_in_a_number_column_is_not_taken_for_a_missing_value() -> None:
+    assert feature_values(["nan", "NA", "", "2.5", None], "number") == ["nan", "NA", "", 2.5, None]
+
+
+def test_an_empty_csv_key_is_refused_by_row(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,x\na,1\n,2\n")
+    with pytest.raises(InvalidKeys, match=r"rows \[1\]"):
+        check_keys(read_keys(path, "id"))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_integer_keys_with_a_gap_are_read_exactly(tmp_path: Path, suffix: str) -> None:
+    big = [2**53 + i for i in range(1, 9)]
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.table({"id": pa.array([*big, None], pa.int64())}), path)
+    else:
+        path.write_text("".join(json.dumps({"id": k}) + "\n" for k in [*big, None]))
+    assert read_keys(path, "id") == [*big, None]
+    with pytest.raises(InvalidKeys, match=r"rows \[8\]: missing"):
+        check_keys(read_keys(path, "id"))
+    assert check_keys(read_keys(path, "id")[:-1]) == big
+
+
+def test_a_json_lines_integer_beyond_64_bits_is_refused_as_a_key_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"id": 1}\n{"id": 99999999999999999999}\n')
+    with pytest.raises(InvalidKeys, match=r"rows \[1\]: integer outside"):
+        check_keys(read_keys(path, "id"))
+
+
+def test_parquet_decimals_are_numbers_and_whole_decimal_keys_integers(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "id": pa.array(
+                    [decimal.Decimal(2**60 + 1), decimal.Decimal(7)], pa.decimal128(20, 0)
+                ),
+                "amount": pa.array([decimal.Decimal("1.25"), None], pa.decimal128(10, 2)),
+            }
+        ),
+        path,
+    )
+    frame = read_table(path, "id")
+    assert check_keys(frame["id"].tolist()) == [2**60 + 1, 7]
+    assert frame["amount"].dtype == "float64"
+    assert feature_values(frame["amount"].tolist(), "number") == [1.25, None]
+
+
+def test_cells_are_sent_as_the_model_was_trained_on_them() -> None:
+    assert feature_values([True, np.bool_(False), None, "NA", 7], "category") == [
+        "True",
+        "False",
+        None,
+        "NA",
+        "7",
+    ]
+    assert feature_values([decimal.Decimal("2.50"), np.float64(1.0)], "number") == [2.5, 1.0]
+
+
+def test_a_key_of_several_columns_is_judged_whole_and_each_part_by_the_key_rules() -> None:
+    keys = check_key_columns({"region": ["n", "n", "s"], "id": [1, 2, 1]})
+    assert keys == [("n", 1), ("n", 2), ("s", 1)]
+    with pytest.raises(InvalidKeys, match=r"duplicated key\(s\) \(region, id\): \[\('n', 1\)\]"):
+        check_key_columns({"region": ["n", "n"], "id": [1, 1]})
+    with pytest.raises(
+        InvalidKeys, match=r"in key column 'id', first at rows \[1\]: string of 257"
+    ):
+        check_key_columns({"region": ["n", "n"], "id": ["a", "x" * 257]})
+
+
+def test_row_keys_are_positions_in_a_column_named_row() -> None:
+    numbered = with_row_numbers(pd.DataFrame({"x": [5, 6]}, index=[10, 11]), start=3)
+    assert numbered.columns.tolist() == ["row", "x"] and numbered["row"].tolist() == [3, 4]
+    assert key_columns("@row") == ["row"] and key_columns(["a", "b"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="column 'row' already"):
+        with_row_numbers(numbered)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_half_written_last_line_is_removed(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"t{suffix}"
+    whole = "id,x\na,1\nb,2\n" if suffix == ".csv" else '{"id": "a"}\n{"id": "b"}\n'
+    path.write_text(whole + whole.splitlines()[-1][:3])
+    assert drop_unfinished_line(path) and path.read_text() == whole
+    assert not drop_unfinished_line(path) and path.read_text() == whole
