@@ -132,6 +132,12 @@ def iter_batches(
             yield frame if columns is None else frame[list(columns)]
 
 
+def read_table(path: str | Path, key: str | None = None) -> pd.DataFrame:
+    """A whole table (a sample: small), read as scoring reads it (``iter_batches``)."""
+    batches = list(iter_batches(path, 100_000, key or ""))
+    return pd.concat(batches, ignore_index=True) if batches else pd.DataFrame()
+
+
 def read_keys(path: str | Path, key: str, batch_rows: int = 100_000) -> list[Any]:
     keys: list[Any] = []
     for batch in iter_batches(path, batch_rows, key, columns=[key]):
