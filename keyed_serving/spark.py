@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec, model_error
+from keyed_serving.model import LoadedModel, ModelSpec, load_stored, model_error, spec_of
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -68,7 +68,7 @@ def score_spark(
 
     tag = model_tag or os.environ.get("MODEL_TAG", "iris_classifier:latest")
     stored = bentoml.models.get(tag)
-    spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
+    spec = spec_of(stored)
     _check_columns(df, key, keep, spec)
     schema = output_schema(spec, df.schema[key], [df.schema[c] for c in keep])
     shipped: str | None = None
@@ -181,7 +181,7 @@ def _load_from_store(tag: str) -> LoadedModel:
     import bentoml
 
     stored = bentoml.models.get(tag)
-    return LoadedModel.load(str(stored.tag), stored.info.metadata, stored.path_of(MODEL_FILE))
+    return load_stored(stored)
 
 
 def _load_shipped(tag: str, name: str) -> LoadedModel:
@@ -197,7 +197,7 @@ def _load_shipped(tag: str, name: str) -> LoadedModel:
     stored = bentoml.models.import_model(SparkFiles.get(name), _model_store=store)
     if str(stored.tag) != tag:
         raise RuntimeError(f"shipped model is {stored.tag}, expected {tag}")
-    return LoadedModel.load(tag, stored.info.metadata, stored.path_of(MODEL_FILE))
+    return load_stored(stored)
 
 
 def local_session(cores: int = 2, app_name: str = "keyed-scoring") -> Any:
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tag = args.model or os.environ.get("MODEL_TAG", "iris_classifier:latest")
     stored = bentoml.models.get(tag)
-    spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
+    spec = spec_of(stored)
     spark = local_session(args.cores, app_name="keyed-scoring-demo")
     spark.sparkContext.setLogLevel("ERROR")
     try:
