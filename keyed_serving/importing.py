@@ -118,10 +118,6 @@ def import_model(
     table = None
     if sample is not None:
         table = sample if isinstance(sample, pd.DataFrame) else read_table(sample, key)
-        if isinstance(sample, str | Path):
-            source_sample = Path(sample).name
-        else:
-            source_sample = "DataFrame"
     score: Score | None = None
     if table is None:
         if signature is None:
@@ -160,7 +156,7 @@ def import_model(
         "holdout_score": score.model_dump() if score is not None else None,
         "imported": True,
         "source": source,
-        "sample": source_sample if table is not None else None,
+        "sample": Path(sample).name if isinstance(sample, str | Path) else None,
         "sample_rows": checked,
         "packages": packages,
         "sklearn_version": packages["scikit-learn"],
@@ -276,9 +272,10 @@ def check_predicts(model: LoadedModel, table: pd.DataFrame) -> np.ndarray:
     try:
         served, probabilities = model.predict_frame(frame)
     except Exception as exc:
+        changed = _changed(as_read, frame)
         raise ImportRefused(
-            f"the model raises on the sample as the server gives it rows ({_changed(as_read, frame)}"
-            f"): {_first_line(exc)}"
+            f"the model raises on the sample as the server gives it rows ({changed}): "
+            f"{_first_line(exc)}"
         ) from exc
     differing = _differing_rows(own, served)
     if own_probabilities is not None and probabilities is not None:

@@ -471,7 +471,11 @@ def is_ours(metadata: Mapping[str, Any]) -> bool:
 def estimator_task(estimator: Any) -> Task:
     from sklearn.base import is_classifier
 
-    return "classification" if is_classifier(estimator) or hasattr(estimator, "classes_") else "regression"
+    return (
+        "classification"
+        if is_classifier(estimator) or hasattr(estimator, "classes_")
+        else "regression"
+    )
 
 
 def class_labels(estimator: Any) -> tuple[Any, ...]:

@@ -3,6 +3,8 @@ directory, with a sample), a plain bentoml.sklearn model by tag, and what is ref
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -317,7 +319,7 @@ def test_a_model_needing_a_package_that_is_absent_or_of_another_version_is_refus
         "needs_absent",
         {"scikit-learn": sklearn_version, "no-such-package": "1.0.0"},
     )
-    with pytest.raises(ModelRefused, match="no-such-package 1.0.0 is not installed"):
+    with pytest.raises(ModelRefused, match=r"no-such-package 1\.0\.0 is not installed"):
         check_servable(absent)
     lightgbm = pytest.importorskip("lightgbm")
     other = save_with_packages(
@@ -325,7 +327,8 @@ def test_a_model_needing_a_package_that_is_absent_or_of_another_version_is_refus
         "old_lightgbm",
         {"scikit-learn": sklearn_version, "lightgbm": "3.3.5"},
     )
-    with pytest.raises(ModelRefused, match=f"lightgbm 3.3.5 \\(this environment has {lightgbm.__version__}"):
+    said = re.escape(f"lightgbm 3.3.5 (this environment has {lightgbm.__version__}")
+    with pytest.raises(ModelRefused, match=said):
         check_servable(other)
 
 
@@ -394,9 +397,7 @@ def test_a_served_imported_pipeline_answers_keys_with_its_own_predictions(
 @pytest.mark.slow
 def test_a_plain_bentoml_sklearn_model_is_served_by_tag(customers: pd.DataFrame) -> None:
     frame = customers[NUMBERS].fillna(0)
-    model = RandomForestClassifier(n_estimators=10, random_state=0).fit(
-        frame, customers["churned"]
-    )
+    model = RandomForestClassifier(n_estimators=10, random_state=0).fit(frame, customers["churned"])
     tag = str(bentoml.sklearn.save_model("plain_forest", model).tag)
     rows = frame.head(20)
     with served(MODEL_TAG=tag) as url:
@@ -426,7 +427,7 @@ def test_a_server_refuses_to_start_with_a_model_of_another_version(
         capture_output=True,
         text=True,
         timeout=120,
-        env={**__import__("os").environ, "MODEL_TAG": tag},
+        env={**os.environ, "MODEL_TAG": tag},
     )  # fmt: skip
     assert out.returncode != 0
     assert "KEYED_ALLOW_VERSION_MISMATCH=1" in out.stderr + out.stdout
