@@ -19,7 +19,7 @@ $(BIN)/python:
 
 # Reinstalls when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,spark]'
+	$(BIN)/pip install --quiet -e '.[dev,spark,lightgbm,mlflow]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the project with its dev tools
@@ -46,9 +46,12 @@ typecheck: install ## mypy
 
 check: lint typecheck test ## everything CI should be happy with
 
-build: install ## bentoml build (the bento carries the model named by MODEL_TAG)
+# The bento installs the packages its model was pickled with, at their major.minor
+# (keyed_serving.bento): bentofile.yaml plus those pins, written to .bentofile.build.yaml.
+build: install ## bentoml build (the bento carries the model named by MODEL_TAG and its packages)
 	$(BIN)/python train.py --if-missing
-	$(BIN)/bentoml build .
+	$(BIN)/python -m keyed_serving.bento bentofile.yaml .bentofile.build.yaml
+	$(BIN)/bentoml build -f .bentofile.build.yaml .
 
 soak: install ## 64 clients x 60 s with 5% poisoned instances against a real server; fails on any lost or mispaired key
 	$(BIN)/python bench/soak.py --clients 64 --seconds 60 --poison 0.05 --out bench/soak.md

@@ -42,7 +42,7 @@ from keyed_serving.http import (
 )
 from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
 from keyed_serving.metrics import get_metrics
-from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec, served_model_tag
+from keyed_serving.model import check_servable, load_stored, served_model_tag, spec_of
 from keyed_serving.reassemble import KeyMismatch, ModelVersionMismatch, Scored, reassemble_by_key
 from keyed_serving.schemas import (
     BlockResult,
@@ -78,6 +78,7 @@ settings = get_settings()
 # Resolved once where the server starts and handed to every worker (see served_model_tag):
 # the entry and the runner serve this one version, whatever is saved meanwhile.
 MODEL_TAG = served_model_tag(settings.model_tag)
+check_servable(MODEL_TAG)  # a model this environment cannot load stops the start here
 # BentoML routes a task at its path (run now) and at /submit (run in the background).
 FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
 # Task operations that hold or load a whole upload in memory (BentoML's task store).
@@ -116,12 +117,9 @@ class ModelRunner:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        stored = self.model_ref
-        self.model = LoadedModel.load(
-            str(stored.tag),
-            stored.info.metadata,
-            stored.path_of(MODEL_FILE),
-        )
+        # Any kind of stored model (train.py, keyed-import, plain bentoml.sklearn); one
+        # pickled with other package versions than these is refused (see check_versions).
+        self.model = load_stored(self.model_ref)
         self.metrics = get_metrics()
         bind_apis_once(self, "predict")
 
@@ -172,8 +170,7 @@ class KeyedPrediction:
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
-        stored = self.model_ref
-        self.spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
+        self.spec = spec_of(self.model_ref)
         self.metrics = get_metrics()
         self.entry_lock = hold_entry_lock()  # the runner stops only after this worker
         bind_apis_once(self, "predict", "model_info")

@@ -20,5 +20,19 @@ requests are decoded by :mod:`keyed_serving.v2` into the columnar body stage 2 t
 Around them: :mod:`keyed_serving.http` (the gate in front of the entry),
 :mod:`keyed_serving.file_scoring` (/predict_file through the same stages),
 :mod:`keyed_serving.client` and :mod:`keyed_serving.cli` (``keyed-score``: wire format
-only), :mod:`keyed_serving.tables` (file formats), :mod:`keyed_serving.training`.
+only), :mod:`keyed_serving.tables` (file formats), :mod:`keyed_serving.training`,
+:mod:`keyed_serving.importing` (``keyed-import``, ``save_model``: a model you already have).
 """
+
+from typing import Any
+
+__all__ = ["save_model"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the client and the CLI need none of the model's packages.
+    if name == "save_model":
+        from keyed_serving.importing import save_model
+
+        return save_model
+    raise AttributeError(f"module 'keyed_serving' has no attribute {name!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.metadata
 import json
 import logging
 import os
@@ -31,7 +32,12 @@ from keyed_serving.schemas import (
 )
 
 logger = logging.getLogger("keyed_serving.model")
+# Ours (train.py, keyed-import): the pipeline in this file, what it takes in the metadata.
 MODEL_FILE = "model.joblib"
+# A model saved with plain bentoml.sklearn.save_model: no metadata of ours.
+PLAIN_SKLEARN_MODULES = ("bentoml.sklearn", "_bentoml_impl.frameworks.sklearn")
+# Pickles of these are portable across their minor versions; they are not guarded.
+PORTABLE_PACKAGES = frozenset({"numpy"})
 Task = Literal["classification", "regression"]
 # Where a server's start hands the version it resolved to its workers (see served_model_tag).
 PIN_VARIABLE = "KEYED_SERVED_MODEL"
@@ -101,30 +107,53 @@ class ModelSpec:
 
     tag: str
     task: Task
-    target: str
+    target: str | None
     features: tuple[FeatureInfo, ...]
     classes: tuple[Any, ...] | None
-    holdout_score: Score
+    holdout_score: Score | None
 
     @classmethod
     def from_metadata(cls, tag: str, metadata: dict[str, Any]) -> ModelSpec:
         classes = metadata.get("classes")
+        score = metadata.get("holdout_score")
         return cls(
             tag=tag,
             task=metadata["task"],
-            target=metadata["target"],
+            target=metadata.get("target"),
             features=tuple(FeatureInfo.model_validate(f) for f in metadata["features"]),
             classes=tuple(classes) if classes is not None else None,
-            holdout_score=Score.model_validate(metadata["holdout_score"]),
+            holdout_score=Score.model_validate(score) if score is not None else None,
+        )
+
+    @classmethod
+    def from_estimator(cls, tag: str, estimator: Any) -> ModelSpec:
+        """What a plain ``bentoml.sklearn`` model takes, from the fitted estimator itself:
+        the features it was fitted on (``feature_names_in_``), all numbers."""
+        names = getattr(estimator, "feature_names_in_", None)
+        if names is None:
+            raise ModelRefused(
+                f"model {tag} was saved with bentoml.sklearn and has no feature_names_in_ (it "
+                "was fitted on an array, not a DataFrame), so the server cannot tell which "
+                "features it takes. Import it with a sample of the rows it takes instead: "
+                "keyed-import MODEL_FILE --sample TABLE --name NAME"
+            )
+        task = estimator_task(estimator)
+        return cls(
+            tag=tag,
+            task=task,
+            target=None,
+            features=tuple(FeatureInfo(name=str(name), type="number") for name in names),
+            classes=class_labels(estimator) if task == "classification" else None,
+            holdout_score=None,
         )
 
     @classmethod
     def load(cls, tag: str) -> ModelSpec:
-        """From the model store, metadata only: the pipeline is not unpickled."""
+        """From the model store: for our models from the metadata alone (the pipeline is
+        not unpickled), for a plain bentoml.sklearn model from the estimator."""
         import bentoml
 
-        stored = bentoml.models.get(tag)
-        return cls.from_metadata(str(stored.tag), stored.info.metadata)
+        return spec_of(bentoml.models.get(tag))
 
     @property
     def feature_names(self) -> list[str]:
@@ -150,8 +179,10 @@ def to_frame(
     if all(f.type == "number" for f in features):
         # One float64 block: pandas builds it several times faster than a dict of columns
         # (measured: a tenth of the runner's time at 100-row requests went to that).
-        values = np.column_stack([np.asarray(columns[n], dtype=np.float64) for n in names])
-        return pd.DataFrame(values.reshape(-1, len(names)), columns=names, copy=False)
+        # Column by column in memory, as pandas holds a table it read: some models' float
+        # sums (a linear model's matrix product) differ in the last bit with the layout.
+        values = np.vstack([np.asarray(columns[n], dtype=np.float64) for n in names])
+        return pd.DataFrame(values.T, columns=names, copy=False)
     data: dict[str, Any] = {}
     for feature in features:
         given = columns[feature.name]
@@ -198,6 +229,11 @@ class LoadedModel:
         budget: IsolationBudget | None = None,
     ) -> LoadedModel:
         return cls(ModelSpec.from_metadata(tag, metadata), joblib.load(path), budget)
+
+    def predict_frame(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (and class probabilities) of a frame built by ``to_frame``, exactly
+        as the runner makes them; raises where the model raises (no row isolation)."""
+        return self._predict(frame)
 
     def predict_blocks(self, blocks: Sequence[KeyedBlock]) -> list[BlockResult]:
         """One result per block, in order, each with its block's chunk id, keys and model
@@ -355,9 +391,11 @@ class LoadedModel:
                 values = np.asarray(self.pipeline.classes_).take(np.argmax(proba, axis=1))
             else:
                 values = np.asarray(self.pipeline.predict(frame))
-            # predict_proba rows sum to 1 up to float error; renormalised so that callers
-            # can rely on it.
-            probabilities = proba / proba.sum(axis=1, keepdims=True)
+            # Rows that do not sum to 1 beyond float error are renormalised so that callers
+            # can rely on it; the others are the model's own values, bit for bit.
+            sums = proba.sum(axis=1, keepdims=True)
+            off = np.abs(sums - 1.0) > 1e-9
+            probabilities = np.where(off, proba / np.where(sums == 0, 1.0, sums), proba)
         if len(values) != len(frame):  # a pipeline that drops rows must not shift keys
             raise RuntimeError(f"model returned {len(values)} predictions for {len(frame)} rows")
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
@@ -392,11 +430,16 @@ def model_error(key: Any, reason: str) -> InstanceError:
 
 
 def _predicts_by_largest_probability(pipeline: Any) -> bool:
-    """True where scikit-learn defines ``predict`` as the class of largest
-    ``predict_proba`` (forests and trees), so one call gives both."""
+    """True where scikit-learn defines ``predict`` as ``classes_`` at the largest
+    ``predict_proba`` (single-output forests and trees), so one call gives both. Exact
+    classes only, not subclasses (which may predict otherwise), and only where the
+    pipeline's classes are the final estimator's."""
     from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+    from sklearn.pipeline import Pipeline
     from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
+    if hasattr(pipeline, "steps") and type(pipeline) is not Pipeline:
+        return False
     final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
     forests_and_trees = (
         RandomForestClassifier,
@@ -404,10 +447,150 @@ def _predicts_by_largest_probability(pipeline: Any) -> bool:
         DecisionTreeClassifier,
         ExtraTreeClassifier,
     )
-    return isinstance(final, forests_and_trees)
+    return type(final) in forests_and_trees and getattr(final, "n_outputs_", 1) == 1
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+# ---- loading any kind of stored model -------------------------------------------------
+
+
+class ModelRefused(RuntimeError):
+    """A stored model this environment cannot serve; the message says why and what to do."""
+
+
+def is_ours(metadata: Mapping[str, Any]) -> bool:
+    """Saved by train.py or keyed-import: the pipeline in MODEL_FILE, its spec in metadata."""
+    return "features" in metadata and "task" in metadata
+
+
+def estimator_task(estimator: Any) -> Task:
+    from sklearn.base import is_classifier
+
+    return (
+        "classification"
+        if is_classifier(estimator) or hasattr(estimator, "classes_")
+        else "regression"
+    )
+
+
+def class_labels(estimator: Any) -> tuple[Any, ...]:
+    """The estimator's classes as plain Python values (NumPy scalars do not go to JSON)."""
+    return tuple(c.item() if isinstance(c, np.generic) else c for c in estimator.classes_)
+
+
+def recorded_packages(stored: Any) -> dict[str, str]:
+    """The packages (distribution name -> version) the stored model was pickled with."""
+    metadata = stored.info.metadata
+    if "packages" in metadata:  # keyed-import
+        return dict(metadata["packages"])
+    if "sklearn_version" in metadata:  # train.py
+        return {"scikit-learn": metadata["sklearn_version"]}
+    return dict(stored.info.context.framework_versions or {})  # bentoml.sklearn
+
+
+def version_problems(packages: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(packages missing here, packages whose major.minor differs here), as sentences."""
+    missing, differing = [], []
+    for name, saved in sorted(packages.items()):
+        if name in PORTABLE_PACKAGES:
+            continue
+        try:
+            here = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(f"{name} {saved} is not installed")
+            continue
+        if _major_minor(here) != _major_minor(saved):
+            differing.append(f"{name} {saved} (this environment has {here})")
+    return missing, differing
+
+
+def check_versions(stored: Any, allow_mismatch: bool | None = None) -> None:
+    """Refuse a model pickled with another major.minor version of scikit-learn (or of
+    another package its fitted object holds) than this environment's: pickles are not
+    portable across them. KEYED_ALLOW_VERSION_MISMATCH=1 turns the refusal into a warning;
+    a package that is not installed at all is always refused."""
+    if allow_mismatch is None:
+        from keyed_serving.settings import get_settings
+
+        allow_mismatch = get_settings().allow_version_mismatch
+    missing, differing = version_problems(recorded_packages(stored))
+    if missing:
+        raise ModelRefused(
+            f"model {stored.tag} needs packages this environment lacks: {'; '.join(missing)}. "
+            "Install them (for LightGBM or XGBoost: pip install -e '.[lightgbm]' or "
+            "'.[xgboost]')."
+        )
+    if not differing:
+        return
+    said = (
+        f"model {stored.tag} was saved with {', '.join(differing)}: pickled models are not "
+        "portable across major.minor versions"
+    )
+    if allow_mismatch:
+        logger.warning("%s; serving it anyway (KEYED_ALLOW_VERSION_MISMATCH)", said)
+        return
+    raise ModelRefused(
+        f"{said}. Serve it where those versions are installed, import the model again "
+        "(keyed-import) in this environment, or set KEYED_ALLOW_VERSION_MISMATCH=1 to serve "
+        "it anyway."
+    )
+
+
+def load_stored(stored: Any, budget: IsolationBudget | None = None) -> LoadedModel:
+    """Any model the service serves, from the model store (``bentoml.models.get(tag)`` or a
+    service's ``BentoModel``): one trained by train.py, one imported by keyed-import, or a
+    plain ``bentoml.sklearn`` model. Refuses (``ModelRefused``) what it cannot serve."""
+    check_versions(stored)
+    tag = str(stored.tag)
+    metadata = stored.info.metadata
+    if is_ours(metadata):
+        return LoadedModel.load(tag, metadata, stored.path_of(MODEL_FILE), budget)
+    if stored.info.module in PLAIN_SKLEARN_MODULES:
+        import bentoml
+
+        estimator = bentoml.sklearn.load_model(stored)
+        return LoadedModel(ModelSpec.from_estimator(tag, estimator), estimator, budget)
+    raise ModelRefused(
+        f"model {tag} was saved with {stored.info.module or 'bentoml.models.create'} and has "
+        "no metadata of ours: this service serves models trained by train.py, imported with "
+        "keyed-import, or saved with bentoml.sklearn.save_model"
+    )
+
+
+def check_servable(tag: str) -> None:
+    """Refuse, where a server starts, a model it could not serve (``ModelRefused``): a
+    worker that raises in its ``__init__`` is respawned by ``bentoml serve`` over and over
+    and the server never exits (measured), while an error on importing the service stops
+    it at once with the message. A model not in the local store is left to BentoML."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        stored = bentoml.models.get(tag)
+    except NotFound:
+        return
+    spec_of(stored)
+
+
+def spec_of(stored: Any) -> ModelSpec:
+    """What a stored model takes and gives. Ours: from the metadata, nothing unpickled. A
+    plain bentoml.sklearn model: from the estimator, loaded once per process."""
+    check_versions(stored)
+    if is_ours(stored.info.metadata):
+        return ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
+    tag = str(stored.tag)
+    if tag not in _plain_specs:  # a version's spec never changes: unpickle it once
+        _plain_specs[tag] = load_stored(stored).spec
+    return _plain_specs[tag]
+
+
+_plain_specs: dict[str, ModelSpec] = {}
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])

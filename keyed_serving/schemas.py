@@ -170,10 +170,17 @@ class Score(BaseModel):
 class ModelInfo(BaseModel):
     model: str = Field(description="name:version")
     task: Literal["classification", "regression"]
-    target: str
+    target: str | None = Field(
+        default=None, exclude_if=_is_none, description="The column the model predicts."
+    )
     features: list[FeatureInfo]
     classes: list[str | int | float | bool] | None = Field(default=None, exclude_if=_is_none)
-    holdout_score: Score
+    holdout_score: Score | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="Measured on held-out rows by train.py, or on the sample by keyed-import "
+        "(metric ending in _on_import_sample); absent where nobody measured it.",
+    )
     max_instances: int = Field(description="The most instances one /predict request may hold.")
 
 

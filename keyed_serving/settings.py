@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # took 375 calls (1.9 s); 200 would take 2,335 calls (12 s) unbounded.
     isolation_max_calls: int = Field(default=512, ge=0)
     isolation_max_s: float = Field(default=5.0, ge=0)
+    # Serve a model pickled with another major.minor version of scikit-learn (or of another
+    # package it holds) than this environment's: refused at start unless this is set.
+    allow_version_mismatch: bool = False
     # One log line per request costs about a tenth of a small request's CPU.
     access_log: bool = False
     max_instances: int = Field(default=100_000, ge=1)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from keyed_serving.keys import MAX_KEY_LENGTH, RULE, find_key_problems, key_from_cell
-from keyed_serving.model import MODEL_FILE, LoadedModel, ModelSpec, model_error
+from keyed_serving.model import LoadedModel, ModelSpec, load_stored, model_error, spec_of
 from keyed_serving.tables import ROW_KEY, key_columns
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def score_spark(
 
     tag = model_tag or os.environ.get("MODEL_TAG", "iris_classifier:latest")
     stored = bentoml.models.get(tag)
-    spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
+    spec = spec_of(stored)
     if key == ROW_KEY:
         raise ValueError(
             f"a Spark DataFrame has no row order to key by ({ROW_KEY}): add a key column, "
@@ -261,7 +261,7 @@ def _load_from_store(tag: str) -> LoadedModel:
     import bentoml
 
     stored = bentoml.models.get(tag)
-    return LoadedModel.load(str(stored.tag), stored.info.metadata, stored.path_of(MODEL_FILE))
+    return load_stored(stored)
 
 
 def _load_shipped(tag: str, name: str) -> LoadedModel:
@@ -277,7 +277,7 @@ def _load_shipped(tag: str, name: str) -> LoadedModel:
     stored = bentoml.models.import_model(SparkFiles.get(name), _model_store=store)
     if str(stored.tag) != tag:
         raise RuntimeError(f"shipped model is {stored.tag}, expected {tag}")
-    return LoadedModel.load(tag, stored.info.metadata, stored.path_of(MODEL_FILE))
+    return load_stored(stored)
 
 
 def local_session(cores: int = 2, app_name: str = "keyed-scoring") -> Any:
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tag = args.model or os.environ.get("MODEL_TAG", "iris_classifier:latest")
     stored = bentoml.models.get(tag)
-    spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
+    spec = spec_of(stored)
     spark = local_session(args.cores, app_name="keyed-scoring-demo")
     spark.sparkContext.setLogLevel("ERROR")
     try:

@@ -279,7 +279,7 @@ def _records_frame(
 
 
 def read_table(path: str | Path, keys: str | Sequence[str] = ()) -> pd.DataFrame:
-    """A whole table (for training), read as ``iter_batches`` reads it."""
+    """A whole table (for training, or a model's sample), read as ``iter_batches`` reads it."""
     batches = list(iter_batches(path, 100_000, keys))
     if not batches:
         return pd.DataFrame()
