@@ -1,0 +1,153 @@
+"""Where the time goes: py-spy on the entry and the runner workers while wrk drives a load.
+
+    .venv/bin/python bench/profile.py [--load W1] [--seconds 15] [--path /predict]
+
+Starts this project's server as the benchmark does (bench/harness.py: the same model,
+bodies and answer checks), records both workers with py-spy (sampling, --idle so that
+waiting shows too), and prints for each worker: how busy it was (CPU seconds over the
+run), the functions with the most samples of their own, and the share of samples by
+package. Raw stacks go to bench/profiles/ (collapsed format, one file per worker), which
+any flame graph viewer opens (speedscope, inferno).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]
+
+from harness import WORKLOADS, bench_setup, bentoml_server, measure, write_workload  # noqa: E402
+
+PY_SPY = Path(sys.executable).parent / "py-spy"
+
+
+def record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            str(PY_SPY),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(round(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--idle",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def package(frame: str) -> str:
+    """'func (path/to/site-packages/pkg/mod.py:12)' -> 'pkg'; our own code by module."""
+    location = frame.rsplit("(", 1)[-1]
+    if "site-packages/" in location:
+        return location.split("site-packages/", 1)[1].split("/", 1)[0]
+    if "keyed_serving/" in location:
+        return "keyed_serving/" + location.split("keyed_serving/", 1)[1].split(".py", 1)[0]
+    if "service.py" in location:
+        return "service.py"
+    if "lib/python3" in location:
+        return "stdlib:" + location.split("lib/python3.11/", 1)[-1].split("/", 1)[0].split(".")[0]
+    return location
+
+
+def summarise(path: Path, cpu_s: float, seconds: float, top: int = 25) -> str:
+    own: collections.Counter[str] = collections.Counter()
+    by_package: collections.Counter[str] = collections.Counter()
+    idle_markers = ("select (selectors.py", "_run_once (asyncio", "poll (", "wait (threading")
+    total = idle = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = stack.split(";")
+        leaf = frames[-1]
+        total += count
+        if any(marker in leaf for marker in idle_markers):
+            idle += count
+            continue
+        own[leaf] += count
+        for name in dict.fromkeys(package(frame) for frame in frames[1:]):
+            by_package[name] += count
+    busy = total - idle
+    lines = [
+        f"  CPU {cpu_s:.1f} s over {seconds:.0f} s ({100 * cpu_s / seconds:.0f}% of a core); "
+        f"samples {total}, of which waiting {100 * idle / max(total, 1):.0f}%",
+        "  own samples (share of busy samples):",
+        *(
+            f"    {100 * n / max(busy, 1):5.1f}%  {frame[:150]}"
+            for frame, n in own.most_common(top)
+        ),
+        "  inclusive share by package (busy samples whose stack passes through it):",
+        *(f"    {100 * n / max(busy, 1):5.1f}%  {name}" for name, n in by_package.most_common(top)),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--load", default="W1", choices=[w.name for w in WORKLOADS])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--path", default="/predict", help="/predict or v2 (the V2 path)")
+    args = parser.parse_args()
+    load = next(w for w in WORKLOADS if w.name == args.load)
+    out = BENCH / "profiles"
+    out.mkdir(exist_ok=True)
+    with bench_setup("keyed-profile") as setup:
+        files = write_workload(setup.work, load, setup.pipeline, seed=0)
+        fmt = "v2" if args.path == "v2" else load.shape
+        with bentoml_server(
+            "profiled", "service:KeyedPrediction", setup.home, setup.work, MODEL_TAG=setup.tag
+        ) as server:
+            if args.path == "v2":
+                server.path = f"/v2/models/{setup.tag.split(':')[0]}/infer"
+            import psutil
+
+            workers = {
+                ("runner" if "--service-name ModelRunner" in " ".join(p.cmdline()) else "entry"): p
+                for p in psutil.Process(server.process.pid).children(recursive=True)
+                if "_bentoml_impl.worker" in " ".join(p.cmdline())
+            }
+            cpu_before = {role: sum(p.cpu_times()[:2]) for role, p in workers.items()}
+            recorders = {
+                role: record(p.pid, args.seconds, out / f"{args.load}-{role}.txt")
+                for role, p in workers.items()
+            }
+            run_args = argparse.Namespace(warmup=1, seconds=args.seconds)
+            result: list[object] = []
+            thread = threading.Thread(
+                target=lambda: result.append(
+                    measure(server, load, files[fmt], fmt, run_args, setup.work)
+                )
+            )
+            thread.start()
+            for recorder in recorders.values():
+                recorder.wait(timeout=args.seconds + 60)
+            cpu_after = {role: sum(p.cpu_times()[:2]) for role, p in workers.items()}
+            thread.join()
+    for role in workers:
+        print(f"{role} worker ({args.load}, {args.path}):")
+        print(
+            summarise(
+                out / f"{args.load}-{role}.txt",
+                cpu_after[role] - cpu_before[role],
+                args.seconds,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
