@@ -40,7 +40,6 @@ def record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
             "200",
             "--format",
             "raw",
-            "--idle",
             "--nonblocking",
             "--output",
             str(out),
@@ -51,47 +50,39 @@ def record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 
 def package(frame: str) -> str:
-    """'func (path/to/site-packages/pkg/mod.py:12)' -> 'pkg'; our own code by module."""
-    location = frame.rsplit("(", 1)[-1]
-    if "site-packages/" in location:
-        return location.split("site-packages/", 1)[1].split("/", 1)[0]
+    """'func (pkg/mod.py:12)' -> 'pkg' (py-spy writes paths from site-packages or the
+    standard library); our own code by module."""
+    location = frame.rsplit("(", 1)[-1].rstrip(")").rsplit(":", 1)[0]
     if "keyed_serving/" in location:
-        return "keyed_serving/" + location.split("keyed_serving/", 1)[1].split(".py", 1)[0]
-    if "service.py" in location:
+        return "keyed_serving/" + location.split("keyed_serving/", 1)[1].removesuffix(".py")
+    if location.endswith("service.py") and "/" not in location.strip("/").split("main/")[-1]:
         return "service.py"
-    if "lib/python3" in location:
-        return "stdlib:" + location.split("lib/python3.11/", 1)[-1].split("/", 1)[0].split(".")[0]
-    return location
+    return location.lstrip("<").split("/", 1)[0].removesuffix(".py")
 
 
 def summarise(path: Path, cpu_s: float, seconds: float, top: int = 25) -> str:
+    """py-spy samples only threads that are running (no --idle): shares of CPU samples."""
     own: collections.Counter[str] = collections.Counter()
     by_package: collections.Counter[str] = collections.Counter()
-    idle_markers = ("select (selectors.py", "_run_once (asyncio", "poll (", "wait (threading")
-    total = idle = 0
+    total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
         frames = stack.split(";")
-        leaf = frames[-1]
         total += count
-        if any(marker in leaf for marker in idle_markers):
-            idle += count
-            continue
-        own[leaf] += count
+        own[frames[-1]] += count
         for name in dict.fromkeys(package(frame) for frame in frames[1:]):
             by_package[name] += count
-    busy = total - idle
     lines = [
         f"  CPU {cpu_s:.1f} s over {seconds:.0f} s ({100 * cpu_s / seconds:.0f}% of a core); "
-        f"samples {total}, of which waiting {100 * idle / max(total, 1):.0f}%",
-        "  own samples (share of busy samples):",
+        f"{total} samples of running threads",
+        "  own samples (share of all):",
+        *(f"    {100 * n / max(total, 1):5.1f}%  {f[:150]}" for f, n in own.most_common(top)),
+        "  inclusive share by package (samples whose stack passes through it):",
         *(
-            f"    {100 * n / max(busy, 1):5.1f}%  {frame[:150]}"
-            for frame, n in own.most_common(top)
+            f"    {100 * n / max(total, 1):5.1f}%  {name}"
+            for name, n in by_package.most_common(top)
         ),
-        "  inclusive share by package (busy samples whose stack passes through it):",
-        *(f"    {100 * n / max(busy, 1):5.1f}%  {name}" for name, n in by_package.most_common(top)),
     ]
     return "\n".join(lines)
 

@@ -219,6 +219,7 @@ class LoadedModel:
         self.pipeline = pipeline
         self.budget = budget or IsolationBudget.configured()
         self.derive_predictions = _predicts_by_largest_probability(pipeline)
+        self.predict_proba = _forest_proba(pipeline) if self.derive_predictions else None
 
     @classmethod
     def load(
@@ -385,7 +386,8 @@ class LoadedModel:
         if self.spec.task != "classification":
             values = np.asarray(self.pipeline.predict(frame))
         else:
-            proba = np.asarray(self.pipeline.predict_proba(frame), dtype=np.float64)
+            predict_proba = self.predict_proba or self.pipeline.predict_proba
+            proba = np.asarray(predict_proba(frame), dtype=np.float64)
             if self.derive_predictions:
                 # What the forest's own predict does; one pass over the trees, not two.
                 values = np.asarray(self.pipeline.classes_).take(np.argmax(proba, axis=1))
@@ -448,6 +450,35 @@ def _predicts_by_largest_probability(pipeline: Any) -> bool:
         ExtraTreeClassifier,
     )
     return type(final) in forests_and_trees and getattr(final, "n_outputs_", 1) == 1
+
+
+def _forest_proba(pipeline: Any) -> Any:
+    """A forest's (or a tree's) ``predict_proba`` as scikit-learn computes it with
+    ``n_jobs=1`` (zeros, plus each tree's probabilities in the order of ``estimators_``,
+    divided by their number), without the per-tree wrapper its joblib dispatch adds: that
+    wrapper (configuration, warning filters) was more than half of a small micro-batch's
+    model time (bench/profile.py), and the answers are the same, bit for bit (a test
+    compares them with the pipeline's own). ``pipeline`` is one for which
+    ``_predicts_by_largest_probability`` holds; a lone tree keeps its own method."""
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+
+    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    if type(final) not in (RandomForestClassifier, ExtraTreesClassifier):
+        return None
+    steps = getattr(pipeline, "steps", [])
+    transform = pipeline[:-1].transform if len(steps) > 1 else None
+
+    def predict_proba(frame: pd.DataFrame) -> np.ndarray:
+        # The forest's own input check (float32, C order), then each tree unchecked, as the
+        # forest calls them.
+        rows = final._validate_X_predict(transform(frame) if transform else frame)
+        proba = np.zeros((rows.shape[0], final.n_classes_), dtype=np.float64)
+        for tree in final.estimators_:
+            proba += tree.predict_proba(rows, check_input=False)
+        proba /= len(final.estimators_)
+        return proba
+
+    return predict_proba
 
 
 def _first_line(exc: BaseException) -> str:
