@@ -32,7 +32,9 @@ from keyed_serving.http import (
     AnswerStamp,
     ApiPage,
     EntryGate,
+    EntrySlot,
     GetAlias,
+    LeanRoutes,
     OpenInferenceRoutes,
     RefinedDocs,
     RequestIdFilter,
@@ -79,6 +81,8 @@ settings = get_settings()
 # the entry and the runner serve this one version, whatever is saved meanwhile.
 MODEL_TAG = served_model_tag(settings.model_tag)
 check_servable(MODEL_TAG)  # a model this environment cannot load stops the start here
+# The lean routes' way to the entry instance BentoML makes (see LeanRoutes).
+ENTRY = EntrySlot()
 # BentoML routes a task at its path (run now) and at /submit (run in the background).
 FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
 # Task operations that hold or load a whole upload in memory (BentoML's task store).
@@ -93,7 +97,7 @@ TASK_PATHS = ("/predict_file_task/submit", "/predict_file_task/retry", "/predict
 # every request.
 QUIET = {
     "logging": {"access": {"enabled": settings.access_log}},
-    "tracing": {"excluded_urls": ["/predict"]},
+    "tracing": {"excluded_urls": ["/predict", "/v2/models/"]},
 }
 
 
@@ -182,6 +186,11 @@ class KeyedPrediction:
             linger_s=settings.coalesce_linger_ms / 1000 if settings.batching else 0.0,
         )
 
+    @bentoml.on_startup
+    def serve_the_lean_routes(self) -> None:
+        # Only the instance BentoML serves (not one a test makes) answers the lean routes.
+        ENTRY.instance = self
+
     @bentoml.api(input_spec=PredictRequest)
     async def predict(
         self,
@@ -208,14 +217,17 @@ class KeyedPrediction:
         if ctx is None:
             decoded = {name: _plain(value) for name, value in body.items() if value is not None}
             return await self.predict_body(decoded)  # type: ignore[return-value]
-        try:
-            decoded = decode_body(await ctx.request.body())
-        except InvalidRequest as exc:
-            response = error_response(400, exc.summary, exc.details)
-        else:
-            response = await self.predict_body(decoded)
+        response = await self.predict_raw(await ctx.request.body())
         ctx.response.status_code = response.status_code  # BentoML sets it from ctx
-        return response  # type: ignore[no-any-return]  # sent as it is
+        return response  # type: ignore[return-value]  # sent as it is
+
+    async def predict_raw(self, raw: bytes) -> Response:
+        """/predict for the bytes of a body (also the lean route's entry, see LeanRoutes)."""
+        try:
+            decoded = decode_body(raw)
+        except InvalidRequest as exc:
+            return error_response(400, exc.summary, exc.details)  # type: ignore[no-any-return]
+        return await self.predict_body(decoded)
 
     async def predict_body(self, body: Any) -> Response:
         """/predict for a decoded body: validate -> cut -> runner -> reassemble -> answer."""
@@ -281,28 +293,30 @@ class KeyedPrediction:
 
     async def _infer(self, ctx: bentoml.Context) -> Response:
         request = ctx.request
-        name = request.path_params.get("model_name")
-        version = request.path_params.get("model_version")
-        if name != model_name(self.spec) or version not in (None, model_version(self.spec)):
-            response = error_response(404, unknown_model(self.spec, name, version))
-        else:
-            try:
-                infer = decode_infer_request(
-                    await request.body(),
-                    request.headers.get("inference-header-content-length"),
-                    self.spec,
-                    settings.max_instances,
-                )
-            except V2Error as exc:
-                response = error_response(exc.status, exc.message)
-            else:
-                response = await self.answer(
-                    infer.body,
-                    lambda batch, scored: v2_answer(infer, batch, scored, self.spec),
-                    name_first=True,
-                )
+        response = await self.infer_raw(
+            request.path_params.get("model_name"),
+            request.path_params.get("model_version"),
+            await request.body(),
+            request.headers.get("inference-header-content-length"),
+        )
         ctx.response.status_code = response.status_code
         return response
+
+    async def infer_raw(
+        self, name: str | None, version: str | None, raw: bytes, header_length: str | None
+    ) -> Response:
+        """V2 inference for the bytes of a body (also the lean route's entry)."""
+        if name != model_name(self.spec) or version not in (None, model_version(self.spec)):
+            return error_response(404, unknown_model(self.spec, name, version))  # type: ignore[no-any-return]
+        try:
+            infer = decode_infer_request(raw, header_length, self.spec, settings.max_instances)
+        except V2Error as exc:
+            return error_response(exc.status, exc.message)  # type: ignore[no-any-return]
+        return await self.answer(
+            infer.body,
+            lambda batch, scored: v2_answer(infer, batch, scored, self.spec),
+            name_first=True,
+        )
 
     @bentoml.api
     async def predict_file(self, file: Path, key: str, keep: str = "") -> Path:
@@ -418,6 +432,12 @@ def _summary(summary: str, details: Sequence[ErrorDetail], name_first: bool) -> 
     return f"{summary}: {details[0].msg}" if name_first and details else summary
 
 
+def _cors_enabled() -> bool:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return bool(BentoMLContainer.http.cors.enabled.get())
+
+
 def _server_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -459,6 +479,7 @@ GATE = {
 }
 add_outermost(KeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
 KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
+KeyedPrediction.add_asgi_middleware(LeanRoutes, slot=ENTRY, cors=_cors_enabled())  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
     OpenInferenceRoutes, model_tag=MODEL_TAG, server_version=_server_version()

@@ -177,3 +177,43 @@ def test_per_instance_errors_answer_every_key_with_200(client: TestClient) -> No
 def test_an_unknown_error_mode_is_refused(client: TestClient) -> None:
     response = post(client, {"errors": "ignore", "instances": [{"key": 1, "features": GOOD}]})
     assert response.status_code == 400 and "errors" in response.text
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/iris_classifier/infer"])
+def test_the_lean_route_answers_as_bentomls_api_does(client: TestClient, path: str) -> None:
+    import service
+
+    if path == "/predict":
+        body: Any = {"keys": ["a", 7], "columns": {k: [v, None] for k, v in GOOD.items()}}
+    else:
+        tensors = [{"name": "key", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]}]
+        tensors += [
+            {"name": k, "datatype": "FP64", "shape": [2], "data": [v, v]} for k, v in GOOD.items()
+        ]
+        body = {"id": "r1", "inputs": tensors}
+    lean = client.post(path, json=body)
+    service.ENTRY.enabled = False
+    try:
+        through_bentoml = client.post(path, json=body)
+    finally:
+        service.ENTRY.enabled = True
+    assert lean.status_code == through_bentoml.status_code == 200
+    assert lean.content == through_bentoml.content
+    # BentoML's API wrapper names itself in a Server header: the lean route was not it.
+    assert through_bentoml.headers["server"].startswith("BentoML")
+    assert "server" not in lean.headers
+    assert lean.headers["x-request-id"]
+
+
+def test_an_unexpected_error_on_the_lean_route_is_a_json_500(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service
+
+    async def broken(raw: bytes) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service.ENTRY.instance, "predict_raw", broken)
+    response = client.post("/predict", json={"instances": [{"key": 1, "features": GOOD}]})
+    assert response.status_code == 500
+    assert "internal error" in response.json()["error"]
