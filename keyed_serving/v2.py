@@ -138,7 +138,7 @@ def decode_infer_request(
         id=request_id,
         key_datatype=key_tensor.datatype,
         body={"keys": key_tensor.keys(), "columns": columns, "errors": errors},
-        outputs=_requested_outputs(request.get("outputs")),
+        outputs=_requested_outputs(request.get("outputs"), spec, errors),
         binary_output=bool(parameters.get("binary_data_output", False)),
     )
 
@@ -303,7 +303,9 @@ def _json_elements(data: Any, count: int, name: str) -> list[Any]:
     return flat
 
 
-def _requested_outputs(outputs: Any) -> list[RequestedOutput] | None:
+def _requested_outputs(outputs: Any, spec: ModelSpec, errors: str) -> list[RequestedOutput] | None:
+    """The outputs asked for, refused here, before anything is predicted, when the model or
+    the error mode has no such output."""
     if outputs is None:
         return None
     if not isinstance(outputs, list):
@@ -314,6 +316,16 @@ def _requested_outputs(outputs: Any) -> list[RequestedOutput] | None:
             raise V2Error(400, f"outputs[{index}] must be an object with a name")
         if output["name"] not in OUTPUTS:
             raise V2Error(400, f"unknown output {output['name']!r}; outputs are {list(OUTPUTS)}")
+        if output["name"] == "probabilities" and spec.classes is None:
+            raise V2Error(
+                400, "output 'probabilities' is a classifier's; this model is a regressor"
+            )
+        if output["name"] == "error" and errors != "per_instance":
+            raise V2Error(
+                400,
+                "output 'error' is written in per-instance mode only: send "
+                '"parameters": {"errors": "per_instance"}',
+            )
         parameters = _object(output.get("parameters"), f"output {output['name']!r}'s parameters")
         binary = parameters.get("binary_data")
         requested.append(RequestedOutput(output["name"], None if binary is None else bool(binary)))

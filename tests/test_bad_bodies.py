@@ -202,3 +202,62 @@ def test_no_mutation_of_a_v2_binary_body_gets_a_5xx(
     assert response.status_code < 500, (mutated, header, response.text[:300])
     if response.status_code != 200:
         assert response.json()["error"]
+
+
+def v2_json_body(values: list[float], **extra: Any) -> dict[str, Any]:
+    """A JSON V2 request with integer keys, every feature set to ``values``."""
+    n = len(values)
+    inputs = [{"name": "key", "datatype": "INT64", "shape": [n], "data": list(range(n))}]
+    inputs += [{"name": f, "datatype": "FP64", "shape": [n], "data": values} for f in GOOD]
+    return {"inputs": inputs, **extra}
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("named_outputs", [False, True])
+def test_a_v2_request_whose_every_instance_is_bad_is_answered_per_instance(
+    client: TestClient, binary: bool, named_outputs: bool
+) -> None:
+    names = ("key", "prediction", "probabilities", "error")
+    body = v2_json_body(
+        [1e300, 1e300],
+        parameters={"errors": "per_instance", "binary_data_output": binary},
+        **({"outputs": [{"name": n} for n in names]} if named_outputs else {}),
+    )
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 200, response.text
+    length = int(response.headers.get("inference-header-content-length", len(response.content)))
+    answer = json.loads(response.content[:length])
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert set(outputs) == {"key", "prediction", "probabilities", "error"}
+    assert outputs["probabilities"]["shape"] == [2, 3]
+    assert answer["parameters"] == {"received": 2, "predicted": 0, "failed": 2}
+    if not binary:
+        assert all(p is None or p != p for p in outputs["probabilities"]["data"])
+        assert all(e.startswith("out_of_range") for e in outputs["error"]["data"])
+
+
+def test_asking_for_the_error_output_without_per_instance_errors_is_a_400(
+    client: TestClient,
+) -> None:
+    body = v2_json_body([1.0], outputs=[{"name": "key"}, {"name": "error"}])
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert "error" in response.json()["error"]
+    assert "per_instance" in response.json()["error"]
+
+
+def test_columns_whose_every_key_is_bad_still_answer_a_probability_column_per_class(
+    client: TestClient,
+) -> None:
+    body = {
+        "keys": ["a", 7],
+        "columns": {k: [1e300, 1e300] for k in GOOD},
+        "errors": "per_instance",
+    }
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["predictions"] == [None, None]
+    assert answer["probabilities"] == {
+        c: [None, None] for c in ("setosa", "versicolor", "virginica")
+    }
