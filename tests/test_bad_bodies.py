@@ -261,3 +261,18 @@ def test_columns_whose_every_key_is_bad_still_answer_a_probability_column_per_cl
     assert answer["probabilities"] == {
         c: [None, None] for c in ("setosa", "versicolor", "virginica")
     }
+
+
+@pytest.mark.parametrize("digits", [310, 400, 4000])
+@pytest.mark.parametrize("route", ["/predict", "/v2/models/iris_classifier/infer"])
+def test_an_integer_beyond_any_float_is_refused_with_400(
+    client: TestClient, digits: int, route: str
+) -> None:
+    huge = "9" * digits
+    if route == "/predict":
+        body = ROWS.replace("5.1", huge, 1)
+    else:
+        body = json.dumps(v2_json_body([1.0])).replace("1.0", huge, 1)
+    response = client.post(route, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "infinity" in response.json()["error"] or "JSON" in response.json()["error"]
