@@ -173,7 +173,18 @@ class _Tensor:
 
     def keys(self) -> list[Any]:
         if self.datatype != "BYTES":
-            return self.data.tolist() if isinstance(self.data, np.ndarray) else list(self.data)
+            if isinstance(self.data, np.ndarray):  # binary: of its datatype already
+                return list(self.data.tolist())
+            # JSON: each key is echoed in this datatype, so it must be one of its integers
+            # (a "1" in an INT64 tensor would come back as 1, another key).
+            bounds = np.iinfo(NUMBER_DTYPES[self.datatype])
+            if not all(type(k) is int and bounds.min <= k <= bounds.max for k in self.data):
+                raise V2Error(
+                    400,
+                    f"input {self.name!r} is {self.datatype}: its elements must be integers "
+                    f"from {bounds.min} to {bounds.max} (send other keys as BYTES)",
+                )
+            return list(self.data)
         keys = [_text(value, self.name) for value in self.data]
         if any(not isinstance(key, str) for key in keys if key is not None):
             raise V2Error(400, f"input {self.name!r} is BYTES: its elements must be strings")

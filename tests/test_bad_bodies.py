@@ -276,3 +276,26 @@ def test_an_integer_beyond_any_float_is_refused_with_400(
     response = client.post(route, content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     assert "infinity" in response.json()["error"] or "JSON" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "keys"),
+    [
+        ("INT64", [1, "1"]),  # "1" would come back as 1 in a binary INT64 answer
+        ("INT64", [1, "abc"]),
+        ("INT64", [1, None]),
+        ("INT32", [1, 2**40]),
+        ("UINT8", [1, 300]),
+        ("INT16", [1, -40000]),
+    ],
+)
+@pytest.mark.parametrize("binary_output", [False, True])
+def test_integer_keys_that_are_not_integers_of_their_datatype_are_a_400(
+    client: TestClient, datatype: str, keys: list[Any], binary_output: bool
+) -> None:
+    body = v2_json_body([1.0, 1.0], parameters={"binary_data_output": binary_output})
+    body["inputs"][0] = {"name": "key", "datatype": datatype, "shape": [2], "data": keys}
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert "'key'" in response.json()["error"]
+    assert datatype in response.json()["error"]
