@@ -299,3 +299,13 @@ def test_integer_keys_that_are_not_integers_of_their_datatype_are_a_400(
     assert response.status_code == 400, response.text
     assert "'key'" in response.json()["error"]
     assert datatype in response.json()["error"]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_v2_request_of_zero_instances_is_a_400_saying_so_once(
+    client: TestClient, binary: bool
+) -> None:
+    body = v2_json_body([], parameters={"binary_data_output": binary})
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "send at least one instance"
