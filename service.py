@@ -429,7 +429,8 @@ class KeyedPrediction:
 
 
 def _summary(summary: str, details: Sequence[ErrorDetail], name_first: bool) -> str:
-    return f"{summary}: {details[0].msg}" if name_first and details else summary
+    named = name_first and details and details[0].msg != summary
+    return f"{summary}: {details[0].msg}" if named else summary
 
 
 def _cors_enabled() -> bool:

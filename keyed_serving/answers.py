@@ -93,7 +93,8 @@ def column_answer(
     """Columnar format: predictions (and a column per class) at the positions of the keys."""
     predictions, probabilities = _at_request_positions(batch, scored)
     answer: dict[str, Any] = {"keys": batch.all_keys, "predictions": predictions}
-    if probabilities is not None and classes is not None:
+    if classes is not None:
+        probabilities = _or_nan(probabilities, batch.received, len(classes))
         # NaN where a key has no prediction: serialised as null.
         by_class = np.ascontiguousarray(probabilities.T)
         answer["probabilities"] = {str(label): by_class[i] for i, label in enumerate(classes)}
@@ -117,11 +118,11 @@ def v2_answer(request: V2Request, batch: ValidBatch, scored: Scored, spec: Model
         "key": (request.key_datatype, [n], batch.all_keys, {}),
         "prediction": (datatype, [n], _predictions(predictions, datatype), {}),
     }
-    if probabilities is not None:
+    if spec.classes is not None:
         tensors["probabilities"] = (
             "FP64",
             [n, len(classes)],
-            np.asarray(probabilities, dtype=np.float64),
+            _or_nan(probabilities, n, len(classes)),
             {"classes": classes},
         )
     if batch.errors == "per_instance":
@@ -201,6 +202,14 @@ def _at_request_positions(batch: ValidBatch, scored: Scored) -> tuple[list[Any],
             probabilities = np.full((batch.received, scored.probabilities.shape[1]), np.nan)
             probabilities[batch.positions] = scored.probabilities
     return predictions, probabilities
+
+
+def _or_nan(probabilities: np.ndarray | None, rows: int, classes: int) -> np.ndarray:
+    """A classifier's probabilities, all NaN when no row was predicted (every key of the
+    request failed): the answer keeps its shape, as for any one key without a prediction."""
+    if probabilities is None:
+        return np.full((rows, classes), np.nan)
+    return np.asarray(probabilities, dtype=np.float64)
 
 
 def _errors(batch: ValidBatch, scored: Scored) -> list[tuple[int, Any, dict[str, str]]]:

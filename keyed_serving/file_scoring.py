@@ -50,10 +50,14 @@ def check_file(path: Path, key: str, keep: Sequence[str], spec: ModelSpec) -> No
     try:
         format_of(path)
         columns = columns_of(path, key)
+    except pd.errors.EmptyDataError:  # not a byte of CSV
+        columns = []
     except ValueError as exc:
         raise InvalidFile(str(exc)) from None
     except Exception as exc:  # a parser's own complaint about a broken file
         raise InvalidFile(f"could not read the file: {type(exc).__name__}: {exc}") from None
+    if not columns:
+        raise InvalidFile("the file has no rows (nor a header)")
     if key not in columns:
         raise InvalidFile(f"no key column {key!r}; the file has {columns[:20]}")
     missing = [n for n in spec.feature_names if n not in columns]
@@ -63,7 +67,8 @@ def check_file(path: Path, key: str, keep: Sequence[str], spec: ModelSpec) -> No
     if missing_keep:
         raise InvalidFile(f"columns to keep not in the file: {missing_keep}")
     try:
-        check_keys(read_keys(path, key))
+        if not check_keys(read_keys(path, key)):
+            raise InvalidFile("the file has no rows, only a header")
     except InvalidKeys as exc:
         raise InvalidFile(str(exc)) from None
 

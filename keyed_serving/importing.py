@@ -141,8 +141,23 @@ def import_model(
         from keyed_serving.training import describe_features
 
         features = describe_features(table[names])
-        spec = ModelSpec("import:check", task, target, tuple(features), classes, None)
-        predictions = check_predicts(LoadedModel(spec, model, IsolationBudget(0, 0)), table)
+        try:
+            predictions = _check(task, target, features, classes, model, table)
+        except ImportRefused as as_categories:
+            # A boolean column is a category ("True"/"False") unless the model takes it as
+            # a number (sklearn's passthrough, LightGBM): then it is served as 1.0/0.0.
+            flags = {f.name for f in features if pd.api.types.is_bool_dtype(table[f.name])}
+            if not flags:
+                raise
+            features = [
+                FeatureInfo(name=f.name, type="number") if f.name in flags else f for f in features
+            ]
+            try:
+                predictions = _check(task, target, features, classes, model, table)
+            except ImportRefused:
+                raise ImportRefused(
+                    f"{as_categories} (and with boolean columns {sorted(flags)} as numbers)"
+                ) from None
         checked = len(table)
         if target is not None:
             score = sample_score(task, table[target], predictions)
@@ -251,6 +266,18 @@ def match_features(model: Any, columns: Sequence[str]) -> list[str]:
             "and --target; they are not features)"
         )
     return [matched[str(n)] for n in fitted]
+
+
+def _check(
+    task: Task,
+    target: str | None,
+    features: list[FeatureInfo],
+    classes: tuple[Any, ...] | None,
+    model: Any,
+    table: pd.DataFrame,
+) -> np.ndarray:
+    spec = ModelSpec("import:check", task, target, tuple(features), classes, None)
+    return check_predicts(LoadedModel(spec, model, IsolationBudget(0, 0)), table)
 
 
 def check_predicts(model: LoadedModel, table: pd.DataFrame) -> np.ndarray:

@@ -138,6 +138,8 @@ def number_or_as_is(value: Any) -> Any:
     cell the only failure. Text such as "nan" is not a missing value (only an empty cell
     is): it is sent as it is, and refused for that key alone."""
     value = json_value(value)
+    if isinstance(value, bool):  # a boolean the model takes as a number (keyed-import)
+        return float(value)
     if isinstance(value, decimal.Decimal):
         return None if value.is_nan() else float(value)
     if isinstance(value, str):

@@ -138,7 +138,7 @@ def decode_infer_request(
         id=request_id,
         key_datatype=key_tensor.datatype,
         body={"keys": key_tensor.keys(), "columns": columns, "errors": errors},
-        outputs=_requested_outputs(request.get("outputs")),
+        outputs=_requested_outputs(request.get("outputs"), spec, errors),
         binary_output=bool(parameters.get("binary_data_output", False)),
     )
 
@@ -173,7 +173,18 @@ class _Tensor:
 
     def keys(self) -> list[Any]:
         if self.datatype != "BYTES":
-            return self.data.tolist() if isinstance(self.data, np.ndarray) else list(self.data)
+            if isinstance(self.data, np.ndarray):  # binary: of its datatype already
+                return list(self.data.tolist())
+            # JSON: each key is echoed in this datatype, so it must be one of its integers
+            # (a "1" in an INT64 tensor would come back as 1, another key).
+            bounds = np.iinfo(NUMBER_DTYPES[self.datatype])
+            if not all(type(k) is int and bounds.min <= k <= bounds.max for k in self.data):
+                raise V2Error(
+                    400,
+                    f"input {self.name!r} is {self.datatype}: its elements must be integers "
+                    f"from {bounds.min} to {bounds.max} (send other keys as BYTES)",
+                )
+            return list(self.data)
         keys = [_text(value, self.name) for value in self.data]
         if any(not isinstance(key, str) for key in keys if key is not None):
             raise V2Error(400, f"input {self.name!r} is BYTES: its elements must be strings")
@@ -303,7 +314,9 @@ def _json_elements(data: Any, count: int, name: str) -> list[Any]:
     return flat
 
 
-def _requested_outputs(outputs: Any) -> list[RequestedOutput] | None:
+def _requested_outputs(outputs: Any, spec: ModelSpec, errors: str) -> list[RequestedOutput] | None:
+    """The outputs asked for, refused here, before anything is predicted, when the model or
+    the error mode has no such output."""
     if outputs is None:
         return None
     if not isinstance(outputs, list):
@@ -314,6 +327,16 @@ def _requested_outputs(outputs: Any) -> list[RequestedOutput] | None:
             raise V2Error(400, f"outputs[{index}] must be an object with a name")
         if output["name"] not in OUTPUTS:
             raise V2Error(400, f"unknown output {output['name']!r}; outputs are {list(OUTPUTS)}")
+        if output["name"] == "probabilities" and spec.classes is None:
+            raise V2Error(
+                400, "output 'probabilities' is a classifier's; this model is a regressor"
+            )
+        if output["name"] == "error" and errors != "per_instance":
+            raise V2Error(
+                400,
+                "output 'error' is written in per-instance mode only: send "
+                '"parameters": {"errors": "per_instance"}',
+            )
         parameters = _object(output.get("parameters"), f"output {output['name']!r}'s parameters")
         binary = parameters.get("binary_data")
         requested.append(RequestedOutput(output["name"], None if binary is None else bool(binary)))

@@ -118,7 +118,12 @@ def read_json(raw: bytes) -> Any:
 
 def _integer_as_orjson_reads_it(text: str) -> int | float:
     number = int(text)
-    return number if -(2**63) <= number < 2**64 else float(number)
+    if -(2**63) <= number < 2**64:
+        return number
+    try:
+        return float(number)
+    except OverflowError:  # beyond any float: orjson refuses it too, as a ValueError here
+        raise ValueError(text[:20]) from None
 
 
 def validate_request(

@@ -202,3 +202,110 @@ def test_no_mutation_of_a_v2_binary_body_gets_a_5xx(
     assert response.status_code < 500, (mutated, header, response.text[:300])
     if response.status_code != 200:
         assert response.json()["error"]
+
+
+def v2_json_body(values: list[float], **extra: Any) -> dict[str, Any]:
+    """A JSON V2 request with integer keys, every feature set to ``values``."""
+    n = len(values)
+    inputs = [{"name": "key", "datatype": "INT64", "shape": [n], "data": list(range(n))}]
+    inputs += [{"name": f, "datatype": "FP64", "shape": [n], "data": values} for f in GOOD]
+    return {"inputs": inputs, **extra}
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("named_outputs", [False, True])
+def test_a_v2_request_whose_every_instance_is_bad_is_answered_per_instance(
+    client: TestClient, binary: bool, named_outputs: bool
+) -> None:
+    names = ("key", "prediction", "probabilities", "error")
+    body = v2_json_body(
+        [1e300, 1e300],
+        parameters={"errors": "per_instance", "binary_data_output": binary},
+        **({"outputs": [{"name": n} for n in names]} if named_outputs else {}),
+    )
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 200, response.text
+    length = int(response.headers.get("inference-header-content-length", len(response.content)))
+    answer = json.loads(response.content[:length])
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert set(outputs) == {"key", "prediction", "probabilities", "error"}
+    assert outputs["probabilities"]["shape"] == [2, 3]
+    assert answer["parameters"] == {"received": 2, "predicted": 0, "failed": 2}
+    if not binary:
+        assert all(p is None or p != p for p in outputs["probabilities"]["data"])
+        assert all(e.startswith("out_of_range") for e in outputs["error"]["data"])
+
+
+def test_asking_for_the_error_output_without_per_instance_errors_is_a_400(
+    client: TestClient,
+) -> None:
+    body = v2_json_body([1.0], outputs=[{"name": "key"}, {"name": "error"}])
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert "error" in response.json()["error"]
+    assert "per_instance" in response.json()["error"]
+
+
+def test_columns_whose_every_key_is_bad_still_answer_a_probability_column_per_class(
+    client: TestClient,
+) -> None:
+    body = {
+        "keys": ["a", 7],
+        "columns": {k: [1e300, 1e300] for k in GOOD},
+        "errors": "per_instance",
+    }
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["predictions"] == [None, None]
+    assert answer["probabilities"] == {
+        c: [None, None] for c in ("setosa", "versicolor", "virginica")
+    }
+
+
+@pytest.mark.parametrize("digits", [310, 400, 4000])
+@pytest.mark.parametrize("route", ["/predict", "/v2/models/iris_classifier/infer"])
+def test_an_integer_beyond_any_float_is_refused_with_400(
+    client: TestClient, digits: int, route: str
+) -> None:
+    huge = "9" * digits
+    if route == "/predict":
+        body = ROWS.replace("5.1", huge, 1)
+    else:
+        body = json.dumps(v2_json_body([1.0])).replace("1.0", huge, 1)
+    response = client.post(route, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "infinity" in response.json()["error"] or "JSON" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "keys"),
+    [
+        ("INT64", [1, "1"]),  # "1" would come back as 1 in a binary INT64 answer
+        ("INT64", [1, "abc"]),
+        ("INT64", [1, None]),
+        ("INT32", [1, 2**40]),
+        ("UINT8", [1, 300]),
+        ("INT16", [1, -40000]),
+    ],
+)
+@pytest.mark.parametrize("binary_output", [False, True])
+def test_integer_keys_that_are_not_integers_of_their_datatype_are_a_400(
+    client: TestClient, datatype: str, keys: list[Any], binary_output: bool
+) -> None:
+    body = v2_json_body([1.0, 1.0], parameters={"binary_data_output": binary_output})
+    body["inputs"][0] = {"name": "key", "datatype": datatype, "shape": [2], "data": keys}
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert "'key'" in response.json()["error"]
+    assert datatype in response.json()["error"]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_v2_request_of_zero_instances_is_a_400_saying_so_once(
+    client: TestClient, binary: bool
+) -> None:
+    body = v2_json_body([], parameters={"binary_data_output": binary})
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "send at least one instance"

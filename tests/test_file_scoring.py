@@ -186,3 +186,30 @@ def test_in_a_csv_only_an_empty_cell_is_missing(client: TestClient) -> None:
     assert scored["id"].tolist() == frame["id"].tolist()
     failed = scored[scored["error"] != ""]
     assert failed["id"].tolist() == ["007"] and "wrong_type" in failed["error"].iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "name"),
+    [
+        (b"id,sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\n", "header.csv"),
+        (b"id,sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\r\n", "crlf.csv"),
+        (b"", "empty.csv"),
+        (b"", "empty.jsonl"),
+        (b"\n\n", "blank.jsonl"),
+    ],
+)
+def test_a_file_without_rows_gets_400_saying_it_has_no_rows(
+    client: TestClient, content: bytes, name: str
+) -> None:
+    response = upload(client, content, name, key="id")
+    assert response.status_code == 400, response.text
+    assert "no rows" in response.json()["error"], response.text
+
+
+def test_a_csv_with_a_bom_and_crlf_line_ends_is_scored_by_its_key(client: TestClient) -> None:
+    frame = flowers(5)
+    text = frame.to_csv(index=False, lineterminator="\r\n")
+    response = upload(client, "\ufeff".encode() + text.encode(), "bom.csv", key="id")
+    assert response.status_code == 200, response.text
+    scored = decode(response.content, ".csv")
+    assert [str(k) for k in scored["id"]] == [str(k) for k in frame["id"]]

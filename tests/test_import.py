@@ -431,3 +431,39 @@ def test_a_server_refuses_to_start_with_a_model_of_another_version(
     )  # fmt: skip
     assert out.returncode != 0
     assert "KEYED_ALLOW_VERSION_MISMATCH=1" in out.stderr + out.stdout
+
+
+def test_a_boolean_column_the_model_takes_as_a_number_is_served_as_one(
+    customers: pd.DataFrame,
+) -> None:
+    from keyed_serving.tables import feature_values
+
+    table = customers.assign(loyal=customers["tenure_months"].fillna(0) > 24)
+    features = ["plan", "monthly_spend", "loyal"]
+    pipeline = make_pipeline(
+        ColumnTransformer(
+            [
+                ("c", OneHotEncoder(handle_unknown="ignore"), ["plan"]),
+                ("n", SimpleImputer(), ["monthly_spend"]),
+                ("b", "passthrough", ["loyal"]),  # booleans as 0/1, as sklearn takes them
+            ]
+        ),
+        LogisticRegression(),
+    ).fit(table[features], table["churned"])
+    tag = keyed_serving.save_model(
+        "loyal",
+        pipeline,
+        table[["customer_id", *features, "churned"]],
+        key="customer_id",
+        target="churned",
+    )
+    metadata = bentoml.models.get(tag).info.metadata
+    assert {"name": "loyal", "type": "number"} in metadata["features"]
+    # A table's boolean cells, as the client and /predict_file send them.
+    sent = {name: feature_values(table[name].tolist(), "category" if name == "plan" else "number")
+            for name in features}  # fmt: skip
+    assert sent["loyal"][:2] == [float(v) for v in table["loyal"][:2]]
+    model = load_stored(bentoml.models.get(tag))
+    predicted = model.predict_columns(sent)
+    assert predicted.errors == {}
+    assert np.array_equal(predicted.probabilities, pipeline.predict_proba(table[features]))
