@@ -35,6 +35,7 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from keyed_serving.client import KeyedClient, ScoringStopped
+from keyed_serving.formats import format_of
 from keyed_serving.tables import (
     ROW_COLUMN,
     ROW_KEY,
@@ -44,7 +45,6 @@ from keyed_serving.tables import (
     check_keys,
     columns_of,
     drop_unfinished_line,
-    format_of,
     iter_batches,
     key_as_text,
     key_columns,

@@ -16,6 +16,7 @@ import pandas as pd
 from anyio import to_thread
 
 from keyed_serving.answers import row_answer
+from keyed_serving.formats import format_of
 from keyed_serving.model import ModelSpec
 from keyed_serving.reassemble import Scored
 from keyed_serving.tables import (
@@ -24,7 +25,6 @@ from keyed_serving.tables import (
     check_keys,
     columns_of,
     feature_values,
-    format_of,
     iter_batches,
     read_keys,
     scored_table,

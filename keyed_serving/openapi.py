@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from keyed_serving.formats import MEDIA_TYPES
 from keyed_serving.model import ModelSpec
 from keyed_serving.schemas import ErrorResponse
-from keyed_serving.tables import MEDIA_TYPES
 
 ERROR_REF = "#/components/schemas/ErrorResponse"
 RETRY_AFTER = {

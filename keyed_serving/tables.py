@@ -19,7 +19,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -28,21 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from keyed_serving.formats import format_of
 from keyed_serving.keys import Key, find_key_problems, key_from_cell, typed
 
-Format = Literal["csv", "parquet", "jsonl"]
-MEDIA_TYPES: dict[Format, str] = {
-    "csv": "text/csv",
-    "parquet": "application/vnd.apache.parquet",
-    "jsonl": "application/jsonl",
-}
-EXTENSIONS: dict[str, Format] = {
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-}
 # `key="@row"`: a table without a key column is keyed by its rows' 0-based positions, put
 # in a column of this name (in the output too).
 ROW_KEY = "@row"
@@ -196,15 +184,6 @@ def scored_table(
     for column in kept.columns:
         table[str(column)] = kept[column].tolist()
     return pd.DataFrame(table)
-
-
-def format_of(path: str | Path) -> Format:
-    suffix = Path(path).suffix.lower()
-    if suffix not in EXTENSIONS:
-        raise ValueError(
-            f"{path}: unknown format {suffix!r}; use one of {', '.join(sorted(EXTENSIONS))}"
-        )
-    return EXTENSIONS[suffix]
 
 
 def iter_batches(

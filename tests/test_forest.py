@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from support import make_customer_table
 
-from keyed_serving.model import LoadedModel, ModelSpec, _forest_proba, to_frame
+from keyed_serving.model import THREADED_ROWS, LoadedModel, ModelSpec, _forest_proba, to_frame
 from keyed_serving.training import build_pipeline, describe_features
 
 FEATURES = ["plan", "region", "tenure_months", "monthly_spend", "support_tickets"]
@@ -54,6 +54,16 @@ def test_the_forest_path_answers_what_scikit_learn_answers_bit_for_bit(
         predictions, probabilities = model.predict_frame(rows)
         assert np.array_equal(probabilities, model.pipeline.predict_proba(rows))
         assert predictions.tolist() == model.pipeline.predict(rows).tolist()
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_rows_split_between_threads_answer_the_same_bit_for_bit(threads: int) -> None:
+    model, frame = fitted("random_forest", "strings")
+    rows = frame.sample(THREADED_ROWS + 123, random_state=4, replace=True)
+    rows = rows.reset_index(drop=True)
+    rows.loc[rows.index[::5], "tenure_months"] = np.nan
+    path = _forest_proba(model.pipeline, threads)
+    assert np.array_equal(path(rows), model.pipeline.predict_proba(rows))
 
 
 def test_a_bare_forest_and_a_one_step_pipeline_take_the_path_too() -> None:
