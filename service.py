@@ -448,7 +448,7 @@ def settle_the_heap() -> None:
     gc.freeze()
 
 
-def _cors_enabled() -> bool:
+def cors_enabled() -> bool:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     return bool(BentoMLContainer.http.cors.enabled.get())
@@ -495,7 +495,7 @@ GATE = {
 }
 add_outermost(KeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
 KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
-KeyedPrediction.add_asgi_middleware(LeanRoutes, slot=ENTRY, cors=_cors_enabled())  # type: ignore[attr-defined]
+KeyedPrediction.add_asgi_middleware(LeanRoutes, slot=ENTRY, cors=cors_enabled())  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
     OpenInferenceRoutes, model_tag=MODEL_TAG, server_version=_server_version()

@@ -1,6 +1,6 @@
 """An unkeyed variant of /predict, served only by the benchmark: the cost of keys.
 
-The same stack as the keyed service (BentoML API, orjson, validation, coalescing, the same
+The same stack as the keyed service (the lean route, orjson, validation, coalescing, the same
 ModelRunner and model), except that the caller sends no keys and gets predictions by
 position: rows are numbered where they arrive (an int64 range, one buffer over the hop) and
 results are taken by position, with no key check. What keys cost is the difference.
@@ -19,10 +19,29 @@ from starlette.responses import Response
 
 from keyed_serving.chunking import cut
 from keyed_serving.dispatch import Coalescer, send_blocks
-from keyed_serving.http import AnswerStamp, EntryGate, add_outermost, bind_apis_once, error_response
+from keyed_serving.http import (
+    AnswerStamp,
+    EntryGate,
+    EntrySlot,
+    LeanRoutes,
+    add_outermost,
+    bind_apis_once,
+    error_response,
+)
 from keyed_serving.model import ModelSpec
 from keyed_serving.validate import InvalidRequest, validate_request
-from service import GATE, MODEL_TAG, QUIET, ModelRunner, PredictRequest, settings
+from service import (
+    GATE,
+    MODEL_TAG,
+    QUIET,
+    ModelRunner,
+    PredictRequest,
+    cors_enabled,
+    settings,
+    settle_the_heap,
+)
+
+ENTRY = EntrySlot()
 
 
 @bentoml.service(workers=settings.entry_workers, **QUIET)
@@ -40,14 +59,26 @@ class UnkeyedPrediction:
         )
         bind_apis_once(self, "predict")
 
+    @bentoml.on_startup
+    def serve_the_lean_routes(self) -> None:
+        ENTRY.instance = self
+        settle_the_heap()
+
     @bentoml.api(input_spec=PredictRequest)
     async def predict(self, ctx: bentoml.Context, **_: Any) -> Any:
-        body = orjson.loads(await ctx.request.body())
+        response = await self.predict_raw(await ctx.request.body())
+        ctx.response.status_code = response.status_code
+        return response
+
+    async def infer_raw(self, *_: Any) -> Response:
+        return error_response(404, "the unkeyed variant has no V2 route")  # type: ignore[no-any-return]
+
+    async def predict_raw(self, raw: bytes) -> Response:
+        body = orjson.loads(raw)
         try:
             batch = validate_request(body, self.spec, settings.max_instances, keyed=False)
         except InvalidRequest as exc:
-            ctx.response.status_code = 400
-            return error_response(400, exc.summary, exc.details)
+            return error_response(400, exc.summary, exc.details)  # type: ignore[no-any-return]
         blocks = cut(batch, settings.chunk_rows, self.spec.tag)
         for block in blocks:  # numbered rows, not keys: one int64 buffer over the hop
             block.keys = np.arange(len(block.keys))
@@ -80,6 +111,8 @@ class UnkeyedPrediction:
         )
 
 
-# The same gate as the keyed entry (request ids, limits): the variants differ in keys only.
+# The same gate and lean route as the keyed entry (request ids, limits): the variants differ
+# in keys only.
 add_outermost(UnkeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
 UnkeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
+UnkeyedPrediction.add_asgi_middleware(LeanRoutes, slot=ENTRY, cors=cors_enabled())  # type: ignore[attr-defined]
