@@ -97,15 +97,17 @@ def find_key_problems(keys: Sequence[Any]) -> KeyProblems:
     where those find something."""
     kinds = set(map(type, keys))
     usable = kinds <= {str, int}
+    strings: Sequence[Any] = ()
     if usable and str in kinds:
         strings = [key for key in keys if type(key) is str] if int in kinds else keys
-        usable = min(map(len, strings)) > 0 and max(map(len, strings)) <= MAX_KEY_LENGTH
+        lengths = list(map(len, strings))
+        usable = min(lengths) > 0 and max(lengths) <= MAX_KEY_LENGTH
     if usable and int in kinds:
         integers = [key for key in keys if type(key) is int] if str in kinds else keys
         usable = min(integers) >= MIN_INTEGER_KEY and max(integers) <= MAX_INTEGER_KEY
     # A lone surrogate can only come from a reader more lenient than orjson (Python's json,
     # a DataFrame); it is looked for by one encode of all the strings at once.
-    if usable and str in kinds and not _all_encodable(keys):
+    if usable and strings and not _all_encodable(strings):
         usable = False
     unusable: list[tuple[int, str]] = []
     if not usable:
@@ -126,9 +128,9 @@ def find_key_problems(keys: Sequence[Any]) -> KeyProblems:
     return KeyProblems(unusable, duplicated)
 
 
-def _all_encodable(keys: Sequence[Any]) -> bool:
+def _all_encodable(strings: Sequence[str]) -> bool:
     try:
-        "\x00".join(key for key in keys if type(key) is str).encode("utf-8")
+        "\x00".join(strings).encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
