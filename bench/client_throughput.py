@@ -16,7 +16,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,10 +25,10 @@ FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="keyed-bench-home-") as home:
-        os.environ["BENTOML_HOME"] = home
-        os.environ["BENTOML_DO_NOT_TRACK"] = "True"
-        return run(Path(home))
+    from harness import bench_home
+
+    with bench_home("keyed-bench") as (_, work):
+        return run(work)
 
 
 def run(work: Path) -> int:

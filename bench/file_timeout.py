@@ -17,7 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,10 +26,10 @@ TIMEOUT_S = 35.0  # service.py: the entry's traffic timeout, request_deadline_s 
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="keyed-bench-home-") as home:
-        os.environ["BENTOML_HOME"] = home
-        os.environ["BENTOML_DO_NOT_TRACK"] = "True"
-        return run(Path(home))
+    from harness import bench_home
+
+    with bench_home("keyed-bench") as (_, work):
+        return run(work)
 
 
 def run(work: Path) -> int:

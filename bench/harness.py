@@ -671,14 +671,24 @@ class Setup:
 
 
 @contextlib.contextmanager
-def bench_setup(prefix: str) -> Iterator[Setup]:
-    """A BentoML home and a work folder of their own (removed afterwards) holding the
-    default model, trained afresh: every bench script measures the same model."""
+def bench_home(prefix: str) -> Iterator[tuple[str, Path]]:
+    """A BentoML home and a work folder of a bench script's own, removed afterwards."""
     home = tempfile.mkdtemp(prefix=f"{prefix}-home-")
     work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     os.environ["BENTOML_HOME"] = home
     os.environ["BENTOML_DO_NOT_TRACK"] = "True"
     try:
+        yield home, work
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def bench_setup(prefix: str) -> Iterator[Setup]:
+    """``bench_home`` holding the default model, trained afresh: every bench script
+    measures the same model."""
+    with bench_home(prefix) as (home, work):
         import bentoml
         import joblib
 
@@ -688,9 +698,6 @@ def bench_setup(prefix: str) -> Iterator[Setup]:
         tag = train_default().tag
         model_path = Path(bentoml.models.get(tag).path_of(MODEL_FILE))
         yield Setup(home, work, tag, model_path, joblib.load(model_path))
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
