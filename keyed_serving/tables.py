@@ -155,6 +155,22 @@ def feature_values(cells: Sequence[Any], feature_type: str) -> list[Any]:
     return [convert(cell) for cell in cells]
 
 
+def feature_column(cells: pd.Series, feature_type: str) -> list[Any]:
+    """``feature_values`` of a frame's column, without a call per cell where the column's
+    dtype already says what each cell becomes: numbers stay the numbers they are, NaN is
+    missing (a float column of a million rows was a third of the client's time)."""
+    if feature_type != "number" or not isinstance(cells.dtype, np.dtype):
+        return feature_values(cells.tolist(), feature_type)  # pandas' own dtypes: NA cells
+    if cells.dtype.kind in "iu":
+        return list(cells.tolist())
+    if cells.dtype.kind == "f":
+        values = cells.to_numpy()
+        column = values.astype(object)
+        column[np.isnan(values)] = None
+        return list(column.tolist())
+    return feature_values(cells.tolist(), feature_type)
+
+
 def scored_table(
     keys: Mapping[str, Sequence[Key]],
     entries: Sequence[dict[str, Any]],
