@@ -428,9 +428,13 @@ def score_table(server: Server, work: Path, pipeline: Any, rows: int) -> dict[st
     table = pd.DataFrame({"row_id": [f"r{i:07d}" for i in range(rows)], **make_features(rng, rows)})
     source, target = work / "table.parquet", work / "scored.parquet"
     table.to_parquet(source, index=False)
+    # `python -m` with cwd=ROOT: the code of this checkout (a worktree has no .venv of its
+    # own, and the venv's console script imports the main checkout's code).
     process = psutil.Popen(
         [
-            str(ROOT / ".venv" / "bin" / "keyed-score"),
+            sys.executable,
+            "-m",
+            "keyed_serving.cli",
             str(source),
             "--key",
             "row_id",
@@ -443,6 +447,7 @@ def score_table(server: Server, work: Path, pipeline: Any, rows: int) -> dict[st
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     peak, started = 0.0, time.perf_counter()
     while process.poll() is None:

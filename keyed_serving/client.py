@@ -22,9 +22,11 @@ Retry-After is capped, and an unexpected error in the client itself stops the ru
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,9 +42,9 @@ from keyed_serving.tables import (
     InvalidKeys,
     check_key_columns,
     check_keys,
-    feature_values,
+    feature_column,
     key_columns,
-    scored_table,
+    scored_columns,
     with_row_numbers,
 )
 
@@ -84,14 +86,64 @@ class ScoringStopped(Exception):
         )
 
 
-class _Stopped(Exception):
-    """A worker's unexpected error, with the positions answered and failed until then."""
+@dataclass
+class _Answered:
+    """A chunk's checked answer: predictions (and probabilities by class) of its rows
+    ``start``..``end``, in order; those of its rows that failed are in the run's ``failed``."""
 
-    def __init__(
-        self, cause: BaseException, answered: dict[int, dict[str, Any]], failed: dict[int, str]
-    ):
+    start: int
+    end: int
+    predictions: list[Any]
+    probabilities: dict[str, list[Any]] | None
+
+
+@dataclass
+class _Tally:
+    """What a run has settled: chunks answered, and the positions that failed (with why).
+    Every position is settled once: in an answered chunk, or failed."""
+
+    rows: int
+    answered: list[_Answered]
+    failed: dict[int, str]
+
+    def positions(self) -> list[int]:
+        """The positions answered with a prediction, in input order."""
+        positions: list[int] = []
+        for chunk in sorted(self.answered, key=lambda c: c.start):
+            if self.failed:
+                positions.extend(p for p in range(chunk.start, chunk.end) if p not in self.failed)
+            else:
+                positions.extend(range(chunk.start, chunk.end))
+        return positions
+
+    def columns(
+        self, labels: Sequence[str]
+    ) -> tuple[list[Any], dict[str, list[Any]] | None, list[int] | None]:
+        """(predictions, probabilities by label, positions) of the answered rows, in input
+        order; ``positions`` is None when every row was answered."""
+        predictions: list[Any] = [None] * self.rows
+        probabilities = {label: [None] * self.rows for label in labels}
+        for chunk in self.answered:
+            predictions[chunk.start : chunk.end] = chunk.predictions
+            for label, column in (chunk.probabilities or {}).items():
+                if label in probabilities:
+                    probabilities[label][chunk.start : chunk.end] = column
+        positions = self.positions()
+        if len(positions) == self.rows:
+            return predictions, probabilities or None, None
+        return (
+            [predictions[p] for p in positions],
+            {label: [c[p] for p in positions] for label, c in probabilities.items()} or None,
+            positions,
+        )
+
+
+class _Stopped(Exception):
+    """A worker's unexpected error, with what the run had settled until then."""
+
+    def __init__(self, cause: BaseException, tally: _Tally):
         super().__init__(str(cause))
-        self.cause, self.answered, self.failed = cause, answered, failed
+        self.cause, self.tally = cause, tally
 
 
 @dataclass
@@ -104,7 +156,8 @@ class _Server:
 
 @dataclass
 class _Chunk:
-    positions: list[int]
+    start: int  # the rows start..end of the input (a split of a range is two ranges)
+    end: int
     attempts: int = 0
     last_error: str = ""
 
@@ -144,17 +197,20 @@ class KeyedClient:
     def predict(self, instances: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Entries for ``[{"key", "features"}, ...]``, in input order; raises
         ``ScoringError`` (with the scored entries as ``partial``) if some keys failed."""
-        check_keys([i["key"] for i in instances])
+        keys = check_keys([i["key"] for i in instances])
+        names = dict.fromkeys(name for i in instances for name in i["features"])
+        columns = {n: [i["features"].get(n) for i in instances] for n in names}
         try:
-            answered, failed = asyncio.run(self._score_instances(list(instances)))
+            tally = asyncio.run(self._score_columns(keys, columns))
         except _Stopped as stopped:
-            entries = [stopped.answered[p] for p in sorted(stopped.answered)]
-            reasons = {instances[p]["key"]: r for p, r in stopped.failed.items()}
-            raise ScoringStopped(stopped.cause, reasons, entries) from stopped.cause
-        entries = [answered[p] for p in range(len(instances)) if p in answered]
-        if failed:
-            raise ScoringError({instances[p]["key"]: r for p, r in failed.items()}, entries)
-        return entries
+            reasons = {keys[p]: r for p, r in stopped.tally.failed.items()}
+            raise ScoringStopped(stopped.cause, reasons, _entries(keys, stopped.tally)) from (
+                stopped.cause
+            )
+        if tally.failed:
+            reasons = {keys[p]: r for p, r in sorted(tally.failed.items())}
+            raise ScoringError(reasons, _entries(keys, tally))
+        return _entries(keys, tally)
 
     def score(
         self,
@@ -208,35 +264,34 @@ class KeyedClient:
         absent = [f["name"] for f in features if f["name"] not in frame.columns]
         if absent:
             raise ValueError(f"the input lacks the model's features {absent}")
-        columns = {
-            f["name"]: feature_values(frame[f["name"]].tolist(), f["type"]) for f in features
-        }
-        instances = [
-            {"key": k, "features": {n: values[row] for n, values in columns.items()}}
-            for row, k in enumerate(wire_keys)
-        ]
+        columns = {f["name"]: feature_column(frame[f["name"]], f["type"]) for f in features}
+        labels_of_classes = [str(label) for label in info.get("classes") or []]
 
-        def table(answered: dict[int, dict[str, Any]]) -> pd.DataFrame:
-            positions = sorted(answered)
+        def table(tally: _Tally) -> pd.DataFrame:
+            predictions, probabilities, positions = tally.columns(labels_of_classes)
             if len(names) == 1:
-                key_values = {names[0]: [labels[p] for p in positions]}
+                key_values = {
+                    names[0]: labels if positions is None else [labels[p] for p in positions]
+                }
             else:
-                key_values = {n: [labels[p][i] for p in positions] for i, n in enumerate(names)}
-            return scored_table(
+                taken = labels if positions is None else [labels[p] for p in positions]
+                parts = list(zip(*taken, strict=True)) if taken else [() for _ in names]
+                key_values = {n: list(part) for n, part in zip(names, parts, strict=True)}
+            kept = frame[list(keep)]
+            return scored_columns(
                 key_values,
-                [answered[p] for p in positions],
+                predictions,
+                probabilities,
                 info.get("classes"),
-                frame[list(keep)].iloc[positions],
+                kept if positions is None else kept.iloc[positions],
             )
 
         try:
-            answered, failed = await self._score_instances(instances, on_progress)
+            tally = await self._score_columns(wire_keys, columns, on_progress)
         except _Stopped as stopped:
-            reasons = {labels[p]: r for p, r in sorted(stopped.failed.items())}
-            raise ScoringStopped(stopped.cause, reasons, table(stopped.answered)) from (
-                stopped.cause
-            )
-        return table(answered), {labels[p]: reason for p, reason in sorted(failed.items())}
+            reasons = {labels[p]: r for p, r in sorted(stopped.tally.failed.items())}
+            raise ScoringStopped(stopped.cause, reasons, table(stopped.tally)) from (stopped.cause)
+        return table(tally), {labels[p]: reason for p, reason in sorted(tally.failed.items())}
 
     async def _model_info(self) -> dict[str, Any]:
         errors = []
@@ -259,30 +314,31 @@ class KeyedClient:
     def _http(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.concurrency * 2)
         return httpx.AsyncClient(
-            headers=self.headers, timeout=self.timeout_s, limits=limits, transport=self.transport
+            headers=self.headers,
+            timeout=self.timeout_s,
+            limits=limits,
+            transport=self.transport,
+            verify=_tls_context(),
         )
 
-    def _cut(self, instances: list[dict[str, Any]]) -> list[_Chunk]:
-        chunks = []
-        for start in range(0, len(instances), self.chunk_rows):
-            chunks.append(_Chunk(list(range(start, min(start + self.chunk_rows, len(instances))))))
-        return chunks
-
-    async def _score_instances(
+    async def _score_columns(
         self,
-        instances: list[dict[str, Any]],
+        keys: list[Key],
+        columns: dict[str, list[Any]],
         on_progress: Callable[[int], None] | None = None,
-    ) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
-        answered: dict[int, dict[str, Any]] = {}
-        failed: dict[int, str] = {}
+    ) -> _Tally:
+        """Every row scored or failed, once: the rows ``keys[i]`` with ``columns[n][i]``."""
+        tally = _Tally(len(keys), [], {})
+        settled: list[tuple[int, int]] = []
         servers = [_Server(url) for url in self.urls]
         queue: asyncio.Queue[_Chunk] = asyncio.Queue()
-        for chunk in self._cut(instances):
-            queue.put_nowait(chunk)
+        for start in range(0, len(keys), self.chunk_rows):
+            queue.put_nowait(_Chunk(start, min(start + self.chunk_rows, len(keys))))
 
         def settle(chunk: _Chunk) -> None:
+            settled.append((chunk.start, chunk.end))
             if on_progress is not None:
-                on_progress(len(chunk.positions))
+                on_progress(chunk.end - chunk.start)
             queue.task_done()
 
         async def pick_server() -> _Server:
@@ -301,23 +357,21 @@ class KeyedClient:
                 server = await pick_server()
                 server.in_flight += 1
                 try:
-                    outcome = await self._send(http, server, chunk, instances, answered, failed)
+                    outcome = await self._send(http, server, chunk, keys, columns, tally)
                 finally:
                     server.in_flight -= 1
                 if outcome == "split":
-                    middle = len(chunk.positions) // 2
-                    for half in (chunk.positions[:middle], chunk.positions[middle:]):
-                        queue.put_nowait(_Chunk(half, chunk.attempts))
+                    middle = (chunk.start + chunk.end) // 2
+                    queue.put_nowait(_Chunk(chunk.start, middle, chunk.attempts))
+                    queue.put_nowait(_Chunk(middle, chunk.end, chunk.attempts))
                     queue.task_done()
                 elif outcome == "retry" and chunk.attempts < self.max_attempts:
                     queue.put_nowait(chunk)
                     queue.task_done()
                 else:
                     if outcome == "retry":
-                        for position in chunk.positions:
-                            failed[position] = f"gave up after {chunk.attempts} attempts: " + (
-                                chunk.last_error
-                            )
+                        reason = f"gave up after {chunk.attempts} attempts: {chunk.last_error}"
+                        tally.failed.update(dict.fromkeys(range(chunk.start, chunk.end), reason))
                     settle(chunk)
 
         async with self._http() as http:
@@ -337,24 +391,31 @@ class KeyedClient:
                 if isinstance(e, BaseException) and not isinstance(e, asyncio.CancelledError)
             ]
             if errors:
-                raise _Stopped(errors[0], answered, failed)
-        unaccounted = set(range(len(instances))) - answered.keys() - failed.keys()
-        if unaccounted or answered.keys() & failed.keys():
-            raise AssertionError(f"client bookkeeping lost rows {sorted(unaccounted)[:10]}")
-        return answered, failed
+                raise _Stopped(errors[0], tally)
+        # The settled chunks must tile the rows: each row settled once, none left out.
+        position = 0
+        for start, end in sorted(settled):
+            if start != position:
+                raise AssertionError(f"client bookkeeping lost or repeated rows at {position}")
+            position = end
+        if position != len(keys):
+            raise AssertionError(f"client bookkeeping lost rows from {position}")
+        return tally
 
     async def _send(
         self,
         http: httpx.AsyncClient,
         server: _Server,
         chunk: _Chunk,
-        instances: list[dict[str, Any]],
-        answered: dict[int, dict[str, Any]],
-        failed: dict[int, str],
+        keys: list[Key],
+        columns: dict[str, list[Any]],
+        tally: _Tally,
     ) -> str:
-        """'done', 'retry' or 'split'; fills ``answered`` and ``failed`` for a done chunk."""
-        sent = [instances[p] for p in chunk.positions]
-        body = _columnar_body(sent)
+        """'done', 'retry' or 'split'; settles a done chunk's rows in ``tally``."""
+        sent = keys[chunk.start : chunk.end]
+        body = _columnar_body(
+            sent, {n: column[chunk.start : chunk.end] for n, column in columns.items()}
+        )
         if len(body) > self.max_chunk_bytes and len(sent) > 1:
             return "split"
         chunk.attempts += 1
@@ -375,19 +436,17 @@ class KeyedClient:
         server.failures = 0
         if response.status_code == 200:
             try:
-                entries = _entries(orjson.loads(response.content))
+                checked = _checked_answer(orjson.loads(response.content), sent, chunk.start)
             except orjson.JSONDecodeError:
-                entries = None
-            if entries is None or [e["key"] for e in entries] != [i["key"] for i in sent]:
+                checked = None
+            if checked is None:
                 # Not to be believed, nor trusted with the retry: as if it had not answered.
                 _cool_down(server)
                 chunk.last_error = f"{server.url}: answer's keys do not match the keys sent"
                 return "retry"
-            for position, entry in zip(chunk.positions, entries, strict=True):
-                if "error" in entry:
-                    failed[position] = f"{entry['error']['code']}: {entry['error']['message']}"
-                else:
-                    answered[position] = entry
+            answered, failed = checked
+            tally.answered.append(answered)
+            tally.failed.update(failed)
             return "done"
         chunk.last_error = f"{server.url}: HTTP {response.status_code}: {response.text[:300]}"
         if response.status_code in RETRY_STATUSES:
@@ -397,9 +456,16 @@ class KeyedClient:
             return "retry"
         if response.status_code == 413 and len(sent) > 1:
             return "split"
-        for position in chunk.positions:  # the request itself was refused: final
-            failed[position] = chunk.last_error
+        # The request itself was refused: final.
+        tally.failed.update(dict.fromkeys(range(chunk.start, chunk.end), chunk.last_error))
         return "done"
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's own default context, made once: making one per client (keyed-score makes a
+    client per batch) took a twentieth of a run's time."""
+    return httpx.create_ssl_context()
 
 
 def _cool_down(server: _Server) -> None:
@@ -408,48 +474,66 @@ def _cool_down(server: _Server) -> None:
     server.not_before = time.monotonic() + min(30.0, 0.25 * 2**server.failures)
 
 
-def _columnar_body(instances: list[dict[str, Any]]) -> bytes:
+def _columnar_body(keys: list[Key], columns: dict[str, list[Any]]) -> bytes:
     """The chunk in the server's columnar format: a list per feature instead of an object
     per row, several times cheaper to write and to read."""
-    names = list(instances[0]["features"]) if instances else []
-    columns = {n: [i["features"].get(n) for i in instances] for n in names}
-    body = {"keys": [i["key"] for i in instances], "columns": columns, "errors": "per_instance"}
-    finite = all(
-        not isinstance(v, float) or math.isfinite(v) for column in columns.values() for v in column
-    )
-    if finite:
+    body = {"keys": keys, "columns": columns, "errors": "per_instance"}
+    # `in` scans a list in C; only float infinity (and its equals) compare equal to it.
+    if not any(math.inf in column or -math.inf in column for column in columns.values()):
         return orjson.dumps(body)
     # orjson would write Infinity as null (a missing value); Python's JSON writes it as
     # Infinity, which the server answers as that key's out_of_range error.
     return json.dumps(body).encode()
 
 
-def _entries(answer: Any) -> list[dict[str, Any]] | None:
-    """A columnar answer as one entry per key: {key, prediction, probabilities} or
-    {key, error}."""
+def _checked_answer(
+    answer: Any, sent: list[Key], start: int
+) -> tuple[_Answered, dict[int, str]] | None:
+    """A columnar answer to the keys ``sent`` (rows ``start``...), checked: (its
+    predictions, the positions that failed with why); None if it is not to be believed
+    (other keys, or in another order; a column of another length; an error for a key not
+    sent)."""
     try:
         keys, predictions = answer["keys"], answer["predictions"]
         probabilities = answer.get("probabilities")
-        errors = {typed(e["key"]): e["error"] for e in answer.get("errors", [])}
-    except (KeyError, TypeError):
+        errors = answer.get("errors") or []
+        # One comparison of the lists, and one of their types: 1, 1.0 and True are equal
+        # in Python but are different keys.
+        if keys != sent or list(map(type, keys)) != list(map(type, sent)):
+            return None
+        if not isinstance(predictions, list) or len(predictions) != len(sent):
+            return None
+        if probabilities is not None and not (
+            isinstance(probabilities, dict)
+            and all(isinstance(c, list) and len(c) == len(sent) for c in probabilities.values())
+        ):
+            return None
+        failed: dict[int, str] = {}
+        if errors:
+            index = {typed(key): row for row, key in enumerate(sent)}
+            for error in errors:
+                row = index.get(typed(error["key"]))
+                if row is None:
+                    return None
+                failed[start + row] = f"{error['error']['code']}: {error['error']['message']}"
+    except (KeyError, TypeError, ValueError):
         return None
-    if len(keys) != len(predictions):
-        return None
+    return _Answered(start, start + len(sent), predictions, probabilities), failed
+
+
+def _entries(keys: list[Key], tally: _Tally) -> list[dict[str, Any]]:
+    """The instances API's answer: one entry per answered row, in input order,
+    {key, prediction, probabilities} (probabilities when the server gave them)."""
     entries: list[dict[str, Any]] = []
-    for row, (key, prediction) in enumerate(zip(keys, predictions, strict=True)):
-        error = errors.get(typed(key))
-        if error is not None:
-            entries.append({"key": key, "error": error})
-        elif probabilities is not None:
-            entries.append(
-                {
-                    "key": key,
-                    "prediction": prediction,
-                    "probabilities": {
-                        label: column[row] for label, column in probabilities.items()
-                    },
+    for chunk in sorted(tally.answered, key=lambda c: c.start):
+        for row in range(chunk.end - chunk.start):
+            position = chunk.start + row
+            if position in tally.failed:
+                continue
+            entry = {"key": keys[position], "prediction": chunk.predictions[row]}
+            if chunk.probabilities is not None:
+                entry["probabilities"] = {
+                    label: column[row] for label, column in chunk.probabilities.items()
                 }
-            )
-        else:
-            entries.append({"key": key, "prediction": prediction})
+            entries.append(entry)
     return entries

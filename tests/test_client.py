@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import decimal
 import json
+import math
 import socket
 import time
 from collections import Counter
@@ -284,3 +285,63 @@ def test_a_retry_after_of_a_day_is_capped_not_obeyed(monkeypatch: pytest.MonkeyP
     client._info = INFO
     scored, failed = run_bounded(client, table(10), "id")
     assert failed == {} and len(scored) == 10 and calls["predict"] == 2
+
+
+def test_an_infinite_number_reaches_the_server_as_infinity_not_as_a_missing_value() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))  # Python's JSON reads Infinity back
+        return Fleet(a="ok").handle(request)
+
+    client = KeyedClient(["http://a"], transport=httpx.MockTransport(handle), chunk_rows=10)
+    client._info = INFO
+    frame = table(30)
+    frame.loc[[13, 24], "x"] = [math.inf, -math.inf]
+    run_bounded(client, frame, "id")
+    sent = {
+        key: x for body in bodies for key, x in zip(body["keys"], body["columns"]["x"], strict=True)
+    }
+    assert sent["row-13"] == math.inf and sent["row-24"] == -math.inf
+    assert sent["row-0"] is None and sent["row-1"] == 1.0  # NaN is missing, numbers are kept
+
+
+def test_the_instances_api_answers_one_entry_per_instance_in_order() -> None:
+    fleet = Fleet(a="ok")
+    instances = [
+        {"key": i, "features": {"x": float(i), "colour": "poison" if i == 4 else "red"}}
+        for i in range(9)
+    ]
+    with pytest.raises(ScoringError) as caught:
+        fleet.client(chunk_rows=2).predict(instances)
+    assert caught.value.failed == {4: "model_error: cannot take poison"}
+    assert caught.value.partial == [
+        {
+            "key": i,
+            "prediction": label(instance["features"]),
+            "probabilities": {
+                "no": float(label(instance["features"]) == "no"),
+                "yes": float(label(instance["features"]) == "yes"),
+            },
+        }
+        for i, instance in enumerate(instances)
+        if i != 4
+    ]
+    assert fleet.client().predict(instances[:3])[2]["key"] == 2
+
+
+def test_an_answer_whose_keys_differ_only_in_type_is_not_believed() -> None:
+    calls = Counter[str]()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls["predict"] += 1
+        answer = json.loads(Fleet(a="ok").handle(request).content)
+        if calls["predict"] == 1:
+            answer["keys"] = [float(k) for k in answer["keys"]]  # 1.0 == 1, but another key
+        return httpx.Response(200, json=answer)
+
+    client = KeyedClient(["http://a"], transport=httpx.MockTransport(handle))
+    client._info = INFO
+    frame = table(5).assign(id=range(5))
+    scored, failed = run_bounded(client, frame, "id")
+    assert failed == {} and scored["id"].tolist() == list(range(5)) and calls["predict"] == 2

@@ -16,11 +16,14 @@ from keyed_serving.tables import (
     check_key_columns,
     check_keys,
     drop_unfinished_line,
+    feature_column,
     feature_values,
     iter_batches,
     key_columns,
     read_keys,
     read_table,
+    scored_columns,
+    scored_table,
     with_row_numbers,
 )
 
@@ -129,6 +132,53 @@ def test_cells_are_sent_as_the_model_was_trained_on_them() -> None:
         "7",
     ]
     assert feature_values([decimal.Decimal("2.50"), np.float64(1.0)], "number") == [2.5, 1.0]
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        pd.Series([1.5, np.nan, np.inf, -np.inf, 0.0]),
+        pd.Series([1.5, 2.5], dtype="float32"),
+        pd.Series([3, -4], dtype="int64"),
+        pd.Series([1, None], dtype="Int64"),
+        pd.Series([1.5, None], dtype="Float64"),
+        pd.Series([True, False]),
+        pd.Series(["1.5", "x", None, decimal.Decimal("2")], dtype=object),
+    ],
+    ids=["float64", "float32", "int64", "Int64", "Float64", "bool", "object"],
+)
+def test_a_column_is_sent_cell_for_cell_as_its_cells_are(cells: pd.Series) -> None:
+    for feature_type in ("number", "category"):
+        column = feature_column(cells, feature_type)
+        expected = feature_values(cells.tolist(), feature_type)
+        assert column == expected
+        assert [type(v) for v in column] == [type(v) for v in expected]
+
+
+def test_scored_rows_are_written_the_same_from_entries_and_from_columns() -> None:
+    entries = [
+        {"key": "a", "prediction": "yes", "probabilities": {"no": 0.25, "yes": 0.75}},
+        {"key": "b", "error": {"code": "out_of_range", "message": "x is infinite"}},
+    ]
+    kept = pd.DataFrame({"region": ["n", "s"]})
+    from_entries = scored_table({"id": ["a", "b"]}, entries, ["no", "yes"], kept)
+    from_columns = scored_columns(
+        {"id": ["a", "b"]},
+        ["yes", None],
+        {"no": [0.25, None], "yes": [0.75, None]},
+        ["no", "yes"],
+        kept,
+        [None, "out_of_range: x is infinite"],
+    )
+    pd.testing.assert_frame_equal(from_entries, from_columns)
+    assert from_columns.columns.tolist() == [
+        "id",
+        "prediction",
+        "probability_no",
+        "probability_yes",
+        "error",
+        "region",
+    ]
 
 
 def test_a_key_of_several_columns_is_judged_whole_and_each_part_by_the_key_rules() -> None:
