@@ -30,13 +30,7 @@ from keyed_serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
 from keyed_serving.formats import MEDIA_TYPES, format_of
 from keyed_serving.http import (
     AnswerStamp,
-    ApiPage,
     EntryGate,
-    EntrySlot,
-    GetAlias,
-    LeanRoutes,
-    OpenInferenceRoutes,
-    RefinedDocs,
     RequestIdFilter,
     add_outermost,
     bind_apis_once,
@@ -46,6 +40,14 @@ from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
 from keyed_serving.metrics import get_metrics
 from keyed_serving.model import check_servable, load_stored, served_model_tag, spec_of
 from keyed_serving.reassemble import KeyMismatch, ModelVersionMismatch, Scored, reassemble_by_key
+from keyed_serving.routes import (
+    ApiPage,
+    EntrySlot,
+    GetAlias,
+    LeanRoutes,
+    OpenInferenceRoutes,
+    RefinedDocs,
+)
 from keyed_serving.schemas import (
     BlockResult,
     ErrorDetail,

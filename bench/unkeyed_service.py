@@ -22,13 +22,12 @@ from keyed_serving.dispatch import Coalescer, send_blocks
 from keyed_serving.http import (
     AnswerStamp,
     EntryGate,
-    EntrySlot,
-    LeanRoutes,
     add_outermost,
     bind_apis_once,
     error_response,
 )
 from keyed_serving.model import ModelSpec
+from keyed_serving.routes import EntrySlot, LeanRoutes
 from keyed_serving.validate import InvalidRequest, validate_request
 from service import (
     GATE,

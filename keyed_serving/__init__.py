@@ -18,6 +18,8 @@ requests are decoded by :mod:`keyed_serving.v2` into the columnar body stage 2 t
 :mod:`keyed_serving.dispatch` carries chunks from 3 to 4 and back (retries, deadline).
 
 Around them: :mod:`keyed_serving.http` (the gate in front of the entry),
+:mod:`keyed_serving.routes` (what the entry answers before BentoML's router: the lean
+routes, the V2 GET routes, the API page),
 :mod:`keyed_serving.file_scoring` (/predict_file through the same stages),
 :mod:`keyed_serving.client` and :mod:`keyed_serving.cli` (``keyed-score``: wire format
 only), :mod:`keyed_serving.tables` (file formats), :mod:`keyed_serving.training`,
