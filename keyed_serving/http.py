@@ -19,7 +19,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyed_serving.schemas import ErrorDetail, ErrorResponse
 
-logger = logging.getLogger("keyed_serving")
 # Probes and scrapers must work without a token and must never be refused for load.
 OPEN_PATHS = frozenset(
     {"/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"}
