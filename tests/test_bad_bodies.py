@@ -106,6 +106,16 @@ def test_deeply_nested_arrays_are_refused_with_400(
         assert response.json()["detail"], response.text[:300]
 
 
+def fuzzed(examples: int) -> Any:
+    """A fixed set of examples (the same every run), through the session's app fixture."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
 MUTATIONS = st.sampled_from(
     [
         *'{}[]":,.-+eE019 \\/nNItfu\x00\u00e9',
@@ -121,12 +131,7 @@ MUTATIONS = st.sampled_from(
 )
 
 
-@settings(
-    max_examples=600,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@fuzzed(600)
 @given(
     base=st.sampled_from([ROWS, COLUMNS, ROWS_WITH_NAN]),
     position=st.floats(min_value=0, max_value=1, exclude_max=True),
@@ -180,12 +185,7 @@ def test_the_v2_binary_body_is_answered(client: TestClient) -> None:
     assert int(response.headers["inference-header-content-length"]) < len(response.content)
 
 
-@settings(
-    max_examples=400,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@fuzzed(400)
 @given(
     position=st.floats(min_value=0, max_value=1, exclude_max=True),
     replacement=st.binary(min_size=0, max_size=4),
