@@ -239,7 +239,8 @@ class EntryGate:
                 receive,
                 send,
                 415,
-                f"content type {shown!r} is not accepted; send application/json",
+                f"content type {shown!r} is not accepted; send "
+                + " or ".join(sorted(media for media in accepted if media)),
             )
             return
         if self.bytes_in_flight + declared_bytes > self.body_budget:

@@ -16,6 +16,7 @@ from typing import Any
 from keyed_serving.formats import MEDIA_TYPES
 from keyed_serving.model import ModelSpec
 from keyed_serving.schemas import ErrorResponse
+from keyed_serving.v2 import model_name, model_version
 
 ERROR_REF = "#/components/schemas/ErrorResponse"
 RETRY_AFTER = {
@@ -150,7 +151,7 @@ split or retried the work. Keys are unique within a request: non-empty strings o
 entry per instance, in request order, each with its key.
 * **Columns** (bulk): `POST /predict` with `{{"keys": [...], "columns": {{feature: [...]}}}}`: \
 answered in kind.
-* **Open Inference Protocol (KServe V2)**: `POST /v2/models/{model_name_of(spec)}/infer` with \
+* **Open Inference Protocol (KServe V2)**: `POST /v2/models/{model_name(spec)}/infer` with \
 an input `key` beside one input per feature; tritonclient works unchanged (binary tensors too).
 * **Files**: `POST /predict_file` (CSV, Parquet, JSON Lines) answers the scored file.
 
@@ -160,17 +161,13 @@ field. 429/503 carry `Retry-After`. What the model takes: `GET /model_info`. The
 guide: [README](./readme)."""
 
 
-def model_name_of(spec: ModelSpec) -> str:
-    return spec.tag.split(":", 1)[0]
-
-
 def refine_openapi(document: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
     doc = copy.deepcopy(document)
     # BentoML's template names the service class and "dev", with its own help links.
     doc["info"] = {
         **{k: v for k, v in doc.get("info", {}).items() if k != "contact"},
-        "title": f"Keyed prediction: {model_name_of(spec)}",
-        "version": spec.tag.split(":", 1)[-1],
+        "title": f"Keyed prediction: {model_name(spec)}",
+        "version": model_version(spec),
         "description": page_description(spec),
     }
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})

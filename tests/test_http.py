@@ -217,3 +217,13 @@ def test_an_unexpected_error_on_the_lean_route_is_a_json_500(
     response = client.post("/predict", json={"instances": [{"key": 1, "features": GOOD}]})
     assert response.status_code == 500
     assert "internal error" in response.json()["error"]
+
+
+def test_a_v2_body_of_another_media_type_is_refused_naming_those_it_takes(
+    client: TestClient,
+) -> None:
+    response = client.post(
+        "/v2/models/iris_classifier/infer", content=b"x", headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 415
+    assert "application/json or application/octet-stream" in response.json()["error"]
