@@ -37,9 +37,10 @@ test: install browser ## run every test, the slow ones (real servers, bento buil
 test-fast: install ## run the tests that need no real server
 	$(BIN)/pytest -m "not slow"
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and the import rules between the package's parts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install ## mypy
 	$(BIN)/mypy
