@@ -25,7 +25,7 @@ FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width
 
 
 def main() -> int:
-    from harness import bench_home
+    from servers import bench_home
 
     with bench_home("keyed-bench") as (_, work):
         return run(work)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH, WORKLOADS, bench_setup, bentoml_server, measure, write_workload
+from harness import WORKLOADS, measure, write_workload
+from servers import BENCH, bench_setup, bentoml_server
 
 
 def main() -> int:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH, WORKLOADS, bench_setup, bentoml_server, machine, measure, write_workload
+from harness import WORKLOADS, machine, measure, write_workload
+from servers import BENCH, bench_setup, bentoml_server
 
 CONFIGS = [
     ("defaults: 1 entry, 1 runner, 2 calls in flight, linger 5 ms", {}),
