@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import WORKLOADS, measure, write_workload
+from load import WORKLOADS, measure, write_workload
 from servers import BENCH, bench_setup, bentoml_server
 
 
