@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import machine
 from load import WORKLOADS, measure, write_workload
+from report import machine
 from servers import BENCH, bench_setup, bentoml_server
 
 CONFIGS = [
