@@ -4,7 +4,7 @@
 
 Each configuration is this project's real server (`bentoml serve`) under W1 (64 x 1), W2
 (16 x 100, rows) and W3 (1 x 10,000, columns), driven by wrk with every answer checked by
-key (bench/harness.py does the driving). Configurations differ only in KEYED_* variables.
+key (bench/load.py does the driving). Configurations differ only in KEYED_* variables.
 """
 
 from __future__ import annotations
