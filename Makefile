@@ -37,9 +37,10 @@ test: install browser ## run every test, the slow ones (real servers, bento buil
 test-fast: install ## run the tests that need no real server
 	$(BIN)/pytest -m "not slow"
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and the import rules between the package's parts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install ## mypy
 	$(BIN)/mypy
@@ -47,10 +48,10 @@ typecheck: install ## mypy
 check: lint typecheck test ## everything CI should be happy with
 
 # The bento installs the packages its model was pickled with, at their major.minor
-# (keyed_serving.bento): bentofile.yaml plus those pins, written to .bentofile.build.yaml.
+# (keyed_serving.model.bento): bentofile.yaml plus those pins, written to .bentofile.build.yaml.
 build: install ## bentoml build (the bento carries the model named by MODEL_TAG and its packages)
 	$(BIN)/python train.py --if-missing
-	$(BIN)/python -m keyed_serving.bento bentofile.yaml .bentofile.build.yaml
+	$(BIN)/python -m keyed_serving.model.bento bentofile.yaml .bentofile.build.yaml
 	$(BIN)/bentoml build -f .bentofile.build.yaml .
 
 soak: install ## 64 clients x 60 s with 5% poisoned instances against a real server; fails on any lost or mispaired key
@@ -107,11 +108,11 @@ else
 endif
 
 test-container: install ## build the image with buildah, run it, probe it and predict from inside (minutes)
-	KEYED_CONTAINER_TESTS=1 $(BIN)/pytest tests/test_container.py
+	KEYED_CONTAINER_TESTS=1 $(BIN)/pytest tests/e2e/test_container.py
 
 spark-demo: install ## score a generated table by key with Spark in local mode (ROWS=, CORES=)
 	$(BIN)/python train.py --if-missing
-	$(BIN)/python -m keyed_serving.spark --rows $(or $(ROWS),200000) --cores $(or $(CORES),2)
+	$(BIN)/python -m keyed_serving.offline.spark --rows $(or $(ROWS),200000) --cores $(or $(CORES),2)
 
 bench-spark: install ## Spark local-mode rows/s with 1 and 2 cores (bench/spark_scoring.md)
 	$(BIN)/python bench/spark_scoring.py

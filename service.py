@@ -24,30 +24,8 @@ import bentoml
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
 
-from keyed_serving.answers import Answer, keyed_answer, model_error_details, v2_answer
-from keyed_serving.chunking import cut
-from keyed_serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
 from keyed_serving.formats import MEDIA_TYPES, format_of
-from keyed_serving.http import (
-    AnswerStamp,
-    EntryGate,
-    RequestIdFilter,
-    add_outermost,
-    bind_apis_once,
-    error_response,
-)
-from keyed_serving.lifecycle import hold_entry_lock, outlive_the_entry
-from keyed_serving.metrics import get_metrics
-from keyed_serving.model import check_servable, load_stored, served_model_tag, spec_of
-from keyed_serving.reassemble import KeyMismatch, ModelVersionMismatch, Scored, reassemble_by_key
-from keyed_serving.routes import (
-    ApiPage,
-    EntrySlot,
-    GetAlias,
-    LeanRoutes,
-    OpenInferenceRoutes,
-    RefinedDocs,
-)
+from keyed_serving.model.store import check_servable, load_stored, served_model_tag, spec_of
 from keyed_serving.schemas import (
     BlockResult,
     ErrorDetail,
@@ -58,24 +36,51 @@ from keyed_serving.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from keyed_serving.settings import get_settings
-from keyed_serving.v2 import (
+from keyed_serving.serving.answers import Answer, keyed_answer, model_error_details, v2_answer
+from keyed_serving.serving.chunking import cut
+from keyed_serving.serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
+from keyed_serving.serving.http import (
+    AnswerStamp,
+    EntryGate,
+    RequestIdFilter,
+    add_outermost,
+    bind_apis_once,
+    error_response,
+)
+from keyed_serving.serving.lifecycle import hold_entry_lock, outlive_the_entry
+from keyed_serving.serving.metrics import get_metrics
+from keyed_serving.serving.reassemble import (
+    KeyMismatch,
+    ModelVersionMismatch,
+    Scored,
+    reassemble_by_key,
+)
+from keyed_serving.serving.routes import (
+    ApiPage,
+    EntrySlot,
+    GetAlias,
+    LeanRoutes,
+    OpenInferenceRoutes,
+    RefinedDocs,
+)
+from keyed_serving.serving.v2 import (
     V2Error,
     decode_infer_request,
     model_name,
     model_version,
     unknown_model,
 )
-from keyed_serving.validate import (
+from keyed_serving.serving.validate import (
     InvalidRequest,
     ValidBatch,
     decode_body,
     rejection,
     validate_request,
 )
+from keyed_serving.settings import get_settings
 
 logger = logging.getLogger("keyed_serving")
-for _name in ("keyed_serving", "keyed_serving.dispatch", "keyed_serving.model"):
+for _name in ("keyed_serving", "keyed_serving.serving.dispatch", "keyed_serving.model"):
     logging.getLogger(_name).addFilter(RequestIdFilter())
 settings = get_settings()
 # Resolved once where the server starts and handed to every worker (see served_model_tag):
@@ -345,7 +350,7 @@ class KeyedPrediction:
 
     async def _score_upload(self, file: Path, key: str, keep: str, in_memory: bool) -> Any:
         # pandas and pyarrow load with the first file, not with every entry worker.
-        from keyed_serving.file_scoring import InvalidFile, score_file
+        from keyed_serving.serving.file_scoring import InvalidFile, score_file
 
         work = Path(tempfile.mkdtemp(prefix="keyed-file-"))
         target = work / f"scored{file.suffix.lower()}"

@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from keyed_serving.model.training import default_model_exists, train_and_save, train_default
 from keyed_serving.settings import DEFAULT_MODEL_NAME
 from keyed_serving.tables import read_table
-from keyed_serving.training import default_model_exists, train_and_save, train_default
 
 
 def main(argv: list[str] | None = None) -> int:

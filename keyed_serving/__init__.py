@@ -1,40 +1,50 @@
 """Keyed batch prediction serving on BentoML.
 
-The request path, one module per stage:
+The package is laid out by part; each folder's ``__init__`` says what it is and what it may
+import (the rules are import-linter contracts in ``pyproject.toml``, checked by ``make lint``):
 
-1. entry: ``service.py`` (``KeyedPrediction``), the HTTP surface;
-2. validate: :mod:`keyed_serving.validate`, wire instances -> keyed rows or per-key errors;
-3. cut: :mod:`keyed_serving.chunking`, keyed rows -> runner-sized chunks;
-4. runner: ``service.py`` (``ModelRunner``), adaptive micro-batches of keyed rows;
-5. model: :mod:`keyed_serving.model`, the loaded pipeline and what it takes;
-6. reassemble: :mod:`keyed_serving.reassemble`, chunk results -> results in request order,
-   checked key by key;
-7. answer formats: :mod:`keyed_serving.answers`, the checked results as rows, columns or an
-   Open Inference Protocol (V2) answer.
+- what every part shares, at the top: :mod:`~keyed_serving.keys` (the one definition of a
+  key), :mod:`~keyed_serving.schemas` (the wire schemas), :mod:`~keyed_serving.settings`,
+  :mod:`~keyed_serving.tables` (the one table reader and writer) and
+  :mod:`~keyed_serving.formats` (file formats by name);
+- :mod:`keyed_serving.serving`: the request path inside the server, one module per stage,
+  conducted by ``service.py``;
+- :mod:`keyed_serving.model`: stored models (find, load, guard versions), predicting a
+  micro-batch, ``keyed-import``, training, the bento's pins;
+- :mod:`keyed_serving.client`: the caller's side, ``KeyedClient`` and ``keyed-score``
+  (the wire format only: no scikit-learn, no BentoML);
+- :mod:`keyed_serving.offline`: keyed scoring on Spark.
 
-What a key is: :mod:`keyed_serving.keys`, the one definition every path calls. V2
-requests are decoded by :mod:`keyed_serving.v2` into the columnar body stage 2 takes.
-
-:mod:`keyed_serving.dispatch` carries chunks from 3 to 4 and back (retries, deadline).
-
-Around them: :mod:`keyed_serving.http` (the gate in front of the entry),
-:mod:`keyed_serving.routes` (what the entry answers before BentoML's router: the lean
-routes, the V2 GET routes, the API page),
-:mod:`keyed_serving.file_scoring` (/predict_file through the same stages),
-:mod:`keyed_serving.client` and :mod:`keyed_serving.cli` (``keyed-score``: wire format
-only), :mod:`keyed_serving.tables` (file formats), :mod:`keyed_serving.training`,
-:mod:`keyed_serving.importing` (``keyed-import``, ``save_model``: a model you already have).
+The public names below are imported on first use, so that importing the package (the
+client, say) loads none of the model's packages.
 """
 
 from typing import Any
 
-__all__ = ["save_model"]
+__all__ = [
+    "InvalidKeys",
+    "KeyedClient",
+    "ScoringError",
+    "ScoringStopped",
+    "save_model",
+    "score_spark",
+]
+
+_CLIENT_NAMES = frozenset({"InvalidKeys", "KeyedClient", "ScoringError", "ScoringStopped"})
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: the client and the CLI need none of the model's packages.
     if name == "save_model":
-        from keyed_serving.importing import save_model
+        from keyed_serving.model.importing import save_model
 
         return save_model
+    if name in _CLIENT_NAMES:
+        from keyed_serving.client import keyed_client
+
+        return getattr(keyed_client, name)
+    if name == "score_spark":
+        from keyed_serving.offline.spark import score_spark
+
+        return score_spark
     raise AttributeError(f"module 'keyed_serving' has no attribute {name!r}")

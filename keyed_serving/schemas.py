@@ -227,7 +227,7 @@ class PredictRequest(IODescriptor):
     """The body of /predict: rows (``instances``) or columns (``keys`` + ``columns``).
 
     Documents the request; the entry decodes the body itself (orjson) and validates it in
-    ``keyed_serving.validate``, which names the key and the field of every problem. BentoML
+    ``keyed_serving.serving.validate``, which names the key and the field of every problem. BentoML
     would otherwise validate every instance with pydantic before the API runs, then again
     in our own checks: measured, that was most of a 10,000-row request's time.
     """
@@ -328,7 +328,7 @@ class InferenceRequest(IODescriptor):
     """An Open Inference Protocol (KServe V2) inference request with keys. With the binary
     tensor data extension the JSON header is followed by the inputs' bytes
     (Inference-Header-Content-Length says where the JSON ends). Documents the request; the
-    API decodes the body itself (keyed_serving.v2)."""
+    API decodes the body itself (keyed_serving.serving.v2)."""
 
     id: str | None = Field(default=None, description="Echoed in the answer.")
     parameters: dict[str, JsonValue] | None = Field(

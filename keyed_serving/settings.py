@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # took 375 calls (1.9 s); 200 would take 2,335 calls (12 s) unbounded.
     isolation_max_calls: int = Field(default=512, ge=0)
     isolation_max_s: float = Field(default=5.0, ge=0)
-    # Threads a forest predicts a large micro-batch with (keyed_serving.model: rows split
+    # Threads a forest predicts a large micro-batch with (keyed_serving.model.predicting: rows split
     # between them, answers identical). 2: the second core is the entry's, idle while one
     # large request is predicted.
     model_threads: int = Field(default=2, ge=1)

@@ -37,7 +37,7 @@ def bentoml_home() -> str:
 @pytest.fixture(scope="session")
 def default_model() -> str:
     """The default iris model, trained once into the session's store; its tag."""
-    from keyed_serving.training import train_default
+    from keyed_serving.model.training import train_default
 
     return train_default().tag
 

@@ -66,7 +66,8 @@ def _stored_pipeline(tag: str) -> tuple[Any, Any]:
     import bentoml
     import joblib
 
-    from keyed_serving.model import MODEL_FILE, ModelSpec
+    from keyed_serving.model.spec import ModelSpec
+    from keyed_serving.model.store import MODEL_FILE
 
     stored = bentoml.models.get(tag)
     spec = ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
@@ -76,7 +77,7 @@ def _stored_pipeline(tag: str) -> tuple[Any, Any]:
 def own_predictions(tag: str, rows: pd.DataFrame | list[dict[str, Any]]) -> list[Any]:
     """What the model itself predicts for these rows, without any server: a frame with the
     feature columns, or wire instances ``[{"key", "features"}]``."""
-    from keyed_serving.model import to_frame
+    from keyed_serving.model.spec import to_frame
 
     spec, pipeline = _stored_pipeline(tag)
     if isinstance(rows, pd.DataFrame):
@@ -93,7 +94,7 @@ def save_strict_copy(tag: str, name: str) -> str:
     import bentoml
     import joblib
 
-    from keyed_serving.model import MODEL_FILE
+    from keyed_serving.model.store import MODEL_FILE
 
     stored = bentoml.models.get(tag)
     pipeline = joblib.load(stored.path_of(MODEL_FILE))
@@ -189,8 +190,8 @@ class Server:
             process.kill()
         psutil.wait_procs(family, timeout=10)
         self.process.wait(timeout=10)
-        # The drain lock a graceful runner would have removed (keyed_serving.lifecycle).
-        from keyed_serving.lifecycle import lock_path
+        # The drain lock a graceful runner would have removed (keyed_serving.serving.lifecycle).
+        from keyed_serving.serving.lifecycle import lock_path
 
         base = Path(os.environ.get("XDG_RUNTIME_DIR") or self.home)
         lock_path(self.process.pid, base).unlink(missing_ok=True)

@@ -1,0 +1,132 @@
+"""What a model takes and gives: its spec, and the frame it is fed.
+
+The lowest module of the model part: the predicting half and the store half both build on it,
+and the serving path reads a spec without loading a model. The same ``to_frame`` builds the
+frame at training and at serving time, so the pipeline always sees columns of the dtypes it
+was fitted on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:  # pandas loads with the model, in the runner only
+    import pandas as pd
+
+from keyed_serving.schemas import FeatureInfo, ModelInfo, Score
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model takes and gives, from its BentoML metadata (no unpickling needed)."""
+
+    tag: str
+    task: Task
+    target: str | None
+    features: tuple[FeatureInfo, ...]
+    classes: tuple[Any, ...] | None
+    holdout_score: Score | None
+
+    @classmethod
+    def from_metadata(cls, tag: str, metadata: dict[str, Any]) -> ModelSpec:
+        classes = metadata.get("classes")
+        score = metadata.get("holdout_score")
+        return cls(
+            tag=tag,
+            task=metadata["task"],
+            target=metadata.get("target"),
+            features=tuple(FeatureInfo.model_validate(f) for f in metadata["features"]),
+            classes=tuple(classes) if classes is not None else None,
+            holdout_score=Score.model_validate(score) if score is not None else None,
+        )
+
+    @classmethod
+    def from_estimator(cls, tag: str, estimator: Any) -> ModelSpec:
+        """What a plain ``bentoml.sklearn`` model takes, from the fitted estimator itself:
+        the features it was fitted on (``feature_names_in_``), all numbers."""
+        names = getattr(estimator, "feature_names_in_", None)
+        if names is None:
+            raise ModelRefused(
+                f"model {tag} was saved with bentoml.sklearn and has no feature_names_in_ (it "
+                "was fitted on an array, not a DataFrame), so the server cannot tell which "
+                "features it takes. Import it with a sample of the rows it takes instead: "
+                "keyed-import MODEL_FILE --sample TABLE --name NAME"
+            )
+        task = estimator_task(estimator)
+        return cls(
+            tag=tag,
+            task=task,
+            target=None,
+            features=tuple(FeatureInfo(name=str(name), type="number") for name in names),
+            classes=class_labels(estimator) if task == "classification" else None,
+            holdout_score=None,
+        )
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [feature.name for feature in self.features]
+
+    def info(self, max_instances: int) -> ModelInfo:
+        return ModelInfo(
+            model=self.tag,
+            task=self.task,
+            target=self.target,
+            features=list(self.features),
+            classes=list(self.classes) if self.classes is not None else None,
+            holdout_score=self.holdout_score,
+            max_instances=max_instances,
+        )
+
+
+def to_frame(
+    columns: Mapping[str, Sequence[Any] | np.ndarray], features: Sequence[FeatureInfo]
+) -> pd.DataFrame:
+    """Columns by feature name -> the frame the pipeline takes (missing values as NaN)."""
+    import pandas as pd
+
+    names = [f.name for f in features]
+    if all(f.type == "number" for f in features):
+        # One float64 block: pandas builds it several times faster than a dict of columns
+        # (measured: a tenth of the runner's time at 100-row requests went to that).
+        # Column by column in memory, as pandas holds a table it read: some models' float
+        # sums (a linear model's matrix product) differ in the last bit with the layout.
+        values = np.vstack([np.asarray(columns[n], dtype=np.float64) for n in names])
+        return pd.DataFrame(values.T, columns=names, copy=False)
+    data: dict[str, Any] = {}
+    for feature in features:
+        given = columns[feature.name]
+        if feature.type == "number":
+            data[feature.name] = pd.Series(given, dtype="float64")
+        else:
+            # Categories are strings on the wire; a CSV's True or 7 becomes "True" or "7".
+            series = pd.Series(given, dtype=object)
+            missing = series.isna()
+            text = series.map(str, na_action="ignore").astype(object)
+            text[missing] = np.nan
+            data[feature.name] = text
+    return pd.DataFrame(data, columns=names)
+
+
+class ModelRefused(RuntimeError):
+    """A stored model this environment cannot serve; the message says why and what to do."""
+
+
+def estimator_task(estimator: Any) -> Task:
+    from sklearn.base import is_classifier
+
+    return (
+        "classification"
+        if is_classifier(estimator) or hasattr(estimator, "classes_")
+        else "regression"
+    )
+
+
+def class_labels(estimator: Any) -> tuple[Any, ...]:
+    """The estimator's classes as plain Python values (NumPy scalars do not go to JSON)."""
+    return tuple(c.item() if isinstance(c, np.generic) else c for c in estimator.classes_)

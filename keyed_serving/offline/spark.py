@@ -1,0 +1,382 @@
+"""Keyed offline scoring on Spark: a DataFrame in, the same model's predictions out, each row
+keeping its key and the columns asked for.
+
+    from keyed_serving.offline.spark import score_spark
+    scored = score_spark(df, key="customer_id", model_tag="churn:latest", keep=["region"])
+    scored = score_spark(df, key=["region", "customer_id"], model_tag="churn:latest")
+
+BentoML's ``bentoml.batch.run_in_spark`` only drives the legacy service API, so this is
+ours. Rows are scored where they are (``mapInPandas``), never moved or reordered across
+machines, and each output row is built from its own input row: the key cannot be parted
+from its prediction by any partitioning or shuffle. The output columns are the client's
+(``keyed_serving.tables.scored_table``): the key column(s), ``prediction``, one
+``probability_<class>`` column per class, ``error`` (null when the row was predicted), then
+the kept columns.
+
+The model is the one the service serves, loaded through the same model stage
+(``LoadedModel``), once per Spark Python worker process (Spark reuses its
+Python workers across tasks, so that is once per executor core, not once per batch).
+Executors find it either in a BentoML model store they can read (the default; in local
+mode the driver's own) or, with ``ship_model=True``, in an archive exported on the driver
+and shipped with the job (``SparkContext.addFile``) for clusters that share no store.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from keyed_serving.keys import MAX_KEY_LENGTH, RULE, find_key_problems, key_from_cell
+from keyed_serving.model.predicting import LoadedModel, model_error
+from keyed_serving.model.spec import ModelSpec
+from keyed_serving.model.store import load_stored, spec_of
+from keyed_serving.tables import ROW_KEY, key_columns
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+    from pyspark.sql.types import DataType, StructField, StructType
+
+ERROR_COLUMN = "error"
+_SHIPPED_PREFIX = "keyed-serving-model-"
+# One loaded model per tag in each Python worker process: the pipeline is unpickled once,
+# not once per task or batch.
+_loaded: dict[str, LoadedModel] = {}
+_loading = threading.Lock()
+
+
+def score_spark(
+    df: DataFrame,
+    key: str | Sequence[str],
+    model_tag: str | None = None,
+    keep: Sequence[str] = (),
+    *,
+    ship_model: bool = False,
+) -> DataFrame:
+    """Score every row of ``df`` with the model ``model_tag`` (``name:version`` or
+    ``name:latest``; default ``MODEL_TAG`` or ``iris_classifier:latest``, as the service).
+
+    The result has one row per input row: the ``key`` column(s) as they came (``key`` is a
+    column or a list of them, a key of several parts), ``prediction``, one
+    ``probability_<class>`` column per class for classifiers, ``error`` (null, or
+    ``model_error: ...`` for a row the model raised on; the other rows of its batch are
+    still predicted) and the ``keep`` columns. Keys should be unique, as for the client:
+    the function pairs each prediction with its own row's key whatever they are, but only
+    unique keys let a reader join the output back. ``latest`` is resolved on the driver,
+    so every executor scores with the same version.
+
+    Keys follow ``keyed_serving.keys``: a row whose key (or a part of it) is null, an empty
+    string or longer than the limit is refused, on the driver and before any scoring, by
+    one pass over the key columns. A Spark DataFrame has no row order, so ``"@row"`` is
+    refused: add a key column first.
+    """
+    import bentoml
+
+    tag = model_tag or os.environ.get("MODEL_TAG", "iris_classifier:latest")
+    stored = bentoml.models.get(tag)
+    spec = spec_of(stored)
+    if key == ROW_KEY:
+        raise ValueError(
+            f"a Spark DataFrame has no row order to key by ({ROW_KEY}): add a key column, "
+            "e.g. with pyspark.sql.functions.monotonically_increasing_id()"
+        )
+    names = key_columns(key)
+    _check_columns(df, names, keep, spec)
+    check_spark_keys(df, names)
+    schema = output_schema(spec, [df.schema[n] for n in names], [df.schema[c] for c in keep])
+    shipped: str | None = None
+    if ship_model:
+        shipped = _ship(df, spec.tag)
+    features = spec.feature_names
+    keep = list(keep)
+
+    def score_batches(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+        model = _model_on_executor(spec.tag, shipped)
+        for batch in batches:
+            yield score_frame(model, batch, names, keep)
+
+    others = [c for c in features if c not in (*names, *keep)]
+    return df.select(*names, *others, *keep).mapInPandas(score_batches, schema)
+
+
+def score_frame(
+    model: LoadedModel, batch: pd.DataFrame, key: str | Sequence[str], keep: Sequence[str]
+) -> pd.DataFrame:
+    """One pandas batch scored, in its own row order, by the runner's own model stage
+    (``LoadedModel.predict_columns``): the whole batch in one call; if the model raises,
+    the rows it cannot take get an error each and the others are predicted. Key columns
+    are passed through as they came, after a check that each is usable (a null key column
+    of longs would have reached pandas as floats)."""
+    spec = model.spec
+    names = [key] if isinstance(key, str) else list(key)
+    parts = [_usable_keys(batch[name].tolist(), name) for name in names]
+    keys = parts[0] if len(names) == 1 else list(zip(*parts, strict=True))
+    columns = {name: batch[name].tolist() for name in spec.feature_names}
+    predicted = model.predict_columns(columns)
+    out: dict[str, Any] = {name: batch[name].to_numpy() for name in names}
+    out["prediction"] = pd.Series(predicted.predictions.tolist(), dtype=object)
+    if predicted.probabilities is not None:
+        for i, label in enumerate(spec.classes or []):
+            out[f"probability_{label}"] = predicted.probabilities[:, i]
+    errors: list[str | None] = [None] * len(keys)
+    for row, reason in predicted.errors.items():
+        error = model_error(keys[row], reason)
+        errors[row] = f"{error.code}: {error.message}"
+    out[ERROR_COLUMN] = pd.Series(errors, dtype=object)
+    for column in keep:
+        out[column] = batch[column].to_numpy()
+    return pd.DataFrame(out)
+
+
+def _usable_keys(cells: list[Any], name: str) -> list[Any]:
+    """A batch's key column as keys, refused if one is unusable (the driver's check makes
+    that a guard only). Strings and integers are checked as they are, in C; only other
+    cells (decimals) go through ``key_from_cell``."""
+    if not find_key_problems(cells).unusable:
+        return cells
+    cells = [key_from_cell(cell) for cell in cells]
+    unusable = find_key_problems(cells).unusable
+    if unusable:
+        raise ValueError(f"key column {name!r}: {len(unusable)} unusable, {unusable[0][1]}")
+    return cells
+
+
+def output_schema(
+    spec: ModelSpec, keys: Sequence[StructField], kept: Sequence[StructField]
+) -> StructType:
+    """The client's columns as a Spark schema: keys, prediction, probabilities, error, kept."""
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+    fields = list(keys)
+    fields.append(StructField("prediction", _prediction_type(spec), True))
+    fields += [
+        StructField(f"probability_{label}", DoubleType(), True) for label in spec.classes or []
+    ]
+    fields.append(StructField(ERROR_COLUMN, StringType(), True))
+    fields += list(kept)
+    return StructType(fields)
+
+
+def check_spark_keys(df: DataFrame, names: Sequence[str]) -> None:
+    """Refuses key columns that are not usable keys (``keyed_serving.keys``): types that
+    are neither strings nor integers, and rows whose key part is null, empty or too long,
+    counted in one pass on the driver. Only then does any scoring start."""
+    from pyspark.sql import functions
+    from pyspark.sql.types import (
+        ByteType,
+        DecimalType,
+        IntegerType,
+        LongType,
+        ShortType,
+        StringType,
+    )
+
+    checks = []
+    for name in names:
+        kind = df.schema[name].dataType
+        column = functions.col(name)
+        if isinstance(kind, StringType):
+            bad = column.isNull() | (functions.length(column) == 0)
+            bad = bad | (functions.length(column) > MAX_KEY_LENGTH)
+        elif isinstance(kind, ByteType | ShortType | IntegerType | LongType) or (
+            isinstance(kind, DecimalType) and kind.scale == 0 and kind.precision <= 18
+        ):
+            bad = column.isNull()  # every value of these types is in the int64 range
+        else:
+            raise ValueError(f"key column {name!r} is of type {kind.simpleString()}; {RULE}")
+        checks.append(functions.count(functions.when(bad, 1)).alias(name))
+    counts = df.agg(*checks).first()
+    assert counts is not None
+    unusable = {name: counts[name] for name in names if counts[name]}
+    if unusable:
+        shown = ", ".join(f"{count:,} in {name!r}" for name, count in unusable.items())
+        raise ValueError(
+            f"rows without a usable key (null, empty, or longer than {MAX_KEY_LENGTH} "
+            f"characters): {shown}; {RULE}"
+        )
+
+
+def _check_columns(
+    df: DataFrame, names: Sequence[str], keep: Sequence[str], spec: ModelSpec
+) -> None:
+    columns = set(df.columns)
+    absent = [n for n in names if n not in columns]
+    if absent:
+        raise ValueError(f"no key column {absent[0]!r}; the DataFrame has {sorted(columns)[:20]}")
+    missing = [n for n in spec.feature_names if n not in columns]
+    if missing:
+        raise ValueError(f"the DataFrame lacks the model's features {missing}")
+    missing_keep = [c for c in keep if c not in columns]
+    if missing_keep:
+        raise ValueError(f"columns to keep not in the DataFrame: {missing_keep}")
+    produced = {"prediction", ERROR_COLUMN, *(f"probability_{c}" for c in spec.classes or [])}
+    clashes = sorted(produced & {*names, *keep})
+    if clashes:
+        raise ValueError(f"the key or kept columns {clashes} clash with the output's own")
+    kept_keys = [n for n in names if n in keep]
+    if kept_keys:
+        raise ValueError(
+            f"the key column {kept_keys[0]!r} is in the output already; do not keep it"
+        )
+
+
+def _prediction_type(spec: ModelSpec) -> DataType:
+    from pyspark.sql.types import BooleanType, DoubleType, LongType, StringType
+
+    if spec.task == "regression":
+        return DoubleType()
+    classes = list(spec.classes or [])
+    if classes and all(isinstance(c, bool) for c in classes):
+        return BooleanType()
+    if classes and all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return LongType()
+    if classes and all(isinstance(c, int | float) for c in classes):
+        return DoubleType()
+    return StringType()
+
+
+def _ship(df: DataFrame, tag: str) -> str:
+    """Export the model on the driver and add it to the job's files; its file name."""
+    import bentoml
+
+    name = _SHIPPED_PREFIX + tag.replace(":", "-") + ".bentomodel"
+    path = Path(tempfile.mkdtemp(prefix="keyed-spark-ship-")) / name
+    bentoml.models.export_model(tag, str(path))
+    df.sparkSession.sparkContext.addFile(str(path))
+    return name
+
+
+def _model_on_executor(tag: str, shipped: str | None) -> LoadedModel:
+    with _loading:
+        if tag not in _loaded:
+            _loaded[tag] = _load_shipped(tag, shipped) if shipped else _load_from_store(tag)
+        return _loaded[tag]
+
+
+def _load_from_store(tag: str) -> LoadedModel:
+    import bentoml
+
+    stored = bentoml.models.get(tag)
+    return load_stored(stored)
+
+
+def _load_shipped(tag: str, name: str) -> LoadedModel:
+    """Import the shipped archive into a model store of this worker's own: executors of a
+    cluster need no BentoML home, nor write to anyone's."""
+    import bentoml
+    from bentoml._internal.models.model import ModelStore
+    from pyspark import SparkFiles
+
+    # Beside the shipped file, in the folder Spark removes when its context stops.
+    folder = SparkFiles.getRootDirectory()
+    store = ModelStore(tempfile.mkdtemp(prefix="keyed-spark-models-", dir=folder))
+    stored = bentoml.models.import_model(SparkFiles.get(name), _model_store=store)
+    if str(stored.tag) != tag:
+        raise RuntimeError(f"shipped model is {stored.tag}, expected {tag}")
+    return load_stored(stored)
+
+
+def local_session(cores: int = 2, app_name: str = "keyed-scoring") -> Any:
+    """A Spark session in local mode with ``cores`` executor cores, whose Python workers run
+    this interpreter (Spark would otherwise start whatever ``python3`` is on the PATH, which
+    lacks the project's packages)."""
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    # Read by PySpark when it starts the context; the spark.pyspark.python setting is only
+    # honoured by spark-submit.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return (
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName(app_name)
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", str(max(2, 4 * cores)))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
+
+
+def demo_table(spec: ModelSpec, rows: int, seed: int = 0) -> pd.DataFrame:
+    """A table the model can score: its features with random values (some missing), keys
+    in shuffled order and a passthrough column."""
+    rng = np.random.default_rng(seed)
+    table: dict[str, Any] = {"row_id": [f"row-{i:09d}" for i in rng.permutation(rows)]}
+    for feature in spec.features:
+        if feature.type == "number":
+            values = np.round(rng.uniform(0.1, 8.0, rows), 2)
+            table[feature.name] = np.where(rng.random(rows) < 0.02, np.nan, values)
+        else:
+            choices = feature.categories or ["a", "b", "c"]
+            table[feature.name] = rng.choice(choices, rows).astype(object)
+    table["batch"] = rng.choice(["2024-01", "2024-02", "2024-03"], rows)
+    return pd.DataFrame(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Score a generated table by key in Spark local mode; check every key came back once."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(
+        prog="python -m keyed_serving.offline.spark", description=main.__doc__
+    )
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--cores", type=int, default=2, help="executor cores (local[N])")
+    parser.add_argument("--model", default=None, help="model tag (default: MODEL_TAG or iris)")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--out", default=None, help="write the scored table here (Parquet)")
+    args = parser.parse_args(argv)
+
+    import bentoml
+    from pyspark.sql import functions
+
+    tag = args.model or os.environ.get("MODEL_TAG", "iris_classifier:latest")
+    stored = bentoml.models.get(tag)
+    spec = spec_of(stored)
+    spark = local_session(args.cores, app_name="keyed-scoring-demo")
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        df = spark.createDataFrame(demo_table(spec, args.rows)).repartition(args.partitions)
+        df = df.cache()
+        df.count()  # generate and shuffle before the clock starts
+        started = time.perf_counter()
+        scored = score_spark(df, key="row_id", model_tag=spec.tag, keep=["batch"]).cache()
+        summary = scored.agg(
+            functions.count("*").alias("rows"),
+            functions.countDistinct("row_id").alias("keys"),
+            functions.count(ERROR_COLUMN).alias("errors"),
+        ).first()
+        seconds = time.perf_counter() - started
+        assert summary is not None
+        print(f"model {spec.tag}, local[{args.cores}], {args.partitions} partitions")
+        rate = summary["rows"] / seconds
+        print(
+            f"{summary['rows']:,} rows scored, {summary['keys']:,} distinct keys, "
+            f"{summary['errors']:,} errors in {seconds:.1f} s: {rate:,.0f} rows/s (Python "
+            "workers' start, model loading and the key count included; bench/spark_scoring.py "
+            "measures the steady rate)"
+        )
+        scored.show(5, truncate=False)
+        if args.out:
+            scored.write.mode("overwrite").parquet(args.out)
+            print(f"written to {args.out}")
+        return 0 if summary["rows"] == summary["keys"] == args.rows else 1
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    # Run from the module imported under its own name: functions defined in __main__ are
+    # pickled by value for the executors, with this module's lock inside, which cannot be.
+    from keyed_serving.offline.spark import main as keyed_main
+
+    raise SystemExit(keyed_main())

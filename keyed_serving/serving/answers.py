@@ -1,0 +1,243 @@
+"""Answer formats: the same checked results written as rows, columns or an Open Inference
+Protocol (V2) answer.
+
+Every writer takes a validated request (``ValidBatch``: every key received, in request
+order, and the ones refused by validation) and its ``Scored`` results, which
+:func:`keyed_serving.serving.reassemble.reassemble_by_key` has already checked key by key. Each
+writes exactly one entry per key received: a prediction, or (per-instance mode) the
+reason there is none. The HTTP layer picks a writer and sends what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from keyed_serving.model.spec import ModelSpec
+from keyed_serving.schemas import ErrorDetail
+from keyed_serving.serving.reassemble import Scored
+from keyed_serving.serving.v2 import (
+    NUMBER_DTYPES,
+    RequestedOutput,
+    V2Error,
+    V2Request,
+    encode_bytes,
+    model_name,
+    model_version,
+    prediction_datatype,
+)
+from keyed_serving.serving.validate import ValidBatch
+
+JSON = "application/json"
+
+
+@dataclass
+class Answer:
+    body: bytes
+    media_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def summary(batch: ValidBatch, scored: Scored) -> dict[str, int]:
+    failed = len(batch.failures) + scored.failed
+    return {"received": batch.received, "predicted": batch.received - failed, "failed": failed}
+
+
+def keyed_answer(batch: ValidBatch, scored: Scored, spec: ModelSpec) -> Answer:
+    """/predict's answer, in the shape of its request: rows or columns."""
+    if batch.shape == "columns":
+        answer = column_answer(batch, scored, spec.classes)
+    else:
+        answer = {"predictions": row_answer(batch, scored, spec.classes)}
+    body = {"model": spec.tag, **answer, "summary": summary(batch, scored)}
+    return Answer(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def row_answer(
+    batch: ValidBatch, scored: Scored, classes: Sequence[object] | None
+) -> list[dict[str, Any]]:
+    """Row format: one entry per instance received, in request order, with its key."""
+    labels = [str(label) for label in classes] if classes is not None else None
+    entries: list[dict[str, Any] | None] = [None] * batch.received
+    positions = batch.request_positions
+    probabilities = None if scored.probabilities is None else scored.probabilities.tolist()
+    for row, (position, key, prediction) in enumerate(
+        zip(positions, batch.keys, scored.predictions, strict=True)
+    ):
+        if prediction is None:
+            error = scored.errors[row]
+            entries[position] = {"key": key, "error": error.model_dump()}
+        elif probabilities is not None and labels is not None:
+            entries[position] = {
+                "key": key,
+                "prediction": prediction,
+                "probabilities": dict(zip(labels, probabilities[row], strict=True)),
+            }
+        else:
+            entries[position] = {"key": key, "prediction": prediction}
+    for failure in batch.failures:
+        entries[failure.index] = {"key": failure.key, "error": _error(failure.details)}
+    missing = [index for index, entry in enumerate(entries) if entry is None]
+    if missing:
+        raise ValueError(f"instances at {missing[:5]} have neither a result nor a failure")
+    return entries  # type: ignore[return-value]  # no None left, checked above
+
+
+def column_answer(
+    batch: ValidBatch, scored: Scored, classes: Sequence[object] | None
+) -> dict[str, Any]:
+    """Columnar format: predictions (and a column per class) at the positions of the keys."""
+    predictions, probabilities = _at_request_positions(batch, scored)
+    answer: dict[str, Any] = {"keys": batch.all_keys, "predictions": predictions}
+    if classes is not None:
+        probabilities = _or_nan(probabilities, batch.received, len(classes))
+        # NaN where a key has no prediction: serialised as null.
+        by_class = np.ascontiguousarray(probabilities.T)
+        answer["probabilities"] = {str(label): by_class[i] for i, label in enumerate(classes)}
+    answer["errors"] = [{"key": key, "error": error} for _, key, error in _errors(batch, scored)]
+    return answer
+
+
+def v2_answer(request: V2Request, batch: ValidBatch, scored: Scored, spec: ModelSpec) -> Answer:
+    """An inference response of the Open Inference Protocol: outputs ``key`` (as sent, in
+    its datatype), ``prediction``, ``probabilities`` ([N, classes], classifiers) and, in
+    per-instance mode, ``error`` ("" where predicted). Outputs asked for as binary go after
+    the JSON header (the binary tensor data extension)."""
+    n = batch.received
+    predictions, probabilities = _at_request_positions(batch, scored)
+    datatype = prediction_datatype(spec)
+    errors = [""] * n
+    for position, _, error in _errors(batch, scored):
+        errors[position] = f"{error['code']}: {error['message']}"
+    classes = [str(label) for label in spec.classes] if spec.classes is not None else []
+    tensors: dict[str, tuple[str, list[int], Any, dict[str, Any]]] = {
+        "key": (request.key_datatype, [n], batch.all_keys, {}),
+        "prediction": (datatype, [n], _predictions(predictions, datatype), {}),
+    }
+    if spec.classes is not None:
+        tensors["probabilities"] = (
+            "FP64",
+            [n, len(classes)],
+            _or_nan(probabilities, n, len(classes)),
+            {"classes": classes},
+        )
+    if batch.errors == "per_instance":
+        tensors["error"] = ("BYTES", [n], errors, {})
+    wanted = request.outputs or [RequestedOutput(name, None) for name in tensors]
+    missing = [output.name for output in wanted if output.name not in tensors]
+    if missing:
+        raise V2Error(400, f"output(s) {missing} do not apply to this model or request mode")
+    outputs, binary_parts = [], []
+    for output in wanted:
+        tensor_datatype, shape, values, parameters = tensors[output.name]
+        binary = request.binary_output if output.binary is None else output.binary
+        written: dict[str, Any] = {"name": output.name, "datatype": tensor_datatype, "shape": shape}
+        if binary:
+            raw = _binary(values, tensor_datatype)
+            written["parameters"] = {**parameters, "binary_data_size": len(raw)}
+            binary_parts.append(raw)
+        else:
+            if parameters:
+                written["parameters"] = parameters
+            written["data"] = _json_data(values)
+        outputs.append(written)
+    response: dict[str, Any] = {
+        "model_name": model_name(spec),
+        "model_version": model_version(spec),
+    }
+    if request.id is not None:
+        response["id"] = request.id
+    response["parameters"] = summary(batch, scored)
+    response["outputs"] = outputs
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binary_parts:
+        return Answer(header)
+    return Answer(
+        header + b"".join(binary_parts),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def _predictions(predictions: list[Any], datatype: str) -> Any:
+    """Predictions in the output's datatype; a key without one gets "", 0, False or NaN
+    (its ``error`` element says why)."""
+    if datatype == "BYTES":
+        return ["" if p is None else str(p) for p in predictions]
+    if datatype == "FP64":
+        return np.array([np.nan if p is None else p for p in predictions], dtype=np.float64)
+    if datatype == "BOOL":
+        return np.array([bool(p) for p in predictions], dtype=bool)
+    return np.array([0 if p is None else p for p in predictions], dtype=np.int64)
+
+
+def _binary(values: Any, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return encode_bytes([str(value).encode("utf-8") for value in values])
+    if datatype == "BOOL":
+        return np.asarray(values, dtype=bool).tobytes()
+    return np.ascontiguousarray(values, dtype=NUMBER_DTYPES[datatype]).tobytes()
+
+
+def _json_data(values: Any) -> Any:
+    if isinstance(values, np.ndarray):
+        return values.reshape(-1)  # row-major, as the protocol writes a tensor in JSON
+    return values
+
+
+def _at_request_positions(batch: ValidBatch, scored: Scored) -> tuple[list[Any], np.ndarray | None]:
+    """Predictions (None where there is none) and probability rows (NaN there) at the
+    positions of the keys as received."""
+    predictions: list[Any] = scored.predictions
+    probabilities = scored.probabilities
+    if batch.positions is not None:
+        predictions = [None] * batch.received
+        for row, position in enumerate(batch.positions):
+            predictions[position] = scored.predictions[row]
+        if scored.probabilities is not None:
+            probabilities = np.full((batch.received, scored.probabilities.shape[1]), np.nan)
+            probabilities[batch.positions] = scored.probabilities
+    return predictions, probabilities
+
+
+def _or_nan(probabilities: np.ndarray | None, rows: int, classes: int) -> np.ndarray:
+    """A classifier's probabilities, all NaN when no row was predicted (every key of the
+    request failed): the answer keeps its shape, as for any one key without a prediction."""
+    if probabilities is None:
+        return np.full((rows, classes), np.nan)
+    return np.asarray(probabilities, dtype=np.float64)
+
+
+def _errors(batch: ValidBatch, scored: Scored) -> list[tuple[int, Any, dict[str, str]]]:
+    """(request position, key, {code, message}) of every key without a prediction."""
+    positions = batch.request_positions
+    errors = [(failure.index, failure.key, _error(failure.details)) for failure in batch.failures]
+    errors += [
+        (positions[row], batch.keys[row], error.model_dump())
+        for row, error in scored.errors.items()
+    ]
+    errors.sort(key=lambda entry: entry[0])
+    return errors
+
+
+def _error(details: Sequence[ErrorDetail]) -> dict[str, str]:
+    return {"code": details[0].type, "message": "; ".join(detail.msg for detail in details)}
+
+
+def model_error_details(batch: ValidBatch, scored: Scored) -> list[ErrorDetail]:
+    """The rows the model could not take, as a rejection's details (all-or-nothing mode)."""
+    positions = batch.request_positions
+    where = "instances" if batch.shape == "rows" else "keys"
+    return [
+        ErrorDetail(
+            type=error.code,
+            msg=error.message,
+            loc=[where, positions[row]],
+            key=batch.keys[row],
+        )
+        for row, error in sorted(scored.errors.items())
+    ]

@@ -1,0 +1,385 @@
+"""HTTP helpers of the entry: the one error body shape, the answer stamp (request id,
+Retry-After) around everything, and the gate every request passes (auth, size and memory
+bounds, concurrency). What the entry answers before BentoML's router is in
+:mod:`keyed_serving.serving.routes`."""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyed_serving.schemas import ErrorDetail, ErrorResponse
+
+# Probes and scrapers must work without a token and must never be refused for load.
+OPEN_PATHS = frozenset(
+    {"/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
+# The Open Inference Protocol's binary extension sends bytes after a JSON header, and
+# tritonclient names no content type at all.
+BINARY_MEDIA_TYPES = frozenset({"application/json", "application/octet-stream", ""})
+OVERLOAD_STATUSES = frozenset({429, 503, 504})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def error_response(
+    status: int,
+    summary: str,
+    details: Iterable[ErrorDetail] = (),
+    headers: Mapping[str, str] | None = None,
+) -> Any:
+    """The same shape as BentoML's own 400 for schema errors: ``{"error", "detail": [...]}``.
+
+    Typed ``Any`` because APIs return it in place of their declared model: BentoML sends a
+    starlette ``Response`` returned by an API as it is.
+    """
+    body = ErrorResponse(error=summary, detail=list(details))
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers
+    )
+
+
+class RequestIdFilter(logging.Filter):
+    """Appends the current request's id to this project's log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = request_id.get()
+        if current != "-" and "request_id=" not in str(record.msg):
+            record.msg = f"{record.msg} [request_id={current}]"
+        return True
+
+
+class AnswerStamp:
+    """Outermost layer of the entry: every answer carries a request id, and every
+    429/503/504 a ``Retry-After`` (BentoML's own included).
+
+    The id is the caller's ``X-Request-ID`` if sane, else a new one; it is also added to
+    this project's log lines. This layer must sit outside BentoML's traffic middlewares,
+    which answer 429 (``traffic.max_concurrency``) and 504 (``traffic.timeout``) by
+    themselves: see ``add_outermost``.
+    """
+
+    def __init__(self, app: ASGIApp, *, retry_after_s: int) -> None:
+        self.app = app
+        self.retry_after = str(retry_after_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+        try:
+            await self.app(scope, receive, self._stamped(send, rid))
+        finally:
+            request_id.reset(token)
+
+    def _stamped(self, send: Send, rid: str) -> Send:
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                response_headers["x-request-id"] = rid
+                if message["status"] in OVERLOAD_STATUSES and "retry-after" not in response_headers:
+                    response_headers["retry-after"] = self.retry_after
+            await send(message)
+
+        return stamped
+
+
+def add_outermost(service: Any, middleware: Any, **options: Any) -> None:
+    """Wraps ``middleware`` around the whole ASGI app of a BentoML service.
+
+    ``Service.add_asgi_middleware`` places a middleware *inside* BentoML's own timeout and
+    max-concurrency middlewares (``_bentoml_impl/server/app.py``,
+    ``ServiceAppFactory.middlewares``: metrics, tracing, access log, timeout,
+    max_concurrency, then the service's own), so their 504 and 429 pass none of ours. A
+    worker builds its app with ``service.to_asgi()``, and so do tests: the service object
+    gets a subclass of its (slotted) class whose ``to_asgi`` wraps the app.
+    """
+    base = type(service)
+
+    def to_asgi(self: Any, is_main: bool = True) -> Any:
+        return middleware(base.to_asgi(self, is_main), **options)
+
+    service.__class__ = type(base.__name__, (base,), {"__slots__": (), "to_asgi": to_asgi})
+
+
+class EntryGate:
+    """Every request to the entry passes here, inside BentoML's own traffic middlewares.
+
+    - with a token configured, asks for ``Authorization: Bearer <token>`` (401 otherwise,
+      compared in constant time; a websocket is closed with 1008), except on the probe and
+      metrics paths and for CORS preflights (which carry no credentials by design);
+    - refuses bodies that are not JSON (415), larger than ``max_body_bytes`` (413) or
+      holding more than ``max_body_values`` values (413: a body of tiny values decodes
+      into 10-25 times its size in Python objects, measured);
+    - answers 429 when ``max_concurrency`` requests are already in flight on this worker,
+      or when the bodies held in memory would pass ``body_budget_bytes`` (a body larger
+      than the whole budget is a 413): counted from admission until the request ends;
+    - uploads (``file_paths``) are spooled to disk by the server and bounded by their
+      declared length (``max_file_bytes``);
+    - task operations (``task_paths``: BentoML's task store holds the whole upload in
+      memory, with a base64 and a JSON copy, and loads it again for /get and /retry) are
+      at most ``max_tasks`` at once, a task for as long as it runs; their uploads are
+      bounded by ``max_task_file_bytes``. They are bounded apart from the body budget:
+      a /get reserving the largest upload a task may have stored would starve behind
+      ordinary traffic.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_token: str | None,
+        max_body_bytes: int,
+        max_concurrency: int,
+        retry_after_s: int,
+        body_budget_bytes: int | None = None,
+        max_body_values: int | None = None,
+        file_paths: Iterable[str] = (),
+        max_file_bytes: int = 0,
+        task_paths: Iterable[str] = (),
+        max_tasks: int = 1,
+        max_task_file_bytes: int = 0,
+    ) -> None:
+        self.app = app
+        self.token = f"Bearer {api_token}".encode() if api_token else None
+        self.max_body_bytes = max_body_bytes
+        self.max_concurrency = max_concurrency
+        self.retry_after = str(retry_after_s)
+        self.in_flight = 0
+        self.body_budget = body_budget_bytes if body_budget_bytes is not None else 2**62
+        self.bytes_in_flight = 0
+        self.max_body_values = max_body_values
+        self.file_paths = frozenset(file_paths)
+        self.max_file_bytes = max_file_bytes
+        self.task_paths = frozenset(task_paths)
+        self.max_tasks = max_tasks
+        self.max_task_file_bytes = max_task_file_bytes
+        self.tasks_in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if (kind != "http" and kind != "websocket") or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if self.token is not None and not self._authorized(scope, headers):
+            if kind == "websocket":  # closing before accepting: the server answers 403
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await _refuse(
+                scope,
+                receive,
+                send,
+                401,
+                "missing or wrong bearer token",
+                {"WWW-Authenticate": "Bearer"},
+            )
+            return
+        if kind == "websocket":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_concurrency:
+            await self._busy(
+                scope, receive, send, f"more than {self.max_concurrency} requests in flight"
+            )
+            return
+        self.in_flight += 1
+        try:
+            if scope["path"] in self.task_paths:
+                await self._admit_task(scope, headers, receive, send)
+            else:
+                await self._admit(scope, headers, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def _authorized(self, scope: Scope, headers: Headers) -> bool:
+        if (
+            scope.get("method") == "OPTIONS"
+            and "origin" in headers
+            and "access-control-request-method" in headers
+        ):
+            return True  # a CORS preflight: answered by the CORS middleware, or 405
+        offered = headers.get("authorization", "").encode()
+        return hmac.compare_digest(offered, self.token or b"")
+
+    async def _admit(self, scope: Scope, headers: Headers, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] in self.file_paths:
+            if await self._upload_refused(scope, headers, receive, send, self.max_file_bytes):
+                return
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get("content-length")
+        declared_bytes = int(declared) if declared is not None and declared.isdigit() else 0
+        if declared_bytes > self.max_body_bytes or declared_bytes > self.body_budget:
+            await _refuse(scope, receive, send, 413, self._too_large())
+            return
+        # Judged on the headers, before a byte of the body is read.
+        declares_body = "transfer-encoding" in headers or declared not in (None, "0")
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        accepted = BINARY_MEDIA_TYPES if _is_v2_infer(scope["path"]) else {"application/json"}
+        if declares_body and media_type not in accepted:
+            shown = media_type or "none"
+            await _refuse(
+                scope,
+                receive,
+                send,
+                415,
+                f"content type {shown!r} is not accepted; send "
+                + " or ".join(sorted(media for media in accepted if media)),
+            )
+            return
+        if self.bytes_in_flight + declared_bytes > self.body_budget:
+            await self._busy(scope, receive, send, "the request bodies in flight fill memory")
+            return
+        reserved = declared_bytes
+        self.bytes_in_flight += reserved
+        try:
+            chunks: list[bytes] = []
+            received = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                chunks.append(chunk)
+                received += len(chunk)
+                if received > self.max_body_bytes or received > self.body_budget:
+                    await _refuse(scope, receive, send, 413, self._too_large())
+                    return
+                if received > reserved:  # a body of undeclared length, counted as it comes
+                    if self.bytes_in_flight + received - reserved > self.body_budget:
+                        await self._busy(
+                            scope, receive, send, "the request bodies in flight fill memory"
+                        )
+                        return
+                    self.bytes_in_flight += received - reserved
+                    reserved = received
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            if self.max_body_values is not None and _values_in(body) > self.max_body_values:
+                await _refuse(
+                    scope,
+                    receive,
+                    send,
+                    413,
+                    f"request body with more than {self.max_body_values} JSON values; "
+                    "split the instances over several requests",
+                )
+                return
+            await self.app(scope, replay(body, receive), send)
+        finally:
+            self.bytes_in_flight -= reserved
+
+    async def _admit_task(
+        self, scope: Scope, headers: Headers, receive: Receive, send: Send
+    ) -> None:
+        if scope["method"] not in ("POST", "PUT", "PATCH", "GET"):
+            await self.app(scope, receive, send)
+            return
+        bound = self.max_task_file_bytes
+        if scope["path"] in self.file_paths and await self._upload_refused(
+            scope, headers, receive, send, bound
+        ):
+            return
+        if self.tasks_in_flight >= self.max_tasks:
+            await self._busy(scope, receive, send, f"{self.max_tasks} file tasks in progress")
+            return
+        # A task runs in the background of its /submit answer (a starlette BackgroundTask),
+        # which the server awaits within this call: it counts until the task has ended.
+        self.tasks_in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.tasks_in_flight -= 1
+
+    async def _upload_refused(
+        self, scope: Scope, headers: Headers, receive: Receive, send: Send, bound: int
+    ) -> bool:
+        """Refuses an upload that is not multipart, has no length or is longer than
+        ``bound``. Uploads pass through unbuffered; their declared length is the bound,
+        which the HTTP framing then holds the client to."""
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "multipart/form-data":
+            await _refuse(scope, receive, send, 415, "send the file as multipart/form-data")
+            return True
+        declared = headers.get("content-length", "")
+        if not declared.isdigit():
+            await _refuse(scope, receive, send, 411, "uploads need a Content-Length")
+            return True
+        if int(declared) > bound:
+            await _refuse(scope, receive, send, 413, f"file larger than {bound} bytes")
+            return True
+        return False
+
+    async def _busy(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
+        headers = {"Retry-After": self.retry_after}
+        await _refuse(scope, receive, send, 429, f"{why}; retry later", headers)
+
+    def _too_large(self) -> str:
+        return (
+            f"request body larger than {min(self.max_body_bytes, self.body_budget)} bytes; "
+            "split the instances over several requests"
+        )
+
+
+def _is_v2_infer(path: str) -> bool:
+    return path.startswith("/v2/models/") and path.endswith("/infer")
+
+
+def _values_in(body: bytes) -> int:
+    """About how many JSON values (array items, containers) a body decodes into, read
+    without decoding it: a lower bound on the Python objects it becomes."""
+    return body.count(b",") + body.count(b"{") + body.count(b"[")
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()  # the client's disconnect, if it comes
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _refuse(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    summary: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    await error_response(status, summary, headers=headers)(scope, receive, send)
+
+
+def bind_apis_once(instance: Any, *names: str) -> None:
+    """Binds a service instance's APIs once, as BentoML would on every request.
+
+    BentoML's server looks an API up on the instance for every call, and its descriptor
+    builds a fresh wrapper each time with ``inspect.signature`` (measured: a tenth of the
+    entry's CPU at one instance per request). An instance attribute takes precedence over
+    that (non-data) descriptor, so the wrapper built here is the one every call gets.
+    """
+    for name in names:
+        descriptor = getattr(type(instance), name)
+        instance.__dict__[name] = descriptor.__get__(instance, type(instance))

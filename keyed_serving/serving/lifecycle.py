@@ -1,0 +1,156 @@
+"""Shutdown order for the two services: the runner outlives the entry.
+
+``bentoml serve`` (circus) sends SIGTERM to the entry and the runner workers at the same
+moment. The entry then finishes its in-flight requests, but those need the runner, which
+had already stopped: measured, a 60,000-row request in flight at SIGTERM waited out its
+deadline and ended in 503, and others lost their connection.
+
+So each entry worker holds a shared lock on a file named after the server (the parent
+process both workers share) for as long as it lives; the runner, on SIGTERM, keeps
+serving until it can take that lock exclusively (every entry worker has exited, the OS
+releases a dead process's locks) or a bound passes, and only then stops as usual.
+Nothing of this runs outside a real server (no worker index): tests in-process and
+``to_asgi`` apps leave signals and files alone.
+
+The lock lives in a directory only this user can enter ($XDG_RUNTIME_DIR, else the
+BentoML home), never in the shared temp dir: there another local user could create the
+predictable name first and hold it, and the entry would never start. The entry still
+waits for its lock only a bounded time: a start without the drain guarantee (logged)
+is better than no start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import stat
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+logger = logging.getLogger("keyed_serving.serving.lifecycle")
+# The runner holds the lock exclusively only for the moment it checks; anything longer
+# is someone else's doing.
+LOCK_WAIT_S = 5.0
+
+
+def _in_server() -> bool:
+    from bentoml._internal.context import server_context
+
+    return server_context.worker_index is not None
+
+
+def runtime_base() -> Path:
+    """Where this user's private runtime directory goes."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"])
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get())
+
+
+def lock_path(server_pid: int, base: Path) -> Path:
+    """The drain lock of the server whose process is ``server_pid``."""
+    return base / "keyed-serving-run" / f"{server_pid}.entry.lock"
+
+
+def _private_lock_path() -> Path | None:
+    """The lock path of this server, in a directory made (0700) or checked to be ours and
+    private; None (with a warning) when it is not."""
+    path = lock_path(os.getppid(), runtime_base())
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        found = os.lstat(directory)
+    except OSError as exc:
+        logger.warning("no drain lock: cannot make %s: %s", directory, exc)
+        return None
+    if (
+        not stat.S_ISDIR(found.st_mode)
+        or found.st_uid != os.getuid()
+        or found.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+    ):
+        logger.warning("no drain lock: %s is not a private directory of this user", directory)
+        return None
+    return path
+
+
+def _open_lock(path: Path) -> IO[bytes] | None:
+    try:  # never through a symlink planted in place of the lock
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        logger.warning("no drain lock: cannot open %s: %s", path, exc)
+        return None
+    return os.fdopen(fd, "r+b")
+
+
+def hold_entry_lock(wait_s: float = LOCK_WAIT_S) -> IO[bytes] | None:
+    """Entry worker: hold the shared lock until the process ends (keep the file open).
+
+    None outside a server, or when the lock cannot be had within ``wait_s``: the worker
+    then starts anyway, without the drain guarantee, and says so."""
+    if not _in_server():
+        return None
+    path = _private_lock_path()
+    handle = _open_lock(path) if path is not None else None
+    if handle is None:
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)  # flock has no timeout of its own
+    handle.close()
+    logger.warning(
+        "starting without the drain guarantee: %s stayed locked for %.1f s", path, wait_s
+    )
+    return None
+
+
+def _entries_gone(handle: IO[bytes]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def outlive_the_entry(max_s: float) -> bool:
+    """Runner worker: defer SIGTERM until every entry worker has exited, at most ``max_s``.
+    False where it cannot be installed (not in a server, or not the main thread)."""
+    if not _in_server() or threading.current_thread() is not threading.main_thread():
+        return False
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return False
+    loop = asyncio.get_running_loop()
+    hand_on: Any = previous
+
+    def deferred(sig: int, frame: FrameType | None) -> None:
+        received = time.monotonic()
+        signal.signal(signal.SIGTERM, hand_on)  # a second SIGTERM stops at once
+
+        async def when_entries_are_gone() -> None:
+            path = _private_lock_path()
+            handle = _open_lock(path) if path is not None else None
+            if handle is not None and path is not None:
+                with handle:
+                    while time.monotonic() - received < max_s and not _entries_gone(handle):
+                        await asyncio.sleep(0.05)
+                path.unlink(missing_ok=True)
+            logger.warning("runner stopping, %.1f s after SIGTERM", time.monotonic() - received)
+            hand_on(sig, frame)
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(when_entries_are_gone()))
+
+    signal.signal(signal.SIGTERM, deferred)
+    return True

@@ -1,0 +1,282 @@
+"""Routes the entry answers from ASGI middleware, in front of BentoML's router: the lean
+routes of ``/predict`` and V2 inference, the Open Inference Protocol's GET routes, the API
+page, the refined OpenAPI document and a GET alias for POST-only APIs."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyed_serving.serving.http import error_response, replay
+
+logger = logging.getLogger("keyed_serving")
+
+
+class RefinedDocs:
+    """Serves ``/docs.json`` refined for the served model (see :mod:`.openapi`)."""
+
+    def __init__(self, app: ASGIApp, model_tag: str, path: str = "/docs.json") -> None:
+        self.app = app
+        self.model_tag = model_tag
+        self.path = path
+        self._refined: bytes | None = None  # the document does not change while serving
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        body = b"".join(chunks)
+        if start.get("status") == 200:
+            if self._refined is None:
+                from keyed_serving.model.store import load_spec
+                from keyed_serving.serving.openapi import refine_openapi
+
+                refined = refine_openapi(json.loads(body), load_spec(self.model_tag))
+                self._refined = json.dumps(refined).encode()
+            body = self._refined
+        headers = MutableHeaders(raw=list(start.get("headers", [])))
+        headers["content-length"] = str(len(body))
+        await send({**start, "headers": headers.raw})
+        await send({"type": "http.response.body", "body": body})
+
+
+class EntryHandlers(Protocol):
+    async def predict_raw(self, raw: bytes) -> Response: ...
+
+    async def infer_raw(
+        self, name: str | None, version: str | None, raw: bytes, header_length: str | None
+    ) -> Response: ...
+
+
+@dataclass
+class EntrySlot:
+    """Where the lean routes find the entry's service instance, which BentoML makes when the
+    app starts (the instance registers itself); ``enabled`` switches the routes off."""
+
+    instance: EntryHandlers | None = None
+    enabled: bool = True
+
+
+_V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+
+
+class LeanRoutes:
+    """Answers ``POST /predict`` and V2 inference with the entry's own handlers, straight
+    from here.
+
+    BentoML sends an API call through Starlette's router, its request context middleware
+    and its API wrapper (input spec, serde, response headers): measured with
+    bench/profile.py at W1, about a third of the entry's CPU for a one-instance request,
+    more than our validation, coalescing and answer together. The APIs stay declared (the
+    OpenAPI document, BentoML's client and in-process calls use them) and answer the same;
+    everything outside this middleware (BentoML's metrics, timeout and concurrency
+    middlewares, the gate) still applies. Not used with BentoML's CORS on, whose
+    middleware sits inside this one."""
+
+    def __init__(self, app: ASGIApp, slot: EntrySlot, cors: bool = False) -> None:
+        self.app = app
+        self.slot = slot
+        self.cors = cors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        entry = self.slot.instance
+        if (
+            entry is None
+            or self.cors
+            or not self.slot.enabled
+            or scope["type"] != "http"
+            or scope["method"] != "POST"
+        ):
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        v2 = None if path == "/predict" else _V2_INFER.match(path)
+        if path != "/predict" and v2 is None:
+            await self.app(scope, receive, send)
+            return
+        raw = await _read_body(receive)
+        if raw is None:
+            return  # the client went away
+        try:
+            if v2 is None:
+                response = await entry.predict_raw(raw)
+            else:
+                length = Headers(scope=scope).get("inference-header-content-length")
+                response = await entry.infer_raw(v2[1], v2[2], raw, length)
+        except Exception:
+            logger.exception("answering 500: %s %s", scope["method"], path)
+            response = error_response(500, "internal error; the server's log says more")
+        await response(scope, receive, send)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+class ApiPage:
+    """The API page at ``/``: BentoML's Swagger UI page under this service's title (its
+    text comes from the refined document's ``info``), without BentoML's tag manager, which
+    would report every visit of a self-hosted server's page to a third party; and the
+    user's guide it links to at ``/readme``."""
+
+    def __init__(self, app: ASGIApp, title: str, readme: str) -> None:
+        self.app = app
+        self.title = title
+        self.readme = readme
+        self._page: bytes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "GET"
+            or scope["path"] not in ("/", "/readme")
+        ):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/readme":
+            from pathlib import Path
+
+            from starlette.responses import PlainTextResponse
+
+            text = (
+                Path(self.readme).read_text(encoding="utf-8") if Path(self.readme).exists() else ""
+            )
+            response = PlainTextResponse(text or "no README here", status_code=200 if text else 404)
+            await response(scope, receive, send)
+            return
+        if self._page is None:
+            self._page = _retitled(_bentoml_page(), self.title)
+        await Response(self._page, media_type="text/html")(scope, receive, send)
+
+
+_SHOW_TITLE = (
+    '<style id="keyed-title">.info .main .title {visibility: visible}'
+    " .info .main .title span {position: relative; margin-left: 0.5em}</style>"
+)
+
+
+def _bentoml_page() -> str:
+    import _bentoml_impl.server
+
+    return (Path(_bentoml_impl.server.__file__).parent / "main-openapi.html").read_text("utf-8")
+
+
+def _retitled(page: str, title: str) -> bytes:
+    """BentoML's page, titled ``title``, without its Google Tag Manager blocks. A test
+    fails loudly when BentoML's page changes so that an edit no longer applies."""
+    page = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title)}</title>", page, count=1)
+    tag_manager = r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->"
+    page = re.sub(tag_manager, "", page, flags=re.S)
+    # BentoML's stylesheet hides the document's title and shows only its version.
+    page = page.replace("</head>", f"{_SHOW_TITLE}</head>", 1)
+    return page.encode("utf-8")
+
+
+class GetAlias:
+    """Answers ``GET path`` as ``POST path`` with an empty JSON body.
+
+    BentoML routes APIs on POST only; read-only APIs such as ``/model_info`` are also
+    expected on GET by people and probes.
+    """
+
+    def __init__(self, app: ASGIApp, paths: Iterable[str]) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        replaced = (b"content-type", b"content-length")
+        headers = [(k, v) for k, v in scope["headers"] if k not in replaced]
+        headers += [(b"content-type", b"application/json"), (b"content-length", b"2")]
+        post_scope: dict[str, Any] = {**scope, "method": "POST", "headers": headers}
+        await self.app(post_scope, replay(b"{}", receive), send)
+
+
+class OpenInferenceRoutes:
+    """The Open Inference Protocol's GET routes (BentoML routes APIs on POST only):
+
+    - ``/v2``: server metadata; ``/v2/health/live`` and ``/v2/health/ready``: BentoML's
+      ``/livez`` and ``/readyz`` under the protocol's names;
+    - ``/v2/models/{name}`` and ``/v2/models/{name}/versions/{version}``: model metadata;
+      ``.../ready``: ``/readyz`` for the served model; another name or version is a 404.
+
+    Inference (POST ``.../infer``) is an API of the service."""
+
+    def __init__(self, app: ASGIApp, model_tag: str, server_version: str) -> None:
+        self.app = app
+        self.model_tag = model_tag
+        self.server_version = server_version
+        self._spec: Any = None  # loaded on first use: metadata only, from the model store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"].rstrip("/") if scope["type"] == "http" else ""
+        if scope["type"] != "http" or scope["method"] != "GET" or not path.startswith("/v2"):
+            await self.app(scope, receive, send)
+            return
+        from keyed_serving.serving import v2
+
+        if path == "/v2":
+            await _json(200, v2.server_metadata(self.server_version))(scope, receive, send)
+            return
+        if path in ("/v2/health/live", "/v2/health/ready"):
+            probe = "/livez" if path.endswith("live") else "/readyz"
+            await self.app({**scope, "path": probe, "raw_path": probe.encode()}, receive, send)
+            return
+        parts = path.split("/")[3:]  # after "", "v2", "models"
+        if not path.startswith("/v2/models/") or not parts:
+            await self.app(scope, receive, send)
+            return
+        name, rest = parts[0], parts[1:]
+        version = None
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            version, rest = rest[1], rest[2:]
+        if rest not in ([], ["ready"]):
+            await self.app(scope, receive, send)
+            return
+        spec = self.spec()
+        if name != v2.model_name(spec) or version not in (None, v2.model_version(spec)):
+            await error_response(404, v2.unknown_model(spec, name, version))(scope, receive, send)
+        elif rest == ["ready"]:
+            await self.app({**scope, "path": "/readyz", "raw_path": b"/readyz"}, receive, send)
+        else:
+            await _json(200, v2.model_metadata(spec))(scope, receive, send)
+
+    def spec(self) -> Any:
+        if self._spec is None:
+            from keyed_serving.model.store import load_spec
+
+            self._spec = load_spec(self.model_tag)
+        return self._spec
+
+
+def _json(status: int, body: Any) -> Any:
+    return JSONResponse(body, status_code=status)

@@ -1,0 +1,416 @@
+"""The Open Inference Protocol (KServe V2) with keys: request decoding and documents.
+
+Triton, KServe, MLServer and Seldon speak this protocol; their clients (``tritonclient``,
+MLServer's codecs, KServe's SDK) work unchanged against this server. What this project
+adds is the key: one input named ``key`` (BYTES or INT64, one element per instance) that
+travels with each instance through the micro-batches and comes back as the ``key`` output,
+with the same datatype, beside each prediction.
+
+A request becomes the same ``{"keys", "columns", "errors"}`` body that /predict takes in
+its columnar shape, so it passes the same validation, coalescer, runner and key checks.
+Its answer is written by :mod:`keyed_serving.serving.answers`. Nothing here knows HTTP beyond the
+bytes of a body and the value of one header.
+
+The binary tensor data extension (what ``tritonclient`` sends by default): the JSON header
+comes first, ``Inference-Header-Content-Length`` bytes long, then each input's bytes in
+input order, each as long as its ``parameters.binary_data_size``. Numbers are
+little-endian; a BYTES element is a 4-byte little-endian length and that many bytes.
+
+Missing values: NaN in a number input; an empty BYTES element (or a JSON null) in a
+category input, as an empty cell in a CSV.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from keyed_serving.model.spec import ModelSpec
+from keyed_serving.serving.validate import read_json
+
+KEY_INPUT = "key"
+OUTPUTS = ("key", "prediction", "probabilities", "error")
+# Little-endian NumPy dtypes of the protocol's fixed-size datatypes.
+NUMBER_DTYPES = {
+    "FP64": "<f8",
+    "FP32": "<f4",
+    "FP16": "<f2",
+    "INT64": "<i8",
+    "INT32": "<i4",
+    "INT16": "<i2",
+    "INT8": "i1",
+    "UINT64": "<u8",
+    "UINT32": "<u4",
+    "UINT16": "<u2",
+    "UINT8": "u1",
+}
+INTEGER_DATATYPES = frozenset(name for name in NUMBER_DTYPES if "INT" in name)
+KEY_DATATYPES = ("BYTES", *sorted(INTEGER_DATATYPES))
+ERROR_MODES = ("reject", "per_instance")
+
+
+class V2Error(Exception):
+    """A request the protocol cannot take; answered as ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None  # None: as the request's binary_data_output says
+
+
+@dataclass
+class V2Request:
+    """A decoded inference request: the /predict columnar body it stands for, and how its
+    answer is to be written."""
+
+    id: str | None
+    key_datatype: str
+    body: dict[str, Any]  # {"keys", "columns", "errors"}, for keyed_serving.serving.validate
+    outputs: list[RequestedOutput] | None  # None: every output the mode has
+    binary_output: bool  # the request's binary_data_output: the default for every output
+
+
+def decode_infer_request(
+    raw: bytes, header_length: str | None, spec: ModelSpec, max_instances: int
+) -> V2Request:
+    """An inference request's body -> ``V2Request``; raises ``V2Error`` (400) naming the
+    input at fault."""
+    header, binary = _split(raw, header_length)
+    try:
+        request = read_json(header)  # Python's JSON writer (tritonclient's) writes NaN
+    except ValueError as exc:
+        raise V2Error(400, f"the inference request is not valid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise V2Error(400, "the inference request must be a JSON object with inputs")
+    parameters = _object(request.get("parameters"), "the request's parameters")
+    errors = parameters.get("errors", "reject")
+    if errors not in ERROR_MODES:
+        raise V2Error(400, f"parameters.errors must be one of {list(ERROR_MODES)}, got {errors!r}")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise V2Error(400, "id must be a string")
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise V2Error(400, "inputs must be a non-empty list of tensors")
+    tensors = _read_tensors(inputs, binary)
+    if KEY_INPUT not in tensors:
+        raise V2Error(
+            400,
+            f"input {KEY_INPUT!r} is missing: every instance needs its own key (BYTES or INT64)",
+        )
+    expected = {KEY_INPUT, *spec.feature_names}
+    unknown = sorted(set(tensors) - expected)
+    missing = [name for name in spec.feature_names if name not in tensors]
+    if unknown or missing:
+        said = [f"unknown input(s) {unknown}" if unknown else ""]
+        said += [f"missing input(s) {missing}" if missing else ""]
+        raise V2Error(400, f"{'; '.join(s for s in said if s)}; see GET /v2/models/{{name}}")
+    count = tensors[KEY_INPUT].count
+    if count > max_instances:
+        raise V2Error(400, f"{count} instances sent, at most {max_instances} per request")
+    wrong = [t for t in tensors.values() if t.count != count]
+    if wrong:
+        sizes = ", ".join(f"{t.name!r} has {t.count}" for t in wrong)
+        raise V2Error(400, f"input {KEY_INPUT!r} has {count} elements but {sizes}")
+    key_tensor = tensors[KEY_INPUT]
+    if key_tensor.datatype not in KEY_DATATYPES:
+        raise V2Error(
+            400, f"input {KEY_INPUT!r} has datatype {key_tensor.datatype}; send BYTES or INT64"
+        )
+    columns = {}
+    for feature in spec.features:
+        tensor = tensors[feature.name]
+        columns[feature.name] = (
+            tensor.numbers(feature.name) if feature.type == "number" else tensor.strings()
+        )
+    return V2Request(
+        id=request_id,
+        key_datatype=key_tensor.datatype,
+        body={"keys": key_tensor.keys(), "columns": columns, "errors": errors},
+        outputs=_requested_outputs(request.get("outputs"), spec, errors),
+        binary_output=bool(parameters.get("binary_data_output", False)),
+    )
+
+
+def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return raw, b""
+    if not header_length.strip().isdigit() or int(header_length) > len(raw):
+        raise V2Error(
+            400,
+            f"Inference-Header-Content-Length {header_length!r} is not a length within the "
+            f"body's {len(raw)} bytes",
+        )
+    cut = int(header_length)
+    return raw[:cut], raw[cut:]
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise V2Error(400, f"{what} must be an object")
+    return value
+
+
+@dataclass
+class _Tensor:
+    name: str
+    datatype: str
+    count: int
+    data: Any  # a NumPy array (binary numbers), a list of bytes (binary BYTES) or JSON data
+
+    def keys(self) -> list[Any]:
+        if self.datatype != "BYTES":
+            if isinstance(self.data, np.ndarray):  # binary: of its datatype already
+                return list(self.data.tolist())
+            # JSON: each key is echoed in this datatype, so it must be one of its integers
+            # (a "1" in an INT64 tensor would come back as 1, another key).
+            bounds = np.iinfo(NUMBER_DTYPES[self.datatype])
+            if not all(type(k) is int and bounds.min <= k <= bounds.max for k in self.data):
+                raise V2Error(
+                    400,
+                    f"input {self.name!r} is {self.datatype}: its elements must be integers "
+                    f"from {bounds.min} to {bounds.max} (send other keys as BYTES)",
+                )
+            return list(self.data)
+        keys = [_text(value, self.name) for value in self.data]
+        if any(not isinstance(key, str) for key in keys if key is not None):
+            raise V2Error(400, f"input {self.name!r} is BYTES: its elements must be strings")
+        return keys
+
+    def numbers(self, feature: str) -> list[Any]:
+        if self.datatype not in NUMBER_DTYPES:
+            raise V2Error(
+                400,
+                f"input {self.name!r} is a number feature: send FP64, FP32, INT64 or INT32, "
+                f"not {self.datatype}",
+            )
+        values = self.data.tolist() if isinstance(self.data, np.ndarray) else self.data
+        # NaN is the protocol's missing value; validation refuses the infinities by key.
+        return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+
+    def strings(self) -> list[str | None]:
+        if self.datatype != "BYTES":
+            raise V2Error(
+                400, f"input {self.name!r} is a category feature: send BYTES, not {self.datatype}"
+            )
+        return [_text(value, self.name) or None for value in self.data]
+
+
+def _text(value: Any, name: str) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise V2Error(400, f"input {name!r}: an element is not UTF-8 text: {exc}") from None
+    return value  # JSON: a string (or whatever was sent, judged by validation)
+
+
+def _read_tensors(inputs: list[Any], binary: bytes) -> dict[str, _Tensor]:
+    tensors: dict[str, _Tensor] = {}
+    offset = 0
+    for index, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise V2Error(400, f"inputs[{index}] must be an object {{name, datatype, shape, data}}")
+        name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+        if not isinstance(name, str) or not name:
+            raise V2Error(400, f"inputs[{index}] has no name")
+        if name in tensors:
+            raise V2Error(400, f"input {name!r} is sent twice")
+        if datatype not in NUMBER_DTYPES and datatype != "BYTES":
+            raise V2Error(
+                400, f"input {name!r}: datatype {datatype!r} is not one this server takes"
+            )
+        count = _count(shape, name)
+        parameters = _object(tensor.get("parameters"), f"input {name!r}'s parameters")
+        size = parameters.get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0 or offset + size > len(binary):
+                raise V2Error(
+                    400,
+                    f"input {name!r}: binary_data_size {size!r} does not fit in the "
+                    f"{len(binary) - offset} binary bytes left",
+                )
+            data: Any = _binary_elements(binary[offset : offset + size], datatype, count, name)
+            offset += size
+        elif "data" in tensor:
+            data = _json_elements(tensor["data"], count, name)
+        else:
+            raise V2Error(400, f"input {name!r} has neither data nor parameters.binary_data_size")
+        tensors[name] = _Tensor(name, datatype, count, data)
+    if offset != len(binary):
+        raise V2Error(
+            400,
+            f"the inputs' binary_data_size add up to {offset} bytes but {len(binary)} binary "
+            "bytes follow the JSON header",
+        )
+    return tensors
+
+
+def _count(shape: Any, name: str) -> int:
+    """Elements of a [N] or [N, 1] tensor: one per instance."""
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 2
+        or not all(type(d) is int and d >= 0 for d in shape)
+        or (len(shape) == 2 and shape[1] != 1)
+    ):
+        raise V2Error(400, f"input {name!r}: shape {shape!r}; send [N] or [N, 1], one per instance")
+    return int(shape[0])
+
+
+def _binary_elements(raw: bytes, datatype: str, count: int, name: str) -> Any:
+    if datatype == "BYTES":
+        elements: list[bytes] = []
+        offset = 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                break
+            (length,) = struct.unpack_from("<I", raw, offset)
+            offset += 4
+            if offset + length > len(raw):
+                break
+            elements.append(raw[offset : offset + length])
+            offset += length
+        if offset != len(raw) or len(elements) != count:
+            raise V2Error(
+                400,
+                f"input {name!r}: its {len(raw)} binary bytes are not {count} BYTES elements "
+                "(each a 4-byte little-endian length, then that many bytes)",
+            )
+        return elements
+    dtype = np.dtype(NUMBER_DTYPES[datatype])
+    if len(raw) != count * dtype.itemsize:
+        raise V2Error(
+            400,
+            f"input {name!r}: {len(raw)} binary bytes for {count} {datatype} elements "
+            f"({count * dtype.itemsize} expected)",
+        )
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def _json_elements(data: Any, count: int, name: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise V2Error(400, f"input {name!r}: data must be a list")
+    flat = data
+    if any(isinstance(item, list) for item in data):  # [[a], [b]] for a [N, 1] tensor
+        if not all(isinstance(item, list) and len(item) == 1 for item in data):
+            raise V2Error(400, f"input {name!r}: data must be [a, b, ...] or [[a], [b], ...]")
+        flat = [item[0] for item in data]
+    if len(flat) != count:
+        raise V2Error(400, f"input {name!r}: {len(flat)} data elements for shape [{count}]")
+    return flat
+
+
+def _requested_outputs(outputs: Any, spec: ModelSpec, errors: str) -> list[RequestedOutput] | None:
+    """The outputs asked for, refused here, before anything is predicted, when the model or
+    the error mode has no such output."""
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
+        raise V2Error(400, "outputs must be a list of {name, parameters}")
+    requested = []
+    for index, output in enumerate(outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise V2Error(400, f"outputs[{index}] must be an object with a name")
+        if output["name"] not in OUTPUTS:
+            raise V2Error(400, f"unknown output {output['name']!r}; outputs are {list(OUTPUTS)}")
+        if output["name"] == "probabilities" and spec.classes is None:
+            raise V2Error(
+                400, "output 'probabilities' is a classifier's; this model is a regressor"
+            )
+        if output["name"] == "error" and errors != "per_instance":
+            raise V2Error(
+                400,
+                "output 'error' is written in per-instance mode only: send "
+                '"parameters": {"errors": "per_instance"}',
+            )
+        parameters = _object(output.get("parameters"), f"output {output['name']!r}'s parameters")
+        binary = parameters.get("binary_data")
+        requested.append(RequestedOutput(output["name"], None if binary is None else bool(binary)))
+    return requested
+
+
+# ---- documents -------------------------------------------------------------------------
+
+
+def model_name(spec: ModelSpec) -> str:
+    return spec.tag.split(":", 1)[0]
+
+
+def model_version(spec: ModelSpec) -> str:
+    return spec.tag.split(":", 1)[1] if ":" in spec.tag else ""
+
+
+def prediction_datatype(spec: ModelSpec) -> str:
+    """BYTES for string labels, INT64 for integer labels, BOOL, or FP64 (regression)."""
+    if spec.task == "regression" or not spec.classes:
+        return "FP64"
+    kinds = set(map(type, spec.classes))
+    if kinds == {bool}:
+        return "BOOL"
+    if kinds == {int}:
+        return "INT64"
+    if kinds <= {int, float}:
+        return "FP64"
+    return "BYTES"
+
+
+def unknown_model(spec: ModelSpec, name: str | None, version: str | None) -> str:
+    served = f"{model_name(spec)} version {model_version(spec)}"
+    asked = f"{name}" + (f" version {version}" if version is not None else "")
+    return f"no model {asked} here; this server serves {served}"
+
+
+def server_metadata(version: str) -> dict[str, Any]:
+    return {"name": "keyed-serving", "version": version, "extensions": ["binary_tensor_data"]}
+
+
+def model_metadata(spec: ModelSpec) -> dict[str, Any]:
+    """Inputs ``key`` and one per feature, outputs ``key``, ``prediction``,
+    ``probabilities`` (classifiers) and ``error``, and the class labels."""
+    inputs = [{"name": KEY_INPUT, "datatype": "BYTES", "shape": [-1]}]
+    inputs += [
+        {"name": f.name, "datatype": "FP64" if f.type == "number" else "BYTES", "shape": [-1]}
+        for f in spec.features
+    ]
+    outputs: list[dict[str, Any]] = [
+        {"name": "key", "datatype": "BYTES", "shape": [-1]},
+        {"name": "prediction", "datatype": prediction_datatype(spec), "shape": [-1]},
+    ]
+    classes = [str(label) for label in spec.classes] if spec.classes is not None else None
+    if spec.task == "classification" and classes is not None:
+        outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, len(classes)]})
+    outputs.append({"name": "error", "datatype": "BYTES", "shape": [-1]})
+    parameters: dict[str, Any] = {
+        "task": spec.task,
+        "key_datatypes": list(KEY_DATATYPES),
+        "errors": list(ERROR_MODES),
+    }
+    if classes is not None:
+        parameters["classes"] = classes
+    return {
+        "name": model_name(spec),
+        "versions": [model_version(spec)],
+        "platform": "keyed-serving_sklearn",
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": parameters,
+    }
+
+
+def encode_bytes(values: Sequence[bytes]) -> bytes:
+    """BYTES elements in the binary extension's framing."""
+    return b"".join(struct.pack("<I", len(value)) + value for value in values)

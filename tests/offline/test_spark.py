@@ -1,0 +1,195 @@
+"""Keyed offline scoring on Spark (local mode): every key once, the service's predictions."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+from support import make_customer_table, own_predictions, save_strict_copy
+
+pytest.importorskip("pyspark")
+
+from keyed_serving.offline.spark import local_session, score_spark
+
+pytestmark = pytest.mark.slow
+FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+CLASSES = ["setosa", "versicolor", "virginica"]
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    session = local_session(2, app_name="keyed-serving-tests")
+    yield session
+    session.stop()
+
+
+def flowers(n: int, seed: int = 3) -> pd.DataFrame:
+    """Keys in shuffled order, and two passthrough columns derived from the key (one with
+    gaps) so that a row whose columns got mixed up would show."""
+    rng = np.random.default_rng(seed)
+    numbers = rng.permutation(n)
+    frame = pd.DataFrame(np.round(rng.uniform(0.1, 7.9, (n, 4)), 1), columns=FEATURES)
+    frame.insert(0, "id", [f"f-{i:07d}" for i in numbers])
+    frame["shelf"] = [f"s{i % 13}" for i in numbers]
+    frame["weight"] = [None if i % 10 == 0 else i * 0.5 for i in numbers]
+    return frame
+
+
+def test_every_key_comes_back_once_with_the_models_prediction_and_its_own_columns(
+    spark: Any, default_model: str
+) -> None:
+    table = flowers(200_000)
+    df = spark.createDataFrame(table).repartition(7)  # a shuffle: rows leave their order
+
+    scored = score_spark(df, key="id", model_tag=default_model, keep=["shelf", "weight"])
+    result = scored.toPandas()
+
+    assert list(result.columns) == [
+        "id",
+        "prediction",
+        *[f"probability_{c}" for c in CLASSES],
+        "error",
+        "shelf",
+        "weight",
+    ]
+    assert len(result) == len(table)
+    assert result["id"].is_unique
+    assert set(result["id"]) == set(table["id"])
+    assert result["error"].isna().all()
+    expected = table.set_index("id")
+    got = result.set_index("id").loc[expected.index]
+    assert got["prediction"].tolist() == own_predictions(default_model, table)
+    assert got["shelf"].tolist() == expected["shelf"].tolist()
+    assert got["weight"].isna().tolist() == expected["weight"].isna().tolist()
+    assert got["weight"].dropna().tolist() == expected["weight"].dropna().tolist()
+    sums = got[[f"probability_{c}" for c in CLASSES]].sum(axis=1)
+    assert np.allclose(sums, 1.0)
+
+
+def test_spark_and_the_service_answer_the_same_rows_the_same_way(
+    spark: Any, default_model: str, asgi_client: TestClient
+) -> None:
+    table = flowers(3000, seed=11)
+    scored = score_spark(
+        spark.createDataFrame(table).repartition(3), key="id", model_tag=default_model
+    ).toPandas()
+    response = asgi_client.post(
+        "/predict",
+        json={
+            "instances": [
+                {"key": row["id"], "features": {f: row[f] for f in FEATURES}}
+                for row in table.to_dict("records")
+            ]
+        },
+    )
+    assert response.status_code == 200
+    service = {p["key"]: p for p in response.json()["predictions"]}
+    assert len(service) == len(scored) == len(table)
+    for row in scored.to_dict("records"):
+        answer = service[row["id"]]
+        assert row["prediction"] == answer["prediction"], row["id"]
+        for label in CLASSES:
+            assert row[f"probability_{label}"] == pytest.approx(
+                answer["probabilities"][label], abs=1e-12
+            )
+
+
+def test_a_table_with_categories_and_gaps_is_scored_as_the_model_scores_it(
+    spark: Any, customer_model: str
+) -> None:
+    table = make_customer_table(4000, seed=21).drop(columns=["churned"])
+    df = spark.createDataFrame(table.astype(object).where(table.notna(), None)).repartition(4)
+
+    result = score_spark(df, key="customer_id", model_tag=customer_model, keep=["plan"])
+    result_frame = result.toPandas().set_index("customer_id").loc[table["customer_id"]]
+
+    assert result_frame["prediction"].tolist() == own_predictions(customer_model, table)
+    assert result_frame["plan"].tolist() == table["plan"].tolist()
+    assert result_frame["error"].isna().all()
+
+
+def test_a_row_the_model_raises_on_gets_an_error_and_the_rest_of_its_batch_is_predicted(
+    spark: Any, customer_model: str
+) -> None:
+    strict = save_strict_copy(customer_model, "customers_strict_spark")
+    table = make_customer_table(300, seed=5).drop(columns=["churned"])
+    table.loc[17, "plan"] = "platinum"  # a category the strict model refuses
+    df = spark.createDataFrame(table.astype(object).where(table.notna(), None)).coalesce(1)
+
+    result = score_spark(df, key="customer_id", model_tag=strict).toPandas()
+
+    failed = result[result["error"].notna()]
+    assert failed["customer_id"].tolist() == [table.loc[17, "customer_id"]]
+    assert failed["error"].iloc[0].startswith("model_error: ")
+    assert failed["prediction"].isna().all()
+    predicted = result[result["error"].isna()].set_index("customer_id")
+    others = table.drop(index=17)
+    assert len(predicted) == len(others)
+    assert predicted.loc[others["customer_id"], "prediction"].tolist() == own_predictions(
+        customer_model, others
+    )
+
+
+def test_a_model_shipped_with_the_job_scores_like_the_one_in_the_store(
+    spark: Any, default_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The driver exports the model under the temp dir; this test's own, removed after it.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    table = flowers(2000, seed=8)
+    df = spark.createDataFrame(table).repartition(2)
+
+    shipped = score_spark(df, key="id", model_tag=default_model, ship_model=True).toPandas()
+
+    got = shipped.set_index("id").loc[table["id"], "prediction"].tolist()
+    assert got == own_predictions(default_model, table)
+
+
+def test_a_dataframe_without_the_models_features_is_refused_before_any_job_runs(
+    spark: Any, default_model: str
+) -> None:
+    df = spark.createDataFrame(flowers(10).drop(columns=["petal_width_cm"]))
+    with pytest.raises(ValueError, match="petal_width_cm"):
+        score_spark(df, key="id", model_tag=default_model)
+    with pytest.raises(ValueError, match="no key column 'customer'"):
+        score_spark(spark.createDataFrame(flowers(10)), key="customer", model_tag=default_model)
+
+
+def long_keyed(spark: Any, keys: list[int | None]) -> Any:
+    from pyspark.sql.types import DoubleType, LongType, StructField, StructType
+
+    schema = StructType(
+        [StructField("id", LongType(), True)]
+        + [StructField(name, DoubleType(), True) for name in FEATURES]
+    )
+    rows = [(key, 5.1, 3.5, 1.4, 0.2) for key in keys]
+    return spark.createDataFrame(rows, schema)
+
+
+def test_long_keys_above_2_to_the_53_come_back_exact_and_a_null_key_is_refused(
+    spark: Any, default_model: str
+) -> None:
+    big = [2**53 + i for i in range(1, 9)]
+    with pytest.raises(ValueError, match=r"rows without a usable key .*: 1 in 'id'"):
+        score_spark(long_keyed(spark, [*big, None]), key="id", model_tag=default_model)
+    scored = score_spark(long_keyed(spark, big).coalesce(1), key="id", model_tag=default_model)
+    assert sorted(row["id"] for row in scored.collect()) == big
+
+
+def test_a_key_of_several_columns_is_kept_whole(spark: Any, default_model: str) -> None:
+    table = flowers(200, seed=12)
+    table["bay"] = [i % 4 for i in range(200)]
+    scored = score_spark(
+        spark.createDataFrame(table).repartition(2), key=["shelf", "id"], model_tag=default_model
+    ).toPandas()
+    assert scored.columns.tolist()[:3] == ["shelf", "id", "prediction"]
+    got = scored.set_index("id").loc[table["id"]]
+    assert got["shelf"].tolist() == table["shelf"].tolist()
+    assert got["prediction"].tolist() == own_predictions(default_model, table)
+    with pytest.raises(ValueError, match="no row order"):
+        score_spark(spark.createDataFrame(table), key="@row", model_tag=default_model)

@@ -1,0 +1,362 @@
+"""The entry's gate around a stand-in app: auth, limits, content types, request ids."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from keyed_serving.serving.http import AnswerStamp, EntryGate
+
+TOKEN = "s3cret-token-value"
+
+
+def app_behind_gate(**options: Any) -> tuple[Stamped, asyncio.Event]:
+    release = asyncio.Event()
+
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        if request.query_params.get("wait"):
+            await release.wait()
+        if request.query_params.get("overloaded"):
+            return JSONResponse({"error": "busy"}, status_code=503)
+        return JSONResponse({"bytes": len(body)})
+
+    async def probe(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    inner = Starlette(
+        routes=[
+            Route("/predict", echo, methods=["POST", "GET"]),
+            Route("/readyz", probe),
+            Route("/metrics", probe),
+        ]
+    )
+    settings = {
+        "api_token": None,
+        "max_body_bytes": 1000,
+        "max_concurrency": 4,
+        "retry_after_s": 2,
+        **options,
+    }
+    gate = EntryGate(inner, **settings)
+    return Stamped(gate, retry_after_s=settings["retry_after_s"]), release
+
+
+class Stamped(AnswerStamp):
+    """The entry's layers as service.py stacks them, the gate's counters in reach."""
+
+    def __init__(self, gate: EntryGate, retry_after_s: int) -> None:
+        super().__init__(gate, retry_after_s=retry_after_s)
+        self.gate = gate
+
+    @property
+    def in_flight(self) -> int:
+        return self.gate.in_flight
+
+
+async def call(app: Any, method: str = "POST", path: str = "/predict", **kwargs: Any) -> Any:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
+        return await client.request(method, path, **kwargs)
+
+
+def run(app: Any, *args: Any, **kwargs: Any) -> httpx.Response:
+    return asyncio.run(call(app, *args, **kwargs))
+
+
+def test_with_a_token_set_no_api_answers_without_it() -> None:
+    app, _ = app_behind_gate(api_token=TOKEN)
+    for headers in (
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": TOKEN},
+        {"authorization": f"bearer {TOKEN}x"},
+    ):
+        response = run(app, json={}, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert TOKEN not in response.text
+    ok = run(app, json={}, headers={"authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+
+
+def test_probes_and_metrics_stay_open_with_a_token_set() -> None:
+    app, _ = app_behind_gate(api_token=TOKEN)
+    assert run(app, "GET", "/readyz").status_code == 200
+    assert run(app, "GET", "/metrics").status_code == 200
+
+
+def test_a_body_over_the_limit_gets_413_whether_declared_or_streamed() -> None:
+    app, _ = app_behind_gate()
+    assert run(
+        app, content=b"{" + b" " * 998 + b"}", headers={"content-type": "application/json"}
+    ).json() == {"bytes": 1000}
+    declared = run(app, content=b"x" * 1001, headers={"content-type": "application/json"})
+    assert declared.status_code == 413
+
+    async def chunks() -> Any:
+        for _ in range(5):
+            yield b" " * 300
+
+    streamed = run(app, content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and "split" in streamed.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    ["text/plain", "application/vnd.bentoml+pickle", "application/x-www-form-urlencoded", None],
+)
+def test_bodies_that_are_not_json_get_415(media_type: str | None) -> None:
+    app, _ = app_behind_gate()
+    headers = {"content-type": media_type} if media_type else {}
+    response = run(app, content=b'{"instances": []}', headers=headers)
+    assert response.status_code == 415
+
+
+def test_json_with_a_charset_and_bodyless_gets_pass() -> None:
+    app, _ = app_behind_gate()
+    assert (
+        run(
+            app, content=b"{}", headers={"content-type": "application/json; charset=utf-8"}
+        ).status_code
+        == 200
+    )
+    assert run(app, "GET").status_code == 200
+
+
+def test_past_the_concurrency_limit_requests_get_429_with_retry_after() -> None:
+    app, release = app_behind_gate(max_concurrency=3)
+
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+        held = [asyncio.create_task(call(app, params={"wait": 1}, json={})) for _ in range(3)]
+        while app.in_flight < 3:  # the three are inside, waiting
+            await asyncio.sleep(0)
+        refused = await call(app, json={})
+        probe = await call(app, "GET", "/readyz")
+        release.set()
+        return list(await asyncio.gather(*held)), refused, probe
+
+    held, refused, probe = asyncio.run(scenario())
+    assert [r.status_code for r in held] == [200, 200, 200]
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+    assert probe.status_code == 200
+    assert app.in_flight == 0
+
+
+def test_every_overload_answer_carries_retry_after() -> None:
+    app, _ = app_behind_gate()
+    response = run(app, params={"overloaded": 1}, json={})
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+
+
+def test_every_answer_carries_a_request_id_and_a_sane_one_is_kept() -> None:
+    app, _ = app_behind_gate(api_token=TOKEN)
+    kept = run(app, json={}, headers={"x-request-id": "client-42.a_b"})
+    assert kept.headers["x-request-id"] == "client-42.a_b"
+    replaced = run(app, json={}, headers={"x-request-id": "bad id\r\nx"})
+    assert (
+        replaced.headers["x-request-id"] != "bad id\r\nx"
+        and len(replaced.headers["x-request-id"]) == 16
+    )
+    assert run(app, "GET", "/readyz").headers["x-request-id"]
+
+
+def test_a_body_that_is_not_json_is_refused_before_it_is_read() -> None:
+    app, _ = app_behind_gate(max_body_bytes=10**9)
+    pulled: list[int] = []
+
+    async def chunks() -> Any:
+        for n in range(100):
+            pulled.append(n)
+            yield b"\x80" * 10_000
+
+    response = run(app, content=chunks(), headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 415
+    assert len(pulled) < 100
+
+
+def test_a_cors_preflight_passes_the_token_check_and_nothing_else_does() -> None:
+    inner, _ = app_behind_gate()
+    app = Stamped(
+        EntryGate(
+            CORSMiddleware(
+                inner.gate.app, allow_origins=["https://ui.example"], allow_methods=["*"]
+            ),
+            api_token=TOKEN,
+            max_body_bytes=1000,
+            max_concurrency=4,
+            retry_after_s=2,
+        ),
+        retry_after_s=2,
+    )
+    origin = {"origin": "https://ui.example"}
+    preflight = run(app, "OPTIONS", headers={**origin, "access-control-request-method": "POST"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://ui.example"
+    assert run(app, "OPTIONS", headers=origin).status_code == 401  # not a preflight
+    assert run(app, json={}, headers=origin).status_code == 401
+
+
+def test_a_websocket_without_the_token_is_refused() -> None:
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("in")
+        await websocket.close()
+
+    gate = EntryGate(
+        Starlette(routes=[WebSocketRoute("/ws", echo)]),
+        api_token=TOKEN,
+        max_body_bytes=1000,
+        max_concurrency=4,
+        retry_after_s=2,
+    )
+    client = TestClient(Stamped(gate, retry_after_s=2))
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            client.websocket_connect("/ws", headers=headers) as socket,
+        ):
+            socket.receive_text()
+        assert refused.value.code == 1008
+    with client.websocket_connect("/ws", headers={"authorization": f"Bearer {TOKEN}"}) as socket:
+        assert socket.receive_text() == "in"
+
+
+def held_bodies(app_and_release: tuple[Stamped, asyncio.Event], sizes: list[int], then: Any) -> Any:
+    """Holds requests with bodies of ``sizes`` inside the app, then awaits ``then(app)``."""
+    app, release = app_and_release
+
+    async def scenario() -> Any:
+        held = [
+            asyncio.create_task(call(app, params={"wait": 1}, content=b" " * size, headers=JSON))
+            for size in sizes
+        ]
+        while app.in_flight < len(sizes):
+            await asyncio.sleep(0)
+        try:
+            return await then(app)
+        finally:
+            release.set()
+            await asyncio.gather(*held)
+
+    return asyncio.run(scenario())
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_bodies_past_the_memory_budget_get_429_with_retry_after() -> None:
+    app = app_behind_gate(max_body_bytes=1000, body_budget_bytes=2500)
+
+    async def more(app: Any) -> list[httpx.Response]:
+        fits = await call(app, content=b" " * 500, headers=JSON)
+        spent = await call(app, content=b" " * 600, headers=JSON)
+        return [fits, spent]
+
+    fits, spent = held_bodies(app, [1000, 1000], more)
+    assert fits.status_code == 200
+    assert spent.status_code == 429 and spent.headers["retry-after"] == "2"
+    assert app[0].gate.bytes_in_flight == 0
+
+
+def test_a_body_of_undeclared_length_is_counted_as_it_arrives() -> None:
+    app = app_behind_gate(max_body_bytes=1000, body_budget_bytes=2500)
+
+    async def streamed(app: Any) -> httpx.Response:
+        async def chunks() -> Any:
+            for _ in range(4):
+                yield b" " * 200
+
+        return await call(app, content=chunks(), headers=JSON)
+
+    refused = held_bodies(app, [1000, 1000], streamed)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+    assert app[0].gate.bytes_in_flight == 0
+
+
+def test_a_body_larger_than_the_whole_budget_is_413_not_429() -> None:
+    app, _ = app_behind_gate(max_body_bytes=1000, body_budget_bytes=600)
+    assert run(app, content=b" " * 700, headers=JSON).status_code == 413
+    assert run(app, content=b" " * 500, headers=JSON).status_code == 200
+
+
+def task_app(**options: Any) -> tuple[Stamped, asyncio.Event]:
+    """A stand-in for BentoML's task routes: /submit answers at once and runs the task in
+    the background of its answer, as starlette's BackgroundTask does."""
+    finish = asyncio.Event()
+
+    async def submit(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"task_id": "t"}, background=BackgroundTask(finish.wait))
+
+    async def get(request: Request) -> JSONResponse:
+        return JSONResponse({"result": "r"})
+
+    inner = Starlette(
+        routes=[
+            Route("/task/submit", submit, methods=["POST"]),
+            Route("/task/retry", submit, methods=["POST"]),
+            Route("/task/get", get),
+            Route("/predict", get, methods=["POST"]),
+        ]
+    )
+    settings = {
+        "api_token": None,
+        "max_body_bytes": 1000,
+        "max_concurrency": 8,
+        "retry_after_s": 2,
+        "body_budget_bytes": 10_000,
+        "file_paths": ["/task/submit"],
+        "max_file_bytes": 100_000,
+        "task_paths": ["/task/submit", "/task/retry", "/task/get"],
+        "max_tasks": 1,
+        "max_task_file_bytes": 3000,
+        **options,
+    }
+    return Stamped(EntryGate(inner, **settings), retry_after_s=2), finish
+
+
+def form(size: int) -> dict[str, Any]:
+    return {"files": {"file": ("f.csv", b"x" * size)}}
+
+
+def test_file_tasks_past_their_limit_get_429_until_the_running_one_ends() -> None:
+    app, finish = task_app()
+    assert asyncio.run(scenario_with_running_task(app, finish)) == [200, 429, 429, 429, 200]
+
+
+async def scenario_with_running_task(app: Stamped, finish: asyncio.Event) -> list[int]:
+    first = asyncio.create_task(call(app, path="/task/submit", **form(100)))
+    while app.gate.tasks_in_flight < 1:
+        await asyncio.sleep(0)
+    statuses = []
+    for method, path, kwargs in (
+        ("POST", "/task/submit", form(100)),
+        ("POST", "/task/retry", {}),
+        ("GET", "/task/get", {}),
+    ):
+        refused = await call(app, method, path, **kwargs)
+        if refused.status_code == 429:
+            assert refused.headers["retry-after"] == "2"
+        statuses.append(refused.status_code)
+    finish.set()
+    statuses.insert(0, (await first).status_code)
+    statuses.append((await call(app, "GET", "/task/get")).status_code)
+    assert app.gate.tasks_in_flight == 0 and app.gate.bytes_in_flight == 0
+    return statuses
+
+
+def test_a_task_upload_over_its_own_bound_gets_413() -> None:
+    app, _ = task_app()
+    assert run(app, path="/task/submit", **form(5000)).status_code == 413

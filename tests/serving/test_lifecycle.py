@@ -1,0 +1,115 @@
+"""The drain lock: private, never followed through a symlink, never a reason not to start."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from keyed_serving.serving import lifecycle
+
+SERVER_PID = 4_000_001  # no such process: the lock files are this test's own
+
+
+@pytest.fixture
+def in_a_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A worker's view: in a server, its parent the server, a runtime dir of its own."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setattr(lifecycle, "_in_server", lambda: True)
+    monkeypatch.setattr(os, "getppid", lambda: SERVER_PID)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    yield runtime
+
+
+def held_exclusively(path: Path) -> IO[bytes]:
+    handle = path.open("ab")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def start_entry(**options: Any) -> tuple[bool, list[Any]]:
+    """hold_entry_lock in a thread: (whether it returned within 20 s, what it returned)."""
+    got: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: got.append(lifecycle.hold_entry_lock(**options)), daemon=True
+    )
+    worker.start()
+    worker.join(timeout=20)
+    return not worker.is_alive(), got
+
+
+def test_a_lock_held_at_the_old_shared_path_does_not_block_the_entry(in_a_server: Path) -> None:
+    old = Path(tempfile.gettempdir()) / f"keyed-serving-{SERVER_PID}.entry.lock"
+    hostile = held_exclusively(old)
+    try:
+        returned, got = start_entry()
+    finally:
+        hostile.close()
+        old.unlink(missing_ok=True)
+    assert returned
+    assert got[0] is not None  # the entry holds its own lock, elsewhere
+    private = lifecycle.lock_path(SERVER_PID, in_a_server)
+    assert os.fstat(got[0].fileno()).st_ino == private.stat().st_ino
+    got[0].close()
+
+
+def test_a_lock_held_at_the_private_path_delays_start_only_boundedly(
+    in_a_server: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = lifecycle.lock_path(SERVER_PID, in_a_server)
+    path.parent.mkdir(mode=0o700)
+    holder = held_exclusively(path)
+    try:
+        with caplog.at_level(logging.WARNING, "keyed_serving.serving.lifecycle"):
+            returned, got = start_entry(wait_s=0.2)
+    finally:
+        holder.close()
+    assert returned and got == [None]
+    assert "without the drain guarantee" in caplog.text
+
+
+def test_a_symlink_in_place_of_the_lock_is_not_followed(in_a_server: Path, tmp_path: Path) -> None:
+    path = lifecycle.lock_path(SERVER_PID, in_a_server)
+    path.parent.mkdir(mode=0o700)
+    target = tmp_path / "somebody-elses-file"
+    path.symlink_to(target)
+    returned, got = start_entry()
+    assert returned and got == [None]
+    assert not target.exists()
+
+
+def test_a_runtime_dir_others_may_write_is_not_used(in_a_server: Path) -> None:
+    shared = lifecycle.lock_path(SERVER_PID, in_a_server).parent
+    shared.mkdir()
+    shared.chmod(0o777)
+    returned, got = start_entry()
+    assert returned and got == [None]
+    assert list(shared.iterdir()) == []
+
+
+def test_the_entry_lock_keeps_the_runner_waiting_until_the_entry_is_gone(
+    in_a_server: Path,
+) -> None:
+    entry = lifecycle.hold_entry_lock()
+    assert entry is not None
+    path = lifecycle.lock_path(SERVER_PID, in_a_server)
+    with path.open("ab") as runner_side:
+        assert not lifecycle._entries_gone(runner_side)
+        entry.close()  # the entry worker exits
+        assert lifecycle._entries_gone(runner_side)
+
+
+def test_the_private_directory_is_made_for_this_user_only(in_a_server: Path) -> None:
+    entry = lifecycle.hold_entry_lock()
+    assert entry is not None
+    entry.close()
+    made = lifecycle.lock_path(SERVER_PID, in_a_server).parent.stat()
+    assert made.st_mode & 0o777 == 0o700 and made.st_uid == os.getuid()

@@ -1,0 +1,116 @@
+"""The package's parts and their import rules (the import-linter contracts in pyproject.toml).
+
+`make lint` runs the contracts on the tree; these tests show that each rule the layout
+promises is one of them, by breaking it in a copy of the package and watching it fail."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import ROOT
+
+LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
+
+
+def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
+    # cwd first on sys.path (lint-imports puts it there): the copy, not the installed package
+    return subprocess.run(
+        [LINT_IMPORTS, "--no-cache", "--config", str(tree / "pyproject.toml")],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def status_of(report: str, contract: str) -> str:
+    """KEPT or BROKEN, for the contract whose name starts with ``contract`` (the report wraps
+    long names over lines)."""
+    words = " ".join(report.split())
+    after = words[words.index(contract) :]
+    return min(("KEPT", "BROKEN"), key=lambda status: after.find(f" {status}") % len(after))
+
+
+@pytest.fixture
+def copy_of_the_package(tmp_path: Path) -> Path:
+    shutil.copytree(
+        ROOT / "keyed_serving",
+        tmp_path / "keyed_serving",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_the_import_rules_hold_for_the_tree(copy_of_the_package: Path) -> None:
+    out = lint_imports(copy_of_the_package)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        # only service.py imports the request path
+        ("offline/spark.py", "from keyed_serving.serving import answers", "Only service.py"),
+        ("__init__.py", "from keyed_serving.serving import http", "Only service.py"),
+        # the client imports neither the server nor the model, nor what they need
+        ("client/cli.py", "from keyed_serving.model import spec", "The client needs"),
+        ("client/keyed_client.py", "import sklearn", "The client needs"),
+        ("client/keyed_client.py", "import bentoml", "The client needs"),
+        # through the shared base counts too
+        ("client/cli.py", "from keyed_serving import schemas", "The client needs"),
+        # the model never imports serving, client or offline
+        ("model/store.py", "from keyed_serving.client import cli", "The model knows nothing"),
+        ("model/spec.py", "from keyed_serving.offline import spark", "The model knows nothing"),
+        ("model/predicting.py", "from keyed_serving.serving import v2", "The model knows"),
+        # the shared base imports none of the parts
+        ("keys.py", "from keyed_serving.model import spec", "Parts over the shared base"),
+        ("tables.py", "from keyed_serving.client import cli", "Parts over the shared base"),
+        # the parts beside each other stay apart
+        ("serving/answers.py", "from keyed_serving.offline import spark", "Parts over the"),
+    ],
+)
+def test_an_import_against_the_rules_fails_lint(
+    copy_of_the_package: Path, module: str, line: str, broken: str
+) -> None:
+    path = copy_of_the_package / "keyed_serving" / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa\n")
+    out = lint_imports(copy_of_the_package)
+    assert out.returncode != 0, out.stdout
+    assert status_of(out.stdout, broken) == "BROKEN", out.stdout
+
+
+def test_the_client_imports_neither_scikit_learn_nor_bentoml() -> None:
+    """A client machine needs neither: `import keyed_serving.client` (and keyed-score's module,
+    and the top-level names a user reaches the client by) load none of them."""
+    heavy = ("sklearn", "bentoml", "keyed_serving.serving", "keyed_serving.model", "pyspark")
+    script = (
+        "import sys, keyed_serving, keyed_serving.client, keyed_serving.client.cli\n"
+        "keyed_serving.KeyedClient\n"
+        f"heavy = {heavy!r}\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_public_names_stay_where_users_import_them() -> None:
+    import keyed_serving
+    from keyed_serving.client import KeyedClient, ScoringError
+    from keyed_serving.client.keyed_client import KeyedClient as Defined
+    from keyed_serving.model.importing import save_model
+    from keyed_serving.offline.spark import score_spark
+
+    assert keyed_serving.KeyedClient is KeyedClient is Defined
+    assert keyed_serving.ScoringError is ScoringError
+    assert keyed_serving.save_model is save_model
+    assert keyed_serving.score_spark is score_spark
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = keyed_serving.nothing
