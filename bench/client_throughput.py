@@ -44,8 +44,8 @@ def run(work: Path) -> int:
     import pandas as pd
     from support import Server
 
-    from keyed_serving.model import MODEL_FILE
-    from keyed_serving.training import train_default
+    from keyed_serving.model.store import MODEL_FILE
+    from keyed_serving.model.training import train_default
 
     tag = train_default().tag
     rng = np.random.default_rng(0)

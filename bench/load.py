@@ -235,7 +235,7 @@ def score_table(server: Server, work: Path, pipeline: Any, rows: int) -> dict[st
         [
             sys.executable,
             "-m",
-            "keyed_serving.cli",
+            "keyed_serving.client.cli",
             str(source),
             "--key",
             "row_id",

@@ -217,8 +217,8 @@ def bench_setup(prefix: str) -> Iterator[Setup]:
         import bentoml
         import joblib
 
-        from keyed_serving.model import MODEL_FILE
-        from keyed_serving.training import train_default
+        from keyed_serving.model.store import MODEL_FILE
+        from keyed_serving.model.training import train_default
 
         tag = train_default().tag
         model_path = Path(bentoml.models.get(tag).path_of(MODEL_FILE))
