@@ -25,7 +25,7 @@ FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width
 
 
 def main() -> int:
-    from harness import bench_home
+    from servers import bench_home
 
     with bench_home("keyed-bench") as (_, work):
         return run(work)
@@ -44,8 +44,8 @@ def run(work: Path) -> int:
     import pandas as pd
     from support import Server
 
-    from keyed_serving.model import MODEL_FILE
-    from keyed_serving.training import train_default
+    from keyed_serving.model.store import MODEL_FILE
+    from keyed_serving.model.training import train_default
 
     tag = train_default().tag
     rng = np.random.default_rng(0)

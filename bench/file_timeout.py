@@ -26,7 +26,7 @@ TIMEOUT_S = 35.0  # service.py: the entry's traffic timeout, request_deadline_s 
 
 
 def main() -> int:
-    from harness import bench_home
+    from servers import bench_home
 
     with bench_home("keyed-bench") as (_, work):
         return run(work)

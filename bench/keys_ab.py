@@ -1,6 +1,6 @@
 """What keys cost, measured A/B: the keyed service and its unkeyed variant served side by
 side, loaded in turn (keyed, unkeyed, keyed, ...) so that drift in the machine's speed
-falls on both alike. Answers checked as in bench/harness.py.
+falls on both alike. Answers checked as in the benchmark (bench/load.py).
 
     .venv/bin/python bench/keys_ab.py [--rounds 4] [--seconds 8] [--out bench/keys_ab.md]
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH, WORKLOADS, bench_setup, bentoml_server, measure, write_workload
+from load import WORKLOADS, measure, write_workload
+from servers import BENCH, bench_setup, bentoml_server
 
 
 def main() -> int:

@@ -111,8 +111,8 @@ def run() -> int:
     import psutil
     from support import Server
 
+    from keyed_serving.model.training import train_default
     from keyed_serving.settings import Settings
-    from keyed_serving.training import train_default
 
     tag = train_default().tag
     defaults = Settings()

@@ -22,7 +22,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from harness import WORKLOADS, bench_setup, bentoml_server, measure, write_workload  # noqa: E402
+from load import WORKLOADS, measure, write_workload  # noqa: E402
+from servers import bench_setup, bentoml_server  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 

@@ -227,8 +227,9 @@ def run() -> int:
     import joblib
     from support import make_customer_table, save_strict_copy, served
 
-    from keyed_serving.model import MODEL_FILE, ModelSpec, to_frame
-    from keyed_serving.training import train_and_save
+    from keyed_serving.model.spec import ModelSpec, to_frame
+    from keyed_serving.model.store import MODEL_FILE
+    from keyed_serving.model.training import train_and_save
 
     trained = train_and_save(
         make_customer_table(2000, seed=3),

@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 import bentoml  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from keyed_serving.model import MODEL_FILE, LoadedModel  # noqa: E402
-from keyed_serving.spark import demo_table, local_session, score_frame, score_spark  # noqa: E402
-from keyed_serving.training import train_default  # noqa: E402
+from keyed_serving.model.predicting import LoadedModel  # noqa: E402
+from keyed_serving.model.store import MODEL_FILE  # noqa: E402
+from keyed_serving.model.training import train_default  # noqa: E402
+from keyed_serving.offline.spark import demo_table, local_session, score_frame, score_spark  # noqa: E402
 
 BATCH_ROWS = 10_000  # Spark's default Arrow batch (spark.sql.execution.arrow.maxRecordsPerBatch)
 

@@ -4,7 +4,7 @@
 
 Each configuration is this project's real server (`bentoml serve`) under W1 (64 x 1), W2
 (16 x 100, rows) and W3 (1 x 10,000, columns), driven by wrk with every answer checked by
-key (bench/harness.py does the driving). Configurations differ only in KEYED_* variables.
+key (bench/load.py does the driving). Configurations differ only in KEYED_* variables.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH, WORKLOADS, bench_setup, bentoml_server, machine, measure, write_workload
+from load import WORKLOADS, measure, write_workload
+from report import machine
+from servers import BENCH, bench_setup, bentoml_server
 
 CONFIGS = [
     ("defaults: 1 entry, 1 runner, 2 calls in flight, linger 5 ms", {}),

@@ -17,18 +17,18 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
-from keyed_serving.chunking import cut
-from keyed_serving.dispatch import Coalescer, send_blocks
-from keyed_serving.http import (
+from keyed_serving.model.spec import ModelSpec
+from keyed_serving.serving.chunking import cut
+from keyed_serving.serving.dispatch import Coalescer, send_blocks
+from keyed_serving.serving.http import (
     AnswerStamp,
     EntryGate,
     add_outermost,
     bind_apis_once,
     error_response,
 )
-from keyed_serving.model import ModelSpec
-from keyed_serving.routes import EntrySlot, LeanRoutes
-from keyed_serving.validate import InvalidRequest, validate_request
+from keyed_serving.serving.routes import EntrySlot, LeanRoutes
+from keyed_serving.serving.validate import InvalidRequest, validate_request
 from service import (
     GATE,
     MODEL_TAG,

@@ -1,0 +1,225 @@
+"""Starting and stopping the servers under test: `bentoml serve` processes and MLServer, each
+with its peak memory sampled, in a BentoML home and work folder of the bench's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+MLSERVER_VENV = BENCH / ".venv-mlserver"
+
+
+class PeakRss:
+    """Samples the resident memory of a process and its children until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.peak_total = 0.0
+        self.peak_by_role: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.25):
+            try:
+                family = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            total = 0.0
+            for process in family:
+                try:
+                    rss = process.memory_info().rss / 2**20
+                    cmdline = " ".join(process.cmdline())
+                except psutil.Error:
+                    continue
+                total += rss
+                role = _role(cmdline)
+                self.peak_by_role[role] = max(self.peak_by_role.get(role, 0.0), rss)
+            self.peak_total = max(self.peak_total, total)
+
+    def reset(self) -> None:
+        self.peak_total = 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def _role(cmdline: str) -> str:
+    if "--service-name ModelRunner" in cmdline:
+        return "runner worker"
+    if "_bentoml_impl.worker" in cmdline:
+        return "entry worker"
+    if "bentoml serve" in cmdline:
+        return "bentoml serve (supervisor)"
+    if "mlserver" in cmdline:
+        return "mlserver"
+    return "other"
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    path: str
+    process: subprocess.Popen[bytes]
+    rss: PeakRss
+    log: Path
+
+
+@contextlib.contextmanager
+def bentoml_server(name: str, target: str, home: str, work: Path, **env: str) -> Iterator[Server]:
+    from support import free_port, stop_server, wait_until_ready
+
+    port = free_port()
+    log = work / f"{name.replace(' ', '_').replace(',', '')}.log"
+    process = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "bentoml"),
+            "serve",
+            target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "BENTOML_HOME": home, "BENTOML_DO_NOT_TRACK": "True", **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process, timeout_s=180)
+        server = Server(name, url, "/predict", process, PeakRss(process.pid), log)
+        yield server
+    finally:
+        with contextlib.suppress(NameError):
+            server.rss.stop()
+        stop_server(process)
+
+
+@contextlib.contextmanager
+def mlserver(model_path: Path, work: Path) -> Iterator[Server]:
+    from support import free_port, stop_server
+
+    folder = work / "mlserver"
+    model_dir = folder / "iris"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_path, model_dir / "model.joblib")
+    shutil.copy(BENCH / "peers" / "keyed_sklearn.py", model_dir / "keyed_sklearn.py")
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    (folder / "settings.json").write_text(
+        json.dumps(
+            {
+                "debug": False,
+                "host": "127.0.0.1",
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+            }
+        )
+    )
+    (model_dir / "model-settings.json").write_text(json.dumps(MLSERVER_MODEL_SETTINGS))
+    log = work / "mlserver.log"
+    process = subprocess.Popen(
+        [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)],
+        cwd=folder,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlserver exited: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                import urllib.request
+
+                with urllib.request.urlopen(url + "/v2/models/iris/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            time.sleep(0.3)  # polling a server that is not up yet
+        else:
+            raise TimeoutError("mlserver not ready")
+        server = Server(
+            "MLServer 1.7.1", url, "/v2/models/iris/infer", process, PeakRss(process.pid), log
+        )
+        yield server
+    finally:
+        with contextlib.suppress(NameError):
+            server.rss.stop()
+        stop_server(process)
+
+
+# Adaptive batching as MLServer documents it: up to 64 requests merged, waiting at most
+# 10 ms for them (the same order as our own bounds under W1).
+MLSERVER_MODEL_SETTINGS = {
+    "name": "iris",
+    "implementation": "keyed_sklearn.KeyedSKLearnModel",
+    "max_batch_size": 64,
+    "max_batch_time": 0.01,
+    "parameters": {"uri": "./model.joblib"},
+}
+
+
+@dataclass
+class Setup:
+    home: str
+    work: Path
+    tag: str
+    model_path: Path
+    pipeline: Any
+
+
+@contextlib.contextmanager
+def bench_home(prefix: str) -> Iterator[tuple[str, Path]]:
+    """A BentoML home and a work folder of a bench script's own, removed afterwards."""
+    home = tempfile.mkdtemp(prefix=f"{prefix}-home-")
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    os.environ["BENTOML_HOME"] = home
+    os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+    try:
+        yield home, work
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def bench_setup(prefix: str) -> Iterator[Setup]:
+    """``bench_home`` holding the default model, trained afresh: every bench script
+    measures the same model."""
+    with bench_home(prefix) as (home, work):
+        import bentoml
+        import joblib
+
+        from keyed_serving.model.store import MODEL_FILE
+        from keyed_serving.model.training import train_default
+
+        tag = train_default().tag
+        model_path = Path(bentoml.models.get(tag).path_of(MODEL_FILE))
+        yield Setup(home, work, tag, model_path, joblib.load(model_path))
