@@ -101,7 +101,7 @@ def test_containerize_builds_from_a_context_holding_the_bento_and_its_model(
     for package in ("bentoml", "scikit-learn", "pandas", "numpy", "pyarrow"):
         assert pins[package] == importlib.metadata.version(package)
     assert "pyspark" not in pins  # an extra for offline scoring, not for serving
-    assert {"src/service.py", "src/keyed_serving/validate.py"} <= packed
+    assert {"src/service.py", "src/keyed_serving/serving/validate.py"} <= packed
     assert not any(
         part in {"tests", ".venv", "bench", "deploy", ".git", "__pycache__"}
         for name in packed

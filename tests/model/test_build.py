@@ -38,7 +38,7 @@ def test_bentoml_build_carries_the_model_and_the_bento_serves_keys(
     assert default_model in [str(m.tag) for m in bento.info.all_models]
     source = Path(bento.path) / "src"
     packed = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()}
-    assert {"service.py", "keyed_serving/validate.py"} <= packed
+    assert {"service.py", "keyed_serving/serving/validate.py"} <= packed
     assert not any(name.startswith(("tests/", ".venv/", "bench/")) for name in packed)
 
     with served(tag, cwd=tmp_path) as url:
