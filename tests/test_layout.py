@@ -114,3 +114,15 @@ def test_the_public_names_stay_where_users_import_them() -> None:
     assert keyed_serving.score_spark is score_spark
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         _ = keyed_serving.nothing
+
+
+def test_no_script_hides_a_standard_library_module() -> None:
+    """A script runs with its own folder first on sys.path (bench/), and pytest puts each
+    test folder there too: a file named like a standard module hides it from every import
+    (bench/profile.py hid `profile` from cProfile, so pyspark failed to import in
+    bench/spark_scoring.py)."""
+    scripts = [*(ROOT / "bench").glob("*.py"), *(ROOT / "tests").rglob("*.py")]
+    hiding = sorted(
+        str(path.relative_to(ROOT)) for path in scripts if path.stem in sys.stdlib_module_names
+    )
+    assert hiding == []

@@ -317,7 +317,7 @@ def _forest_proba(pipeline: Any, threads: int = 1) -> Any:
     plus each tree's probabilities in the order of ``estimators_``, divided by their
     number), without the per-tree wrapper its joblib dispatch adds: that wrapper
     (configuration, warning filters) was more than half of a small micro-batch's model time
-    (bench/profile.py). With ``threads`` > 1, a large batch's rows are split between
+    (bench/profile_workers.py). With ``threads`` > 1, a large batch's rows are split between
     threads (the trees release the GIL while they walk), each row still summed over the
     trees in the same order. The answers are the same, bit for bit: a test compares them
     with the pipeline's own. ``pipeline`` is one for which

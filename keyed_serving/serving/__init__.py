@@ -16,5 +16,6 @@ answers before BentoML's router), :mod:`.openapi` (the API page), :mod:`.file_sc
 
 May import the shared base (``keyed_serving.keys``, ``schemas``, ``settings``, ``tables``,
 ``formats``) and :mod:`keyed_serving.model`; never the client or offline parts. Only
-``service.py`` imports it.
+``service.py`` imports it (and ``bench/unkeyed_service.py``, the benchmark's keyless copy
+of it).
 """

@@ -86,7 +86,7 @@ class LeanRoutes:
 
     BentoML sends an API call through Starlette's router, its request context middleware
     and its API wrapper (input spec, serde, response headers): measured with
-    bench/profile.py at W1, about a third of the entry's CPU for a one-instance request,
+    bench/profile_workers.py at W1, about a third of the entry's CPU for a one-instance request,
     more than our validation, coalescing and answer together. The APIs stay declared (the
     OpenAPI document, BentoML's client and in-process calls use them) and answer the same;
     everything outside this middleware (BentoML's metrics, timeout and concurrency

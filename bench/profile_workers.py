@@ -1,6 +1,6 @@
 """Where the time goes: py-spy on the entry and the runner workers while wrk drives a load.
 
-    .venv/bin/python bench/profile.py [--load W1] [--seconds 15] [--path /predict]
+    .venv/bin/python bench/profile_workers.py [--load W1] [--seconds 15] [--path /predict]
 
 Starts this project's server as the benchmark does (bench/harness.py: the same model,
 bodies and answer checks), records both workers with py-spy (sampling, --idle so that
