@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,28 @@ def test_no_script_hides_a_standard_library_module() -> None:
         str(path.relative_to(ROOT)) for path in scripts if path.stem in sys.stdlib_module_names
     )
     assert hiding == []
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_every_module_of_the_package(tmp_path: Path) -> None:
+    """`pip install .` (not editable) installs every part: setuptools finds the folders. Built
+    from a copy, so that no build/ or egg-info left in the checkout fills the gaps."""
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT / "keyed_serving",
+        source / "keyed_serving",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    [wheel] = tmp_path.glob("keyed_serving-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packed = {name for name in archive.namelist() if name.endswith(".py")}
+    modules = {path.relative_to(ROOT).as_posix() for path in ROOT.glob("keyed_serving/**/*.py")}
+    assert packed == modules
