@@ -23,7 +23,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from load import WORKLOADS, measure, write_workload  # noqa: E402
-from servers import bench_setup, bentoml_server  # noqa: E402
+from servers import ROOT, bench_setup, bentoml_server  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
@@ -56,7 +56,7 @@ def package(frame: str) -> str:
     location = frame.rsplit("(", 1)[-1].rstrip(")").rsplit(":", 1)[0]
     if "keyed_serving/" in location:
         return "keyed_serving/" + location.split("keyed_serving/", 1)[1].removesuffix(".py")
-    if location.endswith("service.py") and "/" not in location.strip("/").split("main/")[-1]:
+    if location.endswith("service.py") and Path(location).parent in {Path("."), ROOT}:
         return "service.py"
     return location.lstrip("<").split("/", 1)[0].removesuffix(".py")
 

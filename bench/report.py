@@ -172,7 +172,7 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
         w = run.w4
         lines += [
             "",
-            "## W4: a 1,000,000-row table through keyed-score",
+            f"## W4: a {w['rows']:,}-row table through keyed-score",
             "",
             f"- {w['rows']:,} rows in {w['seconds']:.1f} s: **{w['rows_per_s']:,.0f} rows/s** "
             f"(model in-process, 10,000-row batches: {w['in_process_rows_per_s']:,.0f} rows/s, "

@@ -95,7 +95,8 @@ def bentoml_server(name: str, target: str, home: str, work: Path, **env: str) ->
     log = work / f"{name.replace(' ', '_').replace(',', '')}.log"
     process = subprocess.Popen(
         [
-            str(ROOT / ".venv" / "bin" / "bentoml"),
+            # the bentoml of the Python running the bench (a worktree has no .venv of its own)
+            str(Path(sys.executable).with_name("bentoml")),
             "serve",
             target,
             "--host",
