@@ -6,7 +6,7 @@
     POST /predict_file_task  the same as a background task (/submit, /status, /get)
     POST /model_info         (GET too) what the model takes and gives
 
-Stages of a request (see keyed_serving/__init__.py): validate -> cut -> runner
+Stages of a request (see keyed_serving/serving/__init__.py): validate -> cut -> runner
 micro-batches -> reassemble, with keys checked on the way back.
 """
 

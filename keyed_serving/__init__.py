@@ -3,8 +3,9 @@
 The package is laid out by part; each folder's ``__init__`` says what it is and what it may
 import (the rules are import-linter contracts in ``pyproject.toml``, checked by ``make lint``):
 
-- what every part shares, at the top: :mod:`~keyed_serving.keys` (the one definition of a
-  key), :mod:`~keyed_serving.schemas` (the wire schemas), :mod:`~keyed_serving.settings`,
+- the shared base, at the top, below every part: :mod:`~keyed_serving.keys` (the one
+  definition of a key), :mod:`~keyed_serving.schemas` (the wire schemas, in BentoML's
+  types, so the client keeps off them), :mod:`~keyed_serving.settings`,
   :mod:`~keyed_serving.tables` (the one table reader and writer) and
   :mod:`~keyed_serving.formats` (file formats by name);
 - :mod:`keyed_serving.serving`: the request path inside the server, one module per stage,
@@ -48,3 +49,7 @@ def __getattr__(name: str) -> Any:
 
         return score_spark
     raise AttributeError(f"module 'keyed_serving' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -5,6 +5,7 @@ promises is one of them, by breaking it in a copy of the package and watching it
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def test_the_import_rules_hold_for_the_tree(copy_of_the_package: Path) -> None:
         ("client/cli.py", "from keyed_serving.model import spec", "The client needs"),
         ("client/keyed_client.py", "import sklearn", "The client needs"),
         ("client/keyed_client.py", "import bentoml", "The client needs"),
+        ("client/cli.py", "import lightgbm", "The client needs"),
         # through the shared base counts too
         ("client/cli.py", "from keyed_serving import schemas", "The client needs"),
         # the model never imports serving, client or offline
@@ -72,6 +74,8 @@ def test_the_import_rules_hold_for_the_tree(copy_of_the_package: Path) -> None:
         # the shared base imports none of the parts
         ("keys.py", "from keyed_serving.model import spec", "Parts over the shared base"),
         ("tables.py", "from keyed_serving.client import cli", "Parts over the shared base"),
+        # a new module at the top belongs to a layer before anything checks it
+        ("helpers.py", "from keyed_serving.model import store", "Parts over the shared base"),
         # the parts beside each other stay apart
         ("serving/answers.py", "from keyed_serving.offline import spark", "Parts over the"),
     ],
@@ -80,7 +84,8 @@ def test_an_import_against_the_rules_fails_lint(
     copy_of_the_package: Path, module: str, line: str, broken: str
 ) -> None:
     path = copy_of_the_package / "keyed_serving" / module
-    path.write_text(path.read_text() + f"\n{line}  # noqa\n")
+    before = path.read_text() if path.exists() else ""
+    path.write_text(before + f"\n{line}  # noqa\n")
     out = lint_imports(copy_of_the_package)
     assert out.returncode != 0, out.stdout
     assert status_of(out.stdout, broken) == "BROKEN", out.stdout
@@ -152,3 +157,23 @@ def test_the_wheel_carries_every_module_of_the_package(tmp_path: Path) -> None:
         packed = {name for name in archive.namelist() if name.endswith(".py")}
     modules = {path.relative_to(ROOT).as_posix() for path in ROOT.glob("keyed_serving/**/*.py")}
     assert packed == modules
+
+
+def test_only_service_py_imports_the_request_path_from_outside_the_package() -> None:
+    """lint-imports sees only the package: the scripts beside it are read here. The bench's
+    keyless copy of the service is the one other entry allowed."""
+    allowed = {"service.py", "bench/unkeyed_service.py"}
+    scripts = [*ROOT.glob("*.py"), *(ROOT / "bench").rglob("*.py")]
+    importers = set()
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(name.startswith("keyed_serving.serving") for name in names):
+                importers.add(path.relative_to(ROOT).as_posix())
+    assert "service.py" in importers  # the scan sees the one that must be there
+    assert importers <= allowed, importers - allowed

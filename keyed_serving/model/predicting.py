@@ -1,6 +1,6 @@
 """Predicting a micro-batch: the fitted pipeline with its spec, keyed blocks in, keyed results
 out; the rows a model raises on are isolated, and forests take a faster path with the same
-answers. Knows nothing of HTTP or of where the model is stored.
+answers. Knows nothing of HTTP or of the model store (that is :mod:`.store`).
 """
 
 from __future__ import annotations

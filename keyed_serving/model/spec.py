@@ -22,6 +22,10 @@ from keyed_serving.schemas import FeatureInfo, ModelInfo, Score
 Task = Literal["classification", "regression"]
 
 
+class ModelRefused(RuntimeError):
+    """A stored model this environment cannot serve; the message says why and what to do."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model takes and gives, from its BentoML metadata (no unpickling needed)."""
@@ -111,10 +115,6 @@ def to_frame(
             text[missing] = np.nan
             data[feature.name] = text
     return pd.DataFrame(data, columns=names)
-
-
-class ModelRefused(RuntimeError):
-    """A stored model this environment cannot serve; the message says why and what to do."""
 
 
 def estimator_task(estimator: Any) -> Task:
