@@ -135,24 +135,20 @@ def test_no_script_hides_a_standard_library_module() -> None:
 
 
 @pytest.mark.slow
-def test_the_wheel_carries_every_module_of_the_package(tmp_path: Path) -> None:
+def test_the_wheel_carries_every_module_of_the_package(copy_of_the_package: Path) -> None:
     """`pip install .` (not editable) installs every part: setuptools finds the folders. Built
-    from a copy, so that no build/ or egg-info left in the checkout fills the gaps."""
-    source = tmp_path / "source"
-    shutil.copytree(
-        ROOT / "keyed_serving",
-        source / "keyed_serving",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
+    from a copy, so that no build/ or egg-info left in the checkout fills the gaps; pip's
+    cache stays out of it too."""
+    shutil.copy(ROOT / "README.md", copy_of_the_package / "README.md")
+    dist = copy_of_the_package / "dist"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-q"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+        [*pip_wheel, "-w", str(dist), str(copy_of_the_package)],
         check=True,
         capture_output=True,
         timeout=300,
     )
-    [wheel] = tmp_path.glob("keyed_serving-*.whl")
+    [wheel] = dist.glob("keyed_serving-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         packed = {name for name in archive.namelist() if name.endswith(".py")}
     modules = {path.relative_to(ROOT).as_posix() for path in ROOT.glob("keyed_serving/**/*.py")}
