@@ -6,6 +6,7 @@ promises is one of them, by breaking it in a copy of the package and watching it
 from __future__ import annotations
 
 import ast
+import importlib
 import shutil
 import subprocess
 import sys
@@ -173,3 +174,35 @@ def test_only_service_py_imports_the_request_path_from_outside_the_package() -> 
                 importers.add(path.relative_to(ROOT).as_posix())
     assert "service.py" in importers  # the scan sees the one that must be there
     assert importers <= allowed, importers - allowed
+
+
+def test_every_bench_script_imports_and_names_modules_that_exist() -> None:
+    """The bench is not run by CI: a moved module must not leave a script behind. Each
+    script imports, and every keyed_serving name any of them imports (in a function too)
+    exists where it says."""
+    scripts = sorted((ROOT / "bench").glob("*.py"))
+    names = [path.stem for path in scripts]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, sys\nsys.path[:0] = ['bench', '.']\n"
+            f"for name in {names!r}: importlib.import_module(name)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    missing = []
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keyed_serving"):
+                module = importlib.import_module(node.module or "")
+                missing += [
+                    f"{path.name}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if not hasattr(module, alias.name)
+                ]
+    assert missing == []
