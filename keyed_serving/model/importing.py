@@ -28,7 +28,14 @@ import numpy as np
 import pandas as pd
 
 from keyed_serving.model.predicting import IsolationBudget, LoadedModel
-from keyed_serving.model.spec import ModelSpec, Task, class_labels, estimator_task, to_frame
+from keyed_serving.model.spec import (
+    ModelSpec,
+    Task,
+    class_labels,
+    estimator_task,
+    prediction_type_of,
+    to_frame,
+)
 from keyed_serving.model.store import MODEL_FILE
 from keyed_serving.schemas import FeatureInfo, Score
 
@@ -95,6 +102,7 @@ def import_model(
         model, signature = read_model(Path(model))
     if not callable(getattr(model, "predict", None)):
         raise ImportRefused(f"{type(model).__name__} has no predict method")
+    refuse_multi_output(model, _declared_outputs(model))
     task = task or estimator_task(model)
     if task == "classification" and not (
         callable(getattr(model, "predict_proba", None)) and hasattr(model, "classes_")
@@ -106,7 +114,6 @@ def import_model(
     classes = class_labels(model) if task == "classification" else None
     if classes is not None and not all(isinstance(c, str | int | float | bool) for c in classes):
         raise ImportRefused(f"class labels must be strings or numbers, got {classes[:5]}")
-    packages = packages_of(model)
 
     table = None
     if sample is not None:
@@ -122,6 +129,7 @@ def import_model(
         by_name = {f.name: f for f in signature}
         features = [by_name[n] for n in names]
         checked = 0
+        predictions = None
     else:
         for role, column in (("key", key), ("target", target)):
             if column is not None and column not in table.columns:
@@ -152,8 +160,11 @@ def import_model(
                     f"{as_categories} (and with boolean columns {sorted(flags)} as numbers)"
                 ) from None
         checked = len(table)
+        refuse_multi_output(model, predictions.shape[1] if predictions.ndim > 1 else None)
         if target is not None:
             score = sample_score(task, table[target], predictions)
+    # Checked after the model's answers so that a refusal says first what it would answer.
+    packages = packages_of(model)
 
     metadata: dict[str, Any] = {
         "task": task,
@@ -162,6 +173,7 @@ def import_model(
         "features": [f.model_dump(exclude_none=True) for f in features],
         "classes": list(classes) if classes is not None else None,
         "holdout_score": score.model_dump() if score is not None else None,
+        "prediction_type": predicted_labels_type(task, model, predictions),
         "imported": True,
         "source": source,
         "sample": Path(sample).name if isinstance(sample, str | Path) else None,
@@ -318,8 +330,10 @@ def sample_score(task: Task, target: pd.Series, predictions: np.ndarray) -> Scor
     if not known.any():
         return None
     truth, predicted = target[known].tolist(), predictions[known].tolist()
-    if task == "classification":
+    if task == "classification" or prediction_type_of(predictions) != "number":
         # A CSV's labels may read as numbers where the model's are text: compare as text.
+        # A model served by predict alone (--task regression) that predicts labels is
+        # scored so too: R² of labels means nothing.
         return Score(
             metric="accuracy_on_import_sample",
             value=float(accuracy_score([str(v) for v in truth], [str(v) for v in predicted])),
@@ -329,6 +343,74 @@ def sample_score(task: Task, target: pd.Series, predictions: np.ndarray) -> Scor
     except (TypeError, ValueError) as exc:
         raise ImportRefused(f"the target column does not hold numbers: {exc}") from None
     return Score(metric="r2_on_import_sample", value=value)
+
+
+def refuse_multi_output(model: Any, outputs: int | None) -> None:
+    """Refuses a model that predicts ``outputs`` values per row (its ``predict`` answers
+    [N, outputs]): the service answers one prediction per key, on every route."""
+    if outputs is None:
+        return
+    name = type(model).__name__
+    if outputs == 1:
+        raise ImportRefused(
+            f"{name} predicts an [N, 1] column rather than one value per row (it was fitted "
+            "on a 2-D target of one column): refit it on a 1-D target (the column as a "
+            "Series, or y.ravel()) and import it again"
+        )
+    raise ImportRefused(
+        f"{name} is a multi-output model: it predicts {outputs} values per row, and the "
+        "service answers one prediction per key. Serve one model per output: fit one model "
+        "per target column (a MultiOutputRegressor's or MultiOutputClassifier's estimators_ "
+        "are those models), and import each with keyed-import"
+    )
+
+
+def _declared_outputs(model: Any) -> int | None:
+    """How many values per row the fitted model says it predicts, where it says so: known
+    multi-output wrappers, a multi-output classifier's list of ``classes_``, a regressor's
+    ``n_outputs_`` or 2-D ``coef_``. None where it does not say (its sample tells)."""
+    from sklearn.base import is_classifier
+    from sklearn.multioutput import (
+        ClassifierChain,
+        MultiOutputClassifier,
+        MultiOutputRegressor,
+        RegressorChain,
+    )
+
+    final = model
+    while hasattr(final, "steps"):
+        final = final.steps[-1][1]
+    wrappers = (MultiOutputClassifier, MultiOutputRegressor, ClassifierChain, RegressorChain)
+    if isinstance(final, wrappers) and hasattr(final, "estimators_"):
+        return len(final.estimators_)
+    classes = getattr(final, "classes_", None)
+    if isinstance(classes, list):
+        return len(classes)
+    if is_classifier(final):
+        return None  # a classifier's n_outputs_ and coef_ may count classes, not outputs
+    outputs = getattr(final, "n_outputs_", None)
+    if isinstance(outputs, int) and outputs > 1:
+        return outputs
+    coef = getattr(final, "coef_", None)
+    if isinstance(coef, np.ndarray) and coef.ndim == 2 and coef.shape[0] > 1:
+        return int(coef.shape[0])
+    return None
+
+
+def predicted_labels_type(task: Task, model: Any, predictions: np.ndarray | None) -> str | None:
+    """For a model served by ``predict`` alone (regression), what its predictions are when
+    they are not numbers (an SVC's labels: text, integers, booleans), from its sample's
+    predictions or else its ``classes_``; None otherwise (numbers, or a classifier, whose
+    labels say it)."""
+    if task != "regression":
+        return None
+    if predictions is not None:
+        kind = prediction_type_of(predictions)
+    elif hasattr(model, "classes_"):
+        kind = prediction_type_of(class_labels(model))
+    else:
+        return None
+    return None if kind == "number" else kind
 
 
 def packages_of(model: Any) -> dict[str, str]:
@@ -356,10 +438,31 @@ def packages_of(model: Any) -> dict[str, str]:
         )
     distributions = importlib.metadata.packages_distributions()
     packages = {"scikit-learn": importlib.metadata.version("scikit-learn")}
-    for top in sorted({m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)):
+    tops = sorted({m.split(".")[0] for m in modules} - set(sys.stdlib_module_names))
+    refuse_local_modules([top for top in tops if top not in distributions])
+    for top in tops:
         for distribution in distributions.get(top, []):
             packages[distribution] = importlib.metadata.version(distribution)
     return packages
+
+
+def refuse_local_modules(tops: Sequence[str]) -> None:
+    """Refuses modules the pickle needs that no installed package provides (a
+    ``myfeatures.py`` beside the script, a folder on ``sys.path``): importable here, but
+    the server installs packages, not folders, and would fail to load the model."""
+    local = [top for top in tops if not top.startswith("_cython_")]  # Cython's own types
+    if not local:
+        return
+    where = [
+        f"{top} ({getattr(sys.modules.get(top), '__file__', None) or 'not imported here'})"
+        for top in local
+    ]
+    raise ImportRefused(
+        f"the model needs module(s) {', '.join(where)}, which are not part of an installed "
+        "package: they import here, but a server installs packages, so it could not load "
+        "the model. Put that code in an installed package (a pyproject.toml beside it, "
+        "then pip install it here and where the model is served)"
+    )
 
 
 def _library_of_first_step(model: Any) -> str:

@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # pandas loads with the model, in the runner only
 from keyed_serving.schemas import FeatureInfo, ModelInfo, Score
 
 Task = Literal["classification", "regression"]
+# What a prediction is, as the wire, the files and Spark type it: class labels, or what a
+# model served by ``predict`` alone gives (an SVC without probabilities predicts labels).
+PredictionType = Literal["number", "integer", "boolean", "text"]
 
 
 class ModelRefused(RuntimeError):
@@ -36,6 +39,8 @@ class ModelSpec:
     features: tuple[FeatureInfo, ...]
     classes: tuple[Any, ...] | None
     holdout_score: Score | None
+    # Recorded at import for a regression-served model whose predictions are not numbers.
+    recorded_prediction_type: PredictionType | None = None
 
     @classmethod
     def from_metadata(cls, tag: str, metadata: dict[str, Any]) -> ModelSpec:
@@ -48,6 +53,7 @@ class ModelSpec:
             features=tuple(FeatureInfo.model_validate(f) for f in metadata["features"]),
             classes=tuple(classes) if classes is not None else None,
             holdout_score=Score.model_validate(score) if score is not None else None,
+            recorded_prediction_type=metadata.get("prediction_type"),
         )
 
     @classmethod
@@ -71,6 +77,16 @@ class ModelSpec:
             classes=class_labels(estimator) if task == "classification" else None,
             holdout_score=None,
         )
+
+    @property
+    def prediction_type(self) -> PredictionType:
+        """What each prediction is: the class labels' type, what the import sample showed
+        (a model served by ``predict`` alone), or a number."""
+        if self.recorded_prediction_type is not None:
+            return self.recorded_prediction_type
+        if self.task == "classification" and self.classes:
+            return prediction_type_of(self.classes)
+        return "number"
 
     @property
     def feature_names(self) -> list[str]:
@@ -115,6 +131,20 @@ def to_frame(
             text[missing] = np.nan
             data[feature.name] = text
     return pd.DataFrame(data, columns=names)
+
+
+def prediction_type_of(values: Sequence[Any] | np.ndarray) -> PredictionType:
+    """The type of these predictions or class labels: booleans, integers, numbers (integers
+    and floats mixed, or none at all) or text (anything else)."""
+    plain = values.tolist() if isinstance(values, np.ndarray) else values
+    kinds = {type(v.item() if isinstance(v, np.generic) else v) for v in plain}
+    if kinds and kinds == {bool}:
+        return "boolean"
+    if kinds and kinds == {int}:
+        return "integer"
+    if kinds <= {int, float}:
+        return "number"
+    return "text"
 
 
 def estimator_task(estimator: Any) -> Task:

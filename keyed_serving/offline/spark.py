@@ -229,16 +229,8 @@ def _check_columns(
 def _prediction_type(spec: ModelSpec) -> DataType:
     from pyspark.sql.types import BooleanType, DoubleType, LongType, StringType
 
-    if spec.task == "regression":
-        return DoubleType()
-    classes = list(spec.classes or [])
-    if classes and all(isinstance(c, bool) for c in classes):
-        return BooleanType()
-    if classes and all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
-        return LongType()
-    if classes and all(isinstance(c, int | float) for c in classes):
-        return DoubleType()
-    return StringType()
+    types = {"number": DoubleType, "integer": LongType, "boolean": BooleanType}
+    return types.get(spec.prediction_type, StringType)()
 
 
 def _ship(df: DataFrame, tag: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from keyed_serving.formats import MEDIA_TYPES
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.schemas import ErrorResponse
-from keyed_serving.serving.v2 import model_name, model_version
+from keyed_serving.serving.v2 import key_input, model_name, model_version
 
 ERROR_REF = "#/components/schemas/ErrorResponse"
 RETRY_AFTER = {
@@ -152,7 +152,8 @@ entry per instance, in request order, each with its key.
 * **Columns** (bulk): `POST /predict` with `{{"keys": [...], "columns": {{feature: [...]}}}}`: \
 answered in kind.
 * **Open Inference Protocol (KServe V2)**: `POST /v2/models/{model_name(spec)}/infer` with \
-an input `key` beside one input per feature; tritonclient works unchanged (binary tensors too).
+an input `{key_input(spec)}` (the key) beside one input per feature; tritonclient works \
+unchanged (binary tensors too).
 * **Files**: `POST /predict_file` (CSV, Parquet, JSON Lines) answers the scored file.
 
 `"errors": "per_instance"` answers each bad instance with its own error and predicts the \

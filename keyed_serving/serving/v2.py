@@ -4,7 +4,8 @@ Triton, KServe, MLServer and Seldon speak this protocol; their clients (``triton
 MLServer's codecs, KServe's SDK) work unchanged against this server. What this project
 adds is the key: one input named ``key`` (BYTES or INT64, one element per instance) that
 travels with each instance through the micro-batches and comes back as the ``key`` output,
-with the same datatype, beside each prediction.
+with the same datatype, beside each prediction. For a model with a feature named ``key``,
+the key input is ``_key`` instead (the model metadata's ``parameters.key_input`` names it).
 
 A request becomes the same ``{"keys", "columns", "errors"}`` body that /predict takes in
 its columnar shape, so it passes the same validation, coalescer, runner and key checks.
@@ -34,6 +35,8 @@ from keyed_serving.model.spec import ModelSpec
 from keyed_serving.serving.validate import read_json
 
 KEY_INPUT = "key"
+# The prediction output's datatype by what the model predicts (``ModelSpec.prediction_type``).
+PREDICTION_DATATYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "text": "BYTES"}
 OUTPUTS = ("key", "prediction", "probabilities", "error")
 # Little-endian NumPy dtypes of the protocol's fixed-size datatypes.
 NUMBER_DTYPES = {
@@ -104,29 +107,30 @@ def decode_infer_request(
     if not isinstance(inputs, list) or not inputs:
         raise V2Error(400, "inputs must be a non-empty list of tensors")
     tensors = _read_tensors(inputs, binary)
-    if KEY_INPUT not in tensors:
+    key_name = key_input(spec)
+    if key_name not in tensors:
         raise V2Error(
             400,
-            f"input {KEY_INPUT!r} is missing: every instance needs its own key (BYTES or INT64)",
+            f"input {key_name!r} is missing: every instance needs its own key (BYTES or INT64)",
         )
-    expected = {KEY_INPUT, *spec.feature_names}
+    expected = {key_name, *spec.feature_names}
     unknown = sorted(set(tensors) - expected)
     missing = [name for name in spec.feature_names if name not in tensors]
     if unknown or missing:
         said = [f"unknown input(s) {unknown}" if unknown else ""]
         said += [f"missing input(s) {missing}" if missing else ""]
         raise V2Error(400, f"{'; '.join(s for s in said if s)}; see GET /v2/models/{{name}}")
-    count = tensors[KEY_INPUT].count
+    count = tensors[key_name].count
     if count > max_instances:
         raise V2Error(400, f"{count} instances sent, at most {max_instances} per request")
     wrong = [t for t in tensors.values() if t.count != count]
     if wrong:
         sizes = ", ".join(f"{t.name!r} has {t.count}" for t in wrong)
-        raise V2Error(400, f"input {KEY_INPUT!r} has {count} elements but {sizes}")
-    key_tensor = tensors[KEY_INPUT]
+        raise V2Error(400, f"input {key_name!r} has {count} elements but {sizes}")
+    key_tensor = tensors[key_name]
     if key_tensor.datatype not in KEY_DATATYPES:
         raise V2Error(
-            400, f"input {KEY_INPUT!r} has datatype {key_tensor.datatype}; send BYTES or INT64"
+            400, f"input {key_name!r} has datatype {key_tensor.datatype}; send BYTES or INT64"
         )
     columns = {}
     for feature in spec.features:
@@ -354,18 +358,18 @@ def model_version(spec: ModelSpec) -> str:
     return spec.tag.split(":", 1)[1] if ":" in spec.tag else ""
 
 
+def key_input(spec: ModelSpec) -> str:
+    """The name of the key input: ``key``, or, where a feature has that name, ``_key``
+    (underscores added until no feature has it)."""
+    name, features = KEY_INPUT, set(spec.feature_names)
+    while name in features:
+        name = "_" + name
+    return name
+
+
 def prediction_datatype(spec: ModelSpec) -> str:
-    """BYTES for string labels, INT64 for integer labels, BOOL, or FP64 (regression)."""
-    if spec.task == "regression" or not spec.classes:
-        return "FP64"
-    kinds = set(map(type, spec.classes))
-    if kinds == {bool}:
-        return "BOOL"
-    if kinds == {int}:
-        return "INT64"
-    if kinds <= {int, float}:
-        return "FP64"
-    return "BYTES"
+    """BYTES for text labels, INT64 for integer labels, BOOL, or FP64 (numbers)."""
+    return PREDICTION_DATATYPES[spec.prediction_type]
 
 
 def unknown_model(spec: ModelSpec, name: str | None, version: str | None) -> str:
@@ -379,9 +383,9 @@ def server_metadata(version: str) -> dict[str, Any]:
 
 
 def model_metadata(spec: ModelSpec) -> dict[str, Any]:
-    """Inputs ``key`` and one per feature, outputs ``key``, ``prediction``,
+    """Inputs ``key`` (see ``key_input``) and one per feature, outputs ``key``, ``prediction``,
     ``probabilities`` (classifiers) and ``error``, and the class labels."""
-    inputs = [{"name": KEY_INPUT, "datatype": "BYTES", "shape": [-1]}]
+    inputs = [{"name": key_input(spec), "datatype": "BYTES", "shape": [-1]}]
     inputs += [
         {"name": f.name, "datatype": "FP64" if f.type == "number" else "BYTES", "shape": [-1]}
         for f in spec.features
@@ -396,6 +400,7 @@ def model_metadata(spec: ModelSpec) -> dict[str, Any]:
     outputs.append({"name": "error", "datatype": "BYTES", "shape": [-1]})
     parameters: dict[str, Any] = {
         "task": spec.task,
+        "key_input": key_input(spec),
         "key_datatypes": list(KEY_DATATYPES),
         "errors": list(ERROR_MODES),
     }
