@@ -282,7 +282,7 @@ def check_predicts(model: LoadedModel, table: pd.DataFrame) -> np.ndarray:
     try:
         own = np.asarray(model.pipeline.predict(as_read))
         own_probabilities = (
-            np.asarray(model.pipeline.predict_proba(as_read), dtype=np.float64)
+            np.asarray(model.pipeline.predict_proba(as_read))
             if model.spec.task == "classification"
             else None
         )
@@ -298,16 +298,42 @@ def check_predicts(model: LoadedModel, table: pd.DataFrame) -> np.ndarray:
             f"{_first_line(exc)}"
         ) from exc
     differing = _differing_rows(own, served)
-    if own_probabilities is not None and probabilities is not None:
+    if own_probabilities is not None:
         differing |= _differing_rows(own_probabilities, probabilities)
     if differing:
         first = min(differing)
         raise ImportRefused(
             f"the model answers {len(differing)} of {len(table)} sample rows differently as "
             f"the server gives them ({_changed(as_read, frame)}) than as read; first, row "
-            f"{first}: {own[first]!r} as read, {served[first]!r} as served"
+            f"{first}: "
+            + _difference(first, own, served, own_probabilities, probabilities, model.spec)
         )
     return served
+
+
+def _difference(
+    row: int,
+    own: np.ndarray,
+    served: np.ndarray,
+    own_probabilities: np.ndarray | None,
+    probabilities: np.ndarray | None,
+    spec: ModelSpec,
+) -> str:
+    """What differs in one row, as a reader can check it: the prediction, or else the
+    probability that differs most, both values and by how much."""
+    if row in _differing_rows(own, served) or own_probabilities is None or probabilities is None:
+        return f"prediction {_plain(own[row])!r} as read, {_plain(served[row])!r} as served"
+    expected = own_probabilities[row].astype(np.float64)
+    gap = np.abs(probabilities[row] - expected)
+    column = int(np.argmax(gap))
+    label = spec.classes[column] if spec.classes is not None else column
+    said = (
+        f"probability of class {label}: {expected[column]:.6g} as read, "
+        f"{probabilities[row][column]:.6g} as served (by {gap[column]:.1e})"
+    )
+    if abs(expected.sum() - 1.0) > _tolerance(own_probabilities.dtype):
+        said += f"; the model's row sums to {expected.sum():.9g}, which the server renormalises"
+    return said
 
 
 def sample_score(task: Task, target: pd.Series, predictions: np.ndarray) -> Score | None:
@@ -374,15 +400,27 @@ def _differing_rows(expected: np.ndarray, actual: np.ndarray | None) -> set[int]
     if actual is None or expected.shape != actual.shape:
         return set(range(len(expected)))
     if expected.dtype.kind in "fc" and actual.dtype.kind in "fc":
-        # Numbers within float noise: a model's sums may differ in the last bit with the
-        # memory layout of the same values; a changed input shows far above this.
-        same = np.isclose(expected, actual, rtol=1e-9, atol=1e-12, equal_nan=True)
+        # Numbers within the rounding of the type the model computes in: a model's sums may
+        # differ in the last bit with the memory layout of the same values; a changed input
+        # shows far above this.
+        tolerance = _tolerance(expected.dtype)
+        same = np.isclose(expected, actual, rtol=tolerance, atol=tolerance / 1000, equal_nan=True)
     else:
         same = expected == actual
     same = np.asarray(same, dtype=bool)
     if same.ndim > 1:
         same = same.all(axis=tuple(range(1, same.ndim)))
     return {int(i) for i in np.flatnonzero(~same)}
+
+
+def _tolerance(computed_in: np.dtype[Any]) -> float:
+    """Float noise in the type a model computes in: 1e-9 for float64, a few units in the
+    last place of float32 (XGBoost's) or narrower types."""
+    return max(1e-9, 4 * float(np.finfo(computed_in).eps)) if computed_in.kind == "f" else 1e-9
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _changed(as_read: pd.DataFrame, frame: pd.DataFrame) -> str:
