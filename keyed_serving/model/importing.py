@@ -316,6 +316,8 @@ def _xgboost_types(model: Any, names: Sequence[str]) -> dict[str, FeatureInfo]:
     types = booster.feature_types
     if types is None or len(types) != len(names):
         return {}
+    if not hasattr(booster, "get_categories"):  # an older XGBoost does not record them
+        return {}
     fitted = dict(booster.get_categories(export_to_arrow=True).to_arrow())
     model_names = booster.feature_names or list(names)
     decided = {}
@@ -325,7 +327,7 @@ def _xgboost_types(model: Any, names: Sequence[str]) -> dict[str, FeatureInfo]:
             if categories is None:  # fitted on codes alone: nothing to give the frame
                 continue
             decided[name] = FeatureInfo(
-                name=name, type="category", fitted_categories=categories.to_pylist()
+                name=name, type="category", fitted_categories=_sendable(name, categories)
             )
         else:
             decided[name] = FeatureInfo(name=name, type="number")
@@ -344,7 +346,7 @@ def _lightgbm_types(model: Any, names: Sequence[str]) -> dict[str, FeatureInfo]:
     by_index = dict(zip(categorical, fitted, strict=True))
     return {
         name: FeatureInfo(
-            name=name, type="category", fitted_categories=[_plain(c) for c in by_index[i]]
+            name=name, type="category", fitted_categories=_sendable(name, by_index[i])
         )
         if i in by_index
         else FeatureInfo(name=name, type="number")
@@ -359,6 +361,21 @@ def _as_the_model_takes(described: FeatureInfo, taken: FeatureInfo | None) -> Fe
     if taken.type == described.type == "category":
         return taken.model_copy(update={"categories": described.categories})
     return taken
+
+
+def _sendable(name: str, categories: Any) -> list[Any]:
+    """A native categorical's fitted categories as JSON values, which a cell's text names."""
+    values = [
+        _plain(c)
+        for c in (categories.to_pylist() if hasattr(categories, "to_pylist") else categories)
+    ]
+    odd = [v for v in values if not isinstance(v, str | int | float | bool)]
+    if odd:
+        raise ImportRefused(
+            f"the model takes {name!r} as a categorical of {type(odd[0]).__name__} values "
+            f"({odd[0]!r}, ...): only text and number categories can be sent as text"
+        )
+    return values
 
 
 def encoded_categories(step: Any) -> dict[str, np.ndarray]:
@@ -454,7 +471,13 @@ def check_predicts(model: LoadedModel, table: pd.DataFrame) -> np.ndarray:
         )
     except Exception as exc:
         raise ImportRefused(f"the model raises on its own sample: {_first_line(exc)}") from exc
-    frame = to_frame({name: table[name].tolist() for name in names}, model.spec.features)
+    try:
+        frame = to_frame({name: table[name].tolist() for name in names}, model.spec.features)
+    except (TypeError, ValueError) as exc:
+        raise ImportRefused(
+            f"the sample cannot be given to the model as the server gives it rows (features "
+            f"{[f'{f.name}: {f.type}' for f in model.spec.features]}): {_first_line(exc)}"
+        ) from exc
     try:
         served, probabilities = model.predict_frame(frame)
     except Exception as exc:

@@ -157,7 +157,7 @@ def keyed_score(server: Server, frame: pd.DataFrame, names: list[str], tmp: Path
 def test_an_xgboost_classifier_answers_its_own_probabilities_through_predict(
     classifier: tuple[Server, str, xgboost.XGBClassifier], fresh: pd.DataFrame
 ) -> None:
-    server, tag, model = classifier
+    server, _, model = classifier
     response = httpx.post(
         f"{server.url}/predict", json={"instances": instances(fresh, FEATURES)}, timeout=60
     )
