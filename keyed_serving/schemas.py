@@ -160,6 +160,13 @@ class FeatureInfo(BaseModel):
         exclude_if=_is_none,
         description="Categories seen in training (when at most 50); others are accepted too.",
     )
+    fitted_categories: list[str | int | float | bool] | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="For a model that takes this feature natively as a categorical (XGBoost, "
+        "LightGBM): its categories, in the order it was fitted with. A value is sent as its "
+        "text; a value that is none of them is missing to the model, as on its own frame.",
+    )
 
 
 class Score(BaseModel):

@@ -116,13 +116,15 @@ def to_frame(
         # (measured: a tenth of the runner's time at 100-row requests went to that).
         # Column by column in memory, as pandas holds a table it read: some models' float
         # sums (a linear model's matrix product) differ in the last bit with the layout.
-        values = np.vstack([np.asarray(columns[n], dtype=np.float64) for n in names])
+        values = np.vstack([_numbers(columns[n]) for n in names])
         return pd.DataFrame(values.T, columns=names, copy=False)
     data: dict[str, Any] = {}
     for feature in features:
         given = columns[feature.name]
         if feature.type == "number":
-            data[feature.name] = pd.Series(given, dtype="float64")
+            data[feature.name] = pd.Series(_numbers(given), dtype="float64")
+        elif feature.fitted_categories is not None:
+            data[feature.name] = fitted_categorical(given, feature.fitted_categories)
         else:
             # Categories are strings on the wire; a CSV's True or 7 becomes "True" or "7".
             series = pd.Series(given, dtype=object)
@@ -145,6 +147,48 @@ def prediction_type_of(values: Sequence[Any] | np.ndarray) -> PredictionType:
     if kinds <= {int, float}:
         return "number"
     return "text"
+
+
+def fitted_categorical(given: Sequence[Any] | np.ndarray, categories: Sequence[Any]) -> Any:
+    """Category cells (text on the wire) as the pandas categorical a native categorical
+    model was fitted with: its categories in its order, each cell matched by its text (and,
+    for number categories, by value: ``20.0`` is ``20``). A cell that is none of them is
+    missing, which is what XGBoost and LightGBM make of an unseen category on their own."""
+    import pandas as pd
+
+    by_text = {str(c): c for c in categories}
+    by_value = {
+        float(c): c
+        for c in categories
+        if isinstance(c, int | float | np.number) and not isinstance(c, bool)
+    }
+
+    def category(cell: Any) -> Any:
+        if cell is None or cell is pd.NA or (isinstance(cell, float) and np.isnan(cell)):
+            return None
+        text = str(cell)
+        if text in by_text:
+            return by_text[text]
+        if by_value:
+            try:
+                return by_value.get(float(text))
+            except ValueError:
+                return None
+        return None
+
+    dtype = pd.CategoricalDtype(list(categories), ordered=False)
+    return pd.Series(pd.Categorical([category(c) for c in given], dtype=dtype))
+
+
+def _numbers(given: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """A number feature's values as float64, missing as NaN: ``pd.NA`` too, which a pandas
+    ``Int64`` or ``boolean`` column holds for a gap and NumPy cannot cast."""
+    try:
+        return np.asarray(given, dtype=np.float64)
+    except TypeError:
+        import pandas as pd
+
+        return np.array([np.nan if v is None or v is pd.NA else v for v in given], np.float64)
 
 
 def estimator_task(estimator: Any) -> Task:
