@@ -154,11 +154,21 @@ class PredictResponse(BaseModel):
 
 class FeatureInfo(BaseModel):
     name: str
-    type: Literal["number", "category"]
+    type: Literal["number", "category", "datetime"] = Field(
+        description="number: a JSON number or null; category: a string or null; datetime: "
+        "an ISO 8601 date-time string (2024-01-05, 2024-01-05T10:30:00, with an offset when "
+        "the model takes time zones) or null."
+    )
     categories: list[str] | None = Field(
         default=None,
         exclude_if=_is_none,
         description="Categories seen in training (when at most 50); others are accepted too.",
+    )
+    dtype: str | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="A datetime feature's pandas dtype, as the model was fitted with it "
+        "(datetime64[ns], or datetime64[ns, UTC] for a model that takes time zones).",
     )
 
 
