@@ -45,12 +45,17 @@ def zip_table(rows: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-def visit_table(rows: int, seed: int) -> pd.DataFrame:
-    """A datetime64[ns] column the model really uses (as nanoseconds since the epoch)."""
+def visit_table(rows: int, seed: int, zone: str | None = None) -> pd.DataFrame:
+    """A datetime64[ns] column (in ``zone``, if given) the model really uses (as nanoseconds
+    since the epoch)."""
     rng = np.random.default_rng(seed)
     start = np.datetime64("2024-01-01T00:00:00", "ns")
     minutes = rng.integers(0, 60 * 24 * 90, rows).astype("timedelta64[m]")
     when = pd.Series(start + minutes, dtype="datetime64[ns]")
+    if zone is not None:
+        when = when.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").dropna()
+        when = when.reset_index(drop=True)
+        rows = len(when)
     frame = pd.DataFrame({"id": [f"v-{i:05d}" for i in range(rows)], "when": when})
     frame["shift"] = np.where(when.dt.hour < 12, "morning", "afternoon")
     return frame
@@ -107,15 +112,16 @@ def import_zip_model(folder: Path) -> tuple[str, Any]:
     return save_model("zips", pipeline, sample, key="id", target="region"), pipeline
 
 
-def import_visit_model(folder: Path) -> tuple[str, Any]:
-    """A pipeline fitted on a datetime64[ns] column, imported from a Parquet sample."""
-    table = visit_table(400, seed=2)
+def import_visit_model(folder: Path, zone: str | None = None) -> tuple[str, Any]:
+    """A pipeline fitted on a datetime64[ns] column (in ``zone``), imported from a Parquet
+    sample."""
+    table = visit_table(400, seed=2, zone=zone)
     as_numbers = FunctionTransformer(operator.methodcaller("astype", "int64"))
     pipeline = make_pipeline(
         ColumnTransformer([("when", as_numbers, ["when"])]),
         DecisionTreeClassifier(random_state=0),
     )
     pipeline.fit(table[["when"]], table["shift"])
-    sample = folder / "visits.parquet"
+    sample = folder / f"visits-{(zone or 'naive').replace('/', '-')}.parquet"
     table.to_parquet(sample)
     return save_model("visits", pipeline, sample, key="id", target="shift"), pipeline

@@ -29,9 +29,11 @@ from exact_values import (
     visit_table,
     zip_table,
 )
+from sklearn.linear_model import LogisticRegression
 
 from keyed_serving.client import cli
 from keyed_serving.client.keyed_client import KeyedClient
+from keyed_serving.model.importing import save_model
 from keyed_serving.serving.file_scoring import InvalidFile, score_file
 from keyed_serving.serving.validate import validate_request
 
@@ -316,3 +318,59 @@ def test_a_datetime_that_is_not_iso_text_fails_only_its_own_key(
     reasons = {f.key: f.details[0].msg for f in batch.failures}
     assert "ISO 8601" in reasons["b"] and "ISO 8601" in reasons["c"]
     assert "without a time zone" in reasons["d"]
+
+
+def test_a_datetime_feature_with_a_time_zone_is_scored_in_its_zone_from_every_format(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tag, pipeline = import_visit_model(tmp_path, zone="Europe/Paris")
+    server = ModelServer(tag)
+    assert server.spec.features[0].dtype == "datetime64[ns, Europe/Paris]"
+    frame = visit_table(300, seed=10, zone="Europe/Paris")
+    assert_the_models_own(server.client().score(frame, "id"), pipeline, frame)
+    for suffix in (".csv", ".parquet", ".jsonl"):  # +01:00 / +02:00 offsets; UTC "Z"
+        source = write(frame, tmp_path / f"in{suffix}")
+        out = tmp_path / f"out{suffix}"
+        status, _ = keyed_score(monkeypatch, server, str(source), "--key", "id",
+                                "--out", str(out))  # fmt: skip
+        assert status == 0
+        assert_the_models_own(read(out), pipeline, frame, precision(suffix))
+
+
+def test_a_model_with_a_feature_named_prediction_answers_with_its_own_prediction(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(12)
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(200)], "prediction": rng.normal(size=200)})
+    labels = np.where(frame["prediction"] > 0, 1, 0)
+    pipeline = LogisticRegression().fit(frame[["prediction"]], labels)
+    tag = save_model("old_scores", pipeline, frame, key="id")
+    source = write(frame, tmp_path / "old.csv")
+    server = ModelServer(tag)
+    out = tmp_path / "out.csv"
+    assert keyed_score(monkeypatch, server, str(source), "--key", "id", "--out", str(out))[0] == 0
+    scored = pd.read_csv(out)
+    assert scored["prediction"].tolist() == pipeline.predict(frame[["prediction"]]).tolist()
+    status, _ = keyed_score(monkeypatch, server, str(source), "--key", "id", "--out",
+                            str(tmp_path / "kept.csv"), "--keep", "prediction")  # fmt: skip
+    assert status == 2 and "'prediction'" in capsys.readouterr().err
+
+
+def test_resuming_rewrites_the_output_with_its_kept_cells_as_they_were(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, zip_model: tuple[str, Any]
+) -> None:
+    tag, _ = zip_model
+    frame = zip_table(40, seed=13)
+    source = write(frame, tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    server = ModelServer(tag)
+    args = [str(source), "--key", "id", "--out", str(out), "--keep", "zip"]
+    assert keyed_score(monkeypatch, server, *args)[0] == 0
+    lines = out.read_text().splitlines()
+    # An interrupted run: a row written twice, so --resume rewrites the output.
+    out.write_text("\n".join([*lines[:20], lines[5]]) + "\n")
+    assert keyed_score(monkeypatch, server, *args, "--resume")[0] == 0
+    scored = read(out)
+    assert sorted(scored["id"]) == sorted(frame["id"])
+    by_key = scored.set_index("id").loc[frame["id"]]
+    assert cells(by_key["zip"]) == cells(frame["zip"])  # 02134 still, not 2134
