@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from exact_values import import_zip_model, zip_table
+from exact_values import import_visit_model, import_zip_model, visit_table, zip_table
 from starlette.testclient import TestClient
 from support import make_customer_table, own_predictions, save_strict_copy
 
@@ -258,3 +258,15 @@ def test_a_kept_column_named_like_an_output_column_is_refused(
     for keep in (["prediction"], ["error"], ["probability_setosa"], ["id"]):
         with pytest.raises(ValueError, match=repr(keep[0])):
             score_spark(df, key="id", model_tag=default_model, keep=keep)
+
+
+def test_a_datetime_feature_is_scored_as_the_model_scores_it(
+    spark: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tag, pipeline = import_visit_model(tmp_path_factory.mktemp("visits"))
+    frame = visit_table(300, seed=14)
+    scored = score_spark(spark.createDataFrame(frame).repartition(2), key="id", model_tag=tag)
+    rows = {row["id"]: row for row in scored.collect()}
+    assert [rows[k]["error"] for k in frame["id"]] == [None] * len(frame)
+    own = pipeline.predict(frame[["when"]]).tolist()
+    assert [rows[k]["prediction"] for k in frame["id"]] == own
