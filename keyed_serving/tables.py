@@ -404,6 +404,30 @@ def read_table(
     return pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
 
 
+def read_training_table(
+    path: str | Path, keys: str | Sequence[str] = (), target: str | None = None
+) -> pd.DataFrame:
+    """A table to train on, read as it will be scored. A CSV's columns that are not numbers
+    (text, and columns pandas takes for booleans) are read as the text written, which is
+    what keyed-score and /predict_file send for a category feature: a CSV's ``true`` is the
+    category "true" in training and in scoring alike. The target keeps pandas' reading
+    (its labels)."""
+    table = read_table(path, keys)
+    if format_of(path) != "csv":
+        return table
+    skipped = {target, *([keys] if isinstance(keys, str) else keys)}
+    text = [
+        str(name)
+        for name in table.columns
+        if name not in skipped
+        and (
+            not pd.api.types.is_numeric_dtype(table[name])
+            or pd.api.types.is_bool_dtype(table[name])
+        )
+    ]
+    return read_table(path, keys, exact=text) if text else table
+
+
 def read_keys(path: str | Path, keys: str | Sequence[str], batch_rows: int = 100_000) -> Any:
     """The key cells of a table: a list for one key column; for several, a dict of lists by
     column name."""

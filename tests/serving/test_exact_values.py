@@ -30,6 +30,7 @@ from exact_values import (
     zip_table,
 )
 from sklearn.linear_model import LogisticRegression
+from support import own_predictions
 
 from keyed_serving.client import cli
 from keyed_serving.client.keyed_client import KeyedClient
@@ -374,3 +375,29 @@ def test_resuming_rewrites_the_output_with_its_kept_cells_as_they_were(
     assert sorted(scored["id"]) == sorted(frame["id"])
     by_key = scored.set_index("id").loc[frame["id"]]
     assert cells(by_key["zip"]) == cells(frame["zip"])  # 02134 still, not 2134
+
+
+def test_a_model_trained_on_a_csv_takes_its_categories_as_the_text_scoring_sends(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import train
+
+    rng = np.random.default_rng(15)
+    flag = rng.random(300) < 0.5
+    frame = pd.DataFrame(
+        {
+            "id": [f"f{i}" for i in range(300)],
+            "flag": np.where(flag, "true", "false"),  # pandas alone would read booleans
+            "x": np.round(rng.normal(size=300), 3),
+            "y": np.where(flag ^ (rng.random(300) < 0.05), "yes", "no"),
+        }
+    )
+    source = write(frame, tmp_path / "flags.csv")
+    assert train.main(["--table", str(source), "--target", "y", "--key", "id", "--name", "f"]) == 0
+    tag = capsys.readouterr().out.split()[1]
+    server = ModelServer(tag)
+    (flag_feature,) = [f for f in server.spec.features if f.name == "flag"]
+    assert flag_feature.categories == ["false", "true"]  # as written, and as scoring sends
+    out = tmp_path / "out.csv"
+    assert keyed_score(monkeypatch, server, str(source), "--key", "id", "--out", str(out))[0] == 0
+    assert read(out)["prediction"].tolist() == own_predictions(tag, frame)
