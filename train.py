@@ -15,7 +15,7 @@ from pathlib import Path
 
 from keyed_serving.model.training import default_model_exists, train_and_save, train_default
 from keyed_serving.settings import DEFAULT_MODEL_NAME
-from keyed_serving.tables import read_table
+from keyed_serving.tables import read_training_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # The one table reader, as keyed-score and /predict_file read what is scored:
             # a CSV's "NA" is a category here exactly as it is there.
-            table = read_table(args.table, [args.key] if args.key else [])
+            keys = [args.key] if args.key else []
+            table = read_training_table(args.table, keys, args.target)
             trained = train_and_save(
                 table,
                 target=args.target,

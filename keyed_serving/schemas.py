@@ -154,7 +154,11 @@ class PredictResponse(BaseModel):
 
 class FeatureInfo(BaseModel):
     name: str
-    type: Literal["number", "category"]
+    type: Literal["number", "category", "datetime"] = Field(
+        description="number: a JSON number or null; category: a string or null; datetime: "
+        "an ISO 8601 date-time string (2024-01-05, 2024-01-05T10:30:00, with an offset when "
+        "the model takes time zones) or null."
+    )
     categories: list[str] | None = Field(
         default=None,
         exclude_if=_is_none,
@@ -166,6 +170,12 @@ class FeatureInfo(BaseModel):
         description="For a model that takes this feature natively as a categorical (XGBoost, "
         "LightGBM): its categories, in the order it was fitted with. A value is sent as its "
         "text; a value that is none of them is missing to the model, as on its own frame.",
+    )
+    dtype: str | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="A datetime feature's pandas dtype, as the model was fitted with it "
+        "(datetime64[ns], or datetime64[ns, UTC] for a model that takes time zones).",
     )
 
 

@@ -9,11 +9,18 @@ What it promises, whatever the format:
 - Key columns come back exactly: a CSV's as the text written (``00123``), a Parquet or
   JSON Lines table's as Python values (an integer key column with a gap is not turned into
   floats, which would round ids above 2^53 onto other keys).
-- Parquet decimals outside the key columns are read as the numbers they are (float64).
+- The ``exact`` columns (a model's category and datetime features, the kept columns) come
+  back as the file holds them: a CSV's cells as the text written (``02134`` stays
+  ``02134``), a Parquet column with its own Arrow type (``int64`` with nulls stays
+  integers, ``decimal(38,2)`` stays decimal), a JSON Lines column as the JSON values.
+  ``exact_columns`` names them for a model; ``feature_values`` turns them into what the
+  server takes. Kept columns are written back as they were read.
+- Parquet decimals in the other columns are read as the numbers they are (float64).
 """
 
 from __future__ import annotations
 
+import datetime
 import decimal
 import math
 from collections import Counter
@@ -112,10 +119,70 @@ def key_as_text(key: Key | tuple[Key, ...]) -> tuple[str, ...]:
     return tuple(str(part) for part in (key if isinstance(key, tuple) else (key,)))
 
 
+class ColumnClash(ValueError):
+    """A key or kept column has the name of a column the scored table makes itself."""
+
+
+def output_columns(classes: Sequence[Any] | None) -> list[str]:
+    """The columns a scored table makes itself, besides the key columns: ``prediction``,
+    one ``probability_<class>`` per class, and ``error``."""
+    return ["prediction", *(f"probability_{label}" for label in classes or []), "error"]
+
+
+def check_output_columns(
+    keys: Sequence[str], keep: Sequence[str], classes: Sequence[Any] | None
+) -> None:
+    """Refuses, before anything is scored, a key or kept column that would take the place
+    of another column of the scored table: an input column ``prediction`` (or ``error``,
+    or ``probability_<class>``) kept would silently stand where the model's answer goes,
+    and a kept key column would be written twice. One rule for the client, keyed-score,
+    /predict_file and Spark."""
+    produced = output_columns(classes)
+    clashes = [name for name in keys if name in produced]
+    if clashes:
+        raise ColumnClash(
+            f"the key column {clashes[0]!r} has the name of a column the scored table makes "
+            f"itself ({', '.join(produced)}): rename it in the input"
+        )
+    kept_keys = [name for name in keep if name in keys]
+    if kept_keys:
+        raise ColumnClash(
+            f"the key column {kept_keys[0]!r} is in the scored table already: do not keep it"
+        )
+    clashes = [name for name in keep if name in produced]
+    if clashes:
+        raise ColumnClash(
+            f"the kept column(s) {clashes} would replace the scored table's own "
+            f"({', '.join(produced)}): do not keep them, or copy them under another name in "
+            "the input"
+        )
+    twice = sorted({name for name in keep if list(keep).count(name) > 1})
+    if twice:
+        raise ColumnClash(f"the column(s) {twice} are kept twice")
+
+
+def exact_columns(features: Sequence[Any], keep: Sequence[str] = ()) -> list[str]:
+    """The columns to read exactly (see the module's promises) to score a table with a model
+    of these features (``FeatureInfo`` or /model_info's dicts): its category and datetime
+    features, and the kept columns."""
+    names = []
+    for feature in features:
+        name, kind = (
+            (feature["name"], feature["type"])
+            if isinstance(feature, dict)
+            else (feature.name, feature.type)
+        )
+        if kind != "number":
+            names.append(name)
+    return list(dict.fromkeys([*names, *keep]))
+
+
 def json_value(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and math.isnan(value):
         return None
     return value
 
@@ -142,16 +209,31 @@ def number_or_as_is(value: Any) -> Any:
 def category_or_as_is(value: Any) -> Any:
     """A category feature's cell as the text the model was trained on: training takes a
     column of booleans or numbers mixed with text as the categories "True", "False", "7"
-    (``str`` of each value), and the server takes categories as strings."""
+    (``str`` of each value), and the server takes categories as strings. Read exactly
+    (``exact_columns``), a cell is the text in the file, or the exact value of a typed
+    column (an integer, never a float made of it), so ``str`` gives what was written."""
     value = json_value(value)
-    if isinstance(value, bool | int | float | decimal.Decimal):
+    if isinstance(value, bool | int | float | decimal.Decimal | datetime.date):
         return str(value)
     return value
 
 
+def datetime_or_as_is(value: Any) -> Any:
+    """A datetime feature's cell as the server takes it: ISO 8601 text. A CSV or JSON Lines
+    cell is sent as written (the server parses it); a date-time value (a Parquet or
+    DataFrame column of datetimes) as its ISO text."""
+    value = json_value(value)
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return value
+
+
 def feature_values(cells: Sequence[Any], feature_type: str) -> list[Any]:
-    """A feature column's cells as the server takes them (see the two functions above)."""
-    convert = number_or_as_is if feature_type == "number" else category_or_as_is
+    """A feature column's cells as the server takes them (see the functions above)."""
+    convert = {
+        "number": number_or_as_is,
+        "datetime": datetime_or_as_is,
+    }.get(feature_type, category_or_as_is)
     return [convert(cell) for cell in cells]
 
 
@@ -223,7 +305,9 @@ def scored_columns(
     if errors is not None:
         table["error"] = pd.array(errors, dtype="string")
     for column_name in kept.columns:
-        table[str(column_name)] = kept[column_name].tolist()
+        # The column itself, not a list of its values: it keeps the type it was read with
+        # (a Parquet decimal stays a decimal, integers with gaps stay integers).
+        table[str(column_name)] = kept[column_name].reset_index(drop=True)
     return pd.DataFrame(table)
 
 
@@ -232,35 +316,45 @@ def iter_batches(
     batch_rows: int,
     keys: str | Sequence[str] = (),
     columns: Sequence[str] | None = None,
+    exact: Sequence[str] = (),
 ) -> Iterator[pd.DataFrame]:
-    """The table in batches of at most ``batch_rows`` rows, the ``keys`` columns exact (see
-    the module's promises); ``columns`` reads only those."""
-    exact = [keys] if isinstance(keys, str) else list(keys)
+    """The table in batches of at most ``batch_rows`` rows, the ``keys`` and ``exact``
+    columns exact (see the module's promises); ``columns`` reads only those."""
+    key_names = [keys] if isinstance(keys, str) else list(keys)
     fmt = format_of(path)
     if fmt == "csv":
         yield from pd.read_csv(
             path,
             chunksize=batch_rows,
-            dtype={name: str for name in exact},
+            dtype={name: str for name in [*key_names, *exact]},
             usecols=columns,
             keep_default_na=False,
             na_values=[""],
         )
     elif fmt == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
-            yield _parquet_frame(batch, exact)
+            yield _parquet_frame(batch, key_names, exact)
     else:
-        yield from _jsonl_batches(Path(path), batch_rows, exact, columns)
+        yield from _jsonl_batches(Path(path), batch_rows, [*key_names, *exact], columns)
 
 
-def _parquet_frame(batch: pa.RecordBatch, exact: Sequence[str]) -> pd.DataFrame:
+def _parquet_frame(
+    batch: pa.RecordBatch, keys: Sequence[str], exact: Sequence[str] = ()
+) -> pd.DataFrame:
     arrays = []
     for name, array in zip(batch.schema.names, batch.columns, strict=True):
-        if pa.types.is_decimal(array.type) and name not in exact:
+        if pa.types.is_decimal(array.type) and name not in keys and name not in exact:
             array = pc.cast(array, pa.float64())  # numbers, not decimal.Decimal objects
         arrays.append(array)
     frame = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names).to_pandas()
     for name in exact:
+        if name in frame.columns and name not in keys:
+            # The column with its own Arrow type: its values are the file's exactly (an
+            # int64 with nulls is not made floats), and written back as that type.
+            frame[name] = pd.Series(
+                pd.arrays.ArrowExtensionArray(batch.column(name)), name=name, copy=False
+            )
+    for name in keys:
         if name in frame.columns:
             frame[name] = pd.Series(batch.column(name).to_pylist(), dtype=object)
     return frame
@@ -300,12 +394,38 @@ def _records_frame(
     return frame if columns is None else frame[[c for c in columns if c in frame.columns]]
 
 
-def read_table(path: str | Path, keys: str | Sequence[str] = ()) -> pd.DataFrame:
+def read_table(
+    path: str | Path, keys: str | Sequence[str] = (), exact: Sequence[str] = ()
+) -> pd.DataFrame:
     """A whole table (for training, or a model's sample), read as ``iter_batches`` reads it."""
-    batches = list(iter_batches(path, 100_000, keys))
+    batches = list(iter_batches(path, 100_000, keys, exact=exact))
     if not batches:
         return pd.DataFrame()
     return pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
+
+
+def read_training_table(
+    path: str | Path, keys: str | Sequence[str] = (), target: str | None = None
+) -> pd.DataFrame:
+    """A table to train on, read as it will be scored. A CSV's columns that are not numbers
+    (text, and columns pandas takes for booleans) are read as the text written, which is
+    what keyed-score and /predict_file send for a category feature: a CSV's ``true`` is the
+    category "true" in training and in scoring alike. The target keeps pandas' reading
+    (its labels)."""
+    table = read_table(path, keys)
+    if format_of(path) != "csv":
+        return table
+    skipped = {target, *([keys] if isinstance(keys, str) else keys)}
+    text = [
+        str(name)
+        for name in table.columns
+        if name not in skipped
+        and (
+            not pd.api.types.is_numeric_dtype(table[name])
+            or pd.api.types.is_bool_dtype(table[name])
+        )
+    ]
+    return read_table(path, keys, exact=text) if text else table
 
 
 def read_keys(path: str | Path, keys: str | Sequence[str], batch_rows: int = 100_000) -> Any:

@@ -207,3 +207,20 @@ def test_a_half_written_last_line_is_removed(tmp_path: Path, suffix: str) -> Non
     path.write_text(whole + whole.splitlines()[-1][:3])
     assert drop_unfinished_line(path) and path.read_text() == whole
     assert not drop_unfinished_line(path) and path.read_text() == whole
+
+
+def test_date_times_are_sent_as_text_a_category_as_its_str_a_datetime_as_iso() -> None:
+    when = pd.Series(pd.to_datetime(["2024-01-05 10:30", None]))
+    # A model that took a date-time column for a category has str() of each as categories.
+    assert feature_column(when, "category") == ["2024-01-05 10:30:00", None]
+    assert feature_column(when, "datetime") == ["2024-01-05T10:30:00", None]
+    assert feature_values(["2024-01-05"], "datetime") == ["2024-01-05"]
+
+
+def test_exact_columns_of_a_parquet_file_keep_their_arrow_type(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    account = pa.array([2**53 + 1, None], pa.int64())
+    pq.write_table(pa.table({"id": ["a", "b"], "account": account}), path)
+    (batch,) = iter_batches(path, 10, "id", exact=["account"])
+    assert batch["account"].tolist()[0] == 2**53 + 1
+    assert feature_column(batch["account"], "category") == [str(2**53 + 1), None]

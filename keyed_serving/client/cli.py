@@ -43,8 +43,10 @@ from keyed_serving.tables import (
     TableWriter,
     check_key_columns,
     check_keys,
+    check_output_columns,
     columns_of,
     drop_unfinished_line,
+    exact_columns,
     iter_batches,
     key_as_text,
     key_columns,
@@ -102,7 +104,8 @@ def completed_keys(out: Path, names: Sequence[str]) -> set[tuple[str, ...]]:
     17 from "17"). What an interrupted run left is removed first: a half-written last line,
     a row with neither a prediction nor an error, a key written twice."""
     drop_unfinished_line(out)
-    frame = read_table(out, list(names)) if out.stat().st_size else pd.DataFrame()
+    exact = columns_of(out) if out.stat().st_size else []  # rewritten as it was read
+    frame = read_table(out, list(names), exact) if exact else pd.DataFrame()
     if frame.empty:
         return set()
     absent = [n for n in names if n not in frame.columns]
@@ -159,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         client = KeyedClient(
             args.url, token=args.token, chunk_rows=args.chunk_size, concurrency=args.concurrency
         )
-        features = [f["name"] for f in client.model_info()["features"]]
+        info = client.model_info()
+        features = [f["name"] for f in info["features"]]
         absent = [n for n in features if n not in present]
         if absent:
             raise ValueError(f"{args.input} lacks the model's features {absent}")
+        check_output_columns(names, keep, info.get("classes"))
+        exact = exact_columns(info["features"], keep)  # category cells as written
     except (InvalidKeys, ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"keyed-score: {exc}; nothing was sent", file=sys.stderr)
         return 2
@@ -191,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress.update(task, rate=f"{rate:,.0f}")
 
             first_row = 0
-            for batch in iter_batches(args.input, args.batch_rows, [] if row_keyed else names):
+            keys_read = [] if row_keyed else names
+            for batch in iter_batches(args.input, args.batch_rows, keys_read, exact=exact):
                 if row_keyed:
                     batch = with_row_numbers(batch, first_row)
                     first_row += len(batch)

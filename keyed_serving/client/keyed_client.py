@@ -42,6 +42,7 @@ from keyed_serving.tables import (
     InvalidKeys,
     check_key_columns,
     check_keys,
+    check_output_columns,
     feature_column,
     key_columns,
     scored_columns,
@@ -260,6 +261,7 @@ class KeyedClient:
             wire_keys = list(range(len(labels)))
         info = self._info or await self._model_info()
         self._info = info
+        check_output_columns(names, keep, info.get("classes"))
         features = info["features"]
         absent = [f["name"] for f in features if f["name"] not in frame.columns]
         if absent:

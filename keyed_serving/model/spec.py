@@ -8,6 +8,7 @@ was fitted on.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -125,6 +126,8 @@ def to_frame(
             data[feature.name] = pd.Series(_numbers(given), dtype="float64")
         elif feature.fitted_categories is not None:
             data[feature.name] = fitted_categorical(given, feature.fitted_categories)
+        elif feature.type == "datetime":
+            data[feature.name] = datetimes(given, feature.dtype)
         else:
             # Categories are strings on the wire; a CSV's True or 7 becomes "True" or "7".
             series = pd.Series(given, dtype=object)
@@ -189,6 +192,30 @@ def _numbers(given: Sequence[Any] | np.ndarray) -> np.ndarray:
         import pandas as pd
 
         return np.array([np.nan if v is None or v is pd.NA else v for v in given], np.float64)
+
+
+def parse_datetime(text: str) -> datetime.datetime:
+    """A datetime feature's value on the wire (ISO 8601 text) as a date-time; raises
+    ``ValueError``. The one parser of the validate stage and the model frame."""
+    return datetime.datetime.fromisoformat(text)
+
+
+def takes_time_zones(dtype: str | None) -> bool:
+    """Whether a datetime feature of this pandas dtype holds zone-aware date-times."""
+    return dtype is not None and "," in dtype
+
+
+def datetimes(values: Sequence[Any] | np.ndarray, dtype: str | None) -> pd.Series:
+    """A datetime feature's values (ISO 8601 text, date-times, missing) as a column of the
+    dtype the model was fitted with: its unit, and its time zone for an aware one."""
+    import pandas as pd
+
+    parsed = [parse_datetime(value) if isinstance(value, str) else value for value in values]
+    series = pd.Series(parsed, dtype=object)
+    if not takes_time_zones(dtype):
+        return pd.to_datetime(series).astype(dtype or "datetime64[ns]")
+    zoned = pd.api.types.pandas_dtype(dtype)
+    return pd.to_datetime(series, utc=True).dt.tz_convert(zoned.tz).astype(zoned)
 
 
 def estimator_task(estimator: Any) -> Task:

@@ -55,12 +55,17 @@ def infer_task(target: pd.Series) -> Task:
 
 
 def describe_features(frame: pd.DataFrame) -> list[FeatureInfo]:
-    """Numbers (decimals included) are number features; anything else is a category,
+    """Numbers (decimals included) are number features; datetime64 columns are datetime
+    features (with their dtype, which the model is given back); anything else is a category,
     named by ``str`` of each value (a boolean column's categories are "True" and "False",
     which is what the client and the file routes send for a boolean cell)."""
     features = []
     for name in frame.columns:
         column = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(column):
+            # Sent as ISO 8601 text, given to the model in the dtype it was fitted with.
+            features.append(FeatureInfo(name=str(name), type="datetime", dtype=str(column.dtype)))
+            continue
         numbers = pd.api.types.is_numeric_dtype(column) or _all_decimals(column)
         if numbers and not pd.api.types.is_bool_dtype(column):
             features.append(FeatureInfo(name=str(name), type="number"))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ from keyed_serving.keys import MAX_KEY_LENGTH, RULE, find_key_problems, key_from
 from keyed_serving.model.predicting import LoadedModel, model_error
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.model.store import load_stored, spec_of
-from keyed_serving.tables import ROW_KEY, key_columns
+from keyed_serving.tables import ROW_KEY, check_output_columns, feature_column, key_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -86,38 +86,100 @@ def score_spark(
             f"a Spark DataFrame has no row order to key by ({ROW_KEY}): add a key column, "
             "e.g. with pyspark.sql.functions.monotonically_increasing_id()"
         )
+    from pyspark.sql import functions
+
     names = key_columns(key)
     _check_columns(df, names, keep, spec)
     check_spark_keys(df, names)
-    schema = output_schema(spec, [df.schema[n] for n in names], [df.schema[c] for c in keep])
+    keep = list(keep)
+    # Spark hands integer columns with nulls to pandas as floats: such kept columns travel
+    # as their exact text and are cast back to their own type in the output.
+    as_text = [c for c in keep if _integral(df.schema[c].dataType)]
+    kept_fields = [_string_field(df.schema[c]) if c in as_text else df.schema[c] for c in keep]
+    schema = output_schema(spec, [df.schema[n] for n in names], kept_fields)
     shipped: str | None = None
     if ship_model:
         shipped = _ship(df, spec.tag)
-    features = spec.feature_names
-    keep = list(keep)
+    carried = {f.name: f"{_FEATURE_PREFIX}{i}" for i, f in enumerate(spec.features)}
 
     def score_batches(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
         model = _model_on_executor(spec.tag, shipped)
         for batch in batches:
-            yield score_frame(model, batch, names, keep)
+            yield score_frame(model, batch, names, keep, carried)
 
-    others = [c for c in features if c not in (*names, *keep)]
-    return df.select(*names, *others, *keep).mapInPandas(score_batches, schema)
+    selected = [
+        *(functions.col(n) for n in names),
+        *(_feature_as_read(df, f).alias(carried[f.name]) for f in spec.features),
+        *(
+            functions.col(c).cast("string").alias(c) if c in as_text else functions.col(c)
+            for c in keep
+        ),
+    ]
+    scored = df.select(*selected).mapInPandas(score_batches, schema)
+    for column in as_text:
+        scored = scored.withColumn(column, functions.col(column).cast(df.schema[column].dataType))
+    return scored
+
+
+# The feature columns travel to the Python workers under names of their own: a feature may
+# also be a key or a kept column, which travel as they are.
+_FEATURE_PREFIX = "__keyed_feature_"
+
+
+def _feature_as_read(df: DataFrame, feature: Any) -> Any:
+    """A feature column as the model takes it, read by the client's rule: a category
+    feature's values as their exact text. Spark would hand an integer column with nulls to
+    pandas as floats (10001 -> "10001.0"), and a decimal column as decimals; both travel as
+    Spark's text of them ("10001", "123.45"), a boolean as "True"/"False" (the categories
+    training names them by). Numbers, strings and date-times go as they are."""
+    from pyspark.sql import functions
+    from pyspark.sql.types import BooleanType, DecimalType
+
+    column = functions.col(feature.name)
+    if feature.type != "category":
+        return column
+    kind = df.schema[feature.name].dataType
+    if _integral(kind) or isinstance(kind, DecimalType):
+        return column.cast("string")
+    if isinstance(kind, BooleanType):
+        return functions.when(column, "True").when(~column, "False")
+    return column
+
+
+def _integral(kind: Any) -> bool:
+    from pyspark.sql.types import ByteType, IntegerType, LongType, ShortType
+
+    return isinstance(kind, ByteType | ShortType | IntegerType | LongType)
+
+
+def _string_field(field: StructField) -> StructField:
+    from pyspark.sql.types import StringType, StructField
+
+    return StructField(field.name, StringType(), True)
 
 
 def score_frame(
-    model: LoadedModel, batch: pd.DataFrame, key: str | Sequence[str], keep: Sequence[str]
+    model: LoadedModel,
+    batch: pd.DataFrame,
+    key: str | Sequence[str],
+    keep: Sequence[str],
+    carried: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One pandas batch scored, in its own row order, by the runner's own model stage
     (``LoadedModel.predict_columns``): the whole batch in one call; if the model raises,
     the rows it cannot take get an error each and the others are predicted. Key columns
     are passed through as they came, after a check that each is usable (a null key column
-    of longs would have reached pandas as floats)."""
+    of longs would have reached pandas as floats). Feature values are read as the client
+    reads a table (``keyed_serving.tables.feature_column``); ``carried`` names the column
+    that carries each feature, when not the feature's own name."""
     spec = model.spec
     names = [key] if isinstance(key, str) else list(key)
     parts = [_usable_keys(batch[name].tolist(), name) for name in names]
     keys = parts[0] if len(names) == 1 else list(zip(*parts, strict=True))
-    columns = {name: batch[name].tolist() for name in spec.feature_names}
+    carried = carried or {}
+    columns = {
+        f.name: feature_column(batch[carried.get(f.name, f.name)], f.type) for f in spec.features
+    }
     predicted = model.predict_columns(columns)
     out: dict[str, Any] = {name: batch[name].to_numpy() for name in names}
     out["prediction"] = pd.Series(predicted.predictions.tolist(), dtype=object)
@@ -215,15 +277,10 @@ def _check_columns(
     missing_keep = [c for c in keep if c not in columns]
     if missing_keep:
         raise ValueError(f"columns to keep not in the DataFrame: {missing_keep}")
-    produced = {"prediction", ERROR_COLUMN, *(f"probability_{c}" for c in spec.classes or [])}
-    clashes = sorted(produced & {*names, *keep})
-    if clashes:
-        raise ValueError(f"the key or kept columns {clashes} clash with the output's own")
-    kept_keys = [n for n in names if n in keep]
-    if kept_keys:
-        raise ValueError(
-            f"the key column {kept_keys[0]!r} is in the output already; do not keep it"
-        )
+    check_output_columns(names, keep, spec.classes)
+    carriers = sorted(c for c in columns if c.startswith(_FEATURE_PREFIX))
+    if carriers:
+        raise ValueError(f"the DataFrame's columns {carriers} have a name this function uses")
 
 
 def _prediction_type(spec: ModelSpec) -> DataType:

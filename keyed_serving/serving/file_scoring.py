@@ -21,10 +21,13 @@ from keyed_serving.serving.answers import row_answer
 from keyed_serving.serving.reassemble import Scored
 from keyed_serving.serving.validate import InvalidRequest, ValidBatch, validate_request
 from keyed_serving.tables import (
+    ColumnClash,
     InvalidKeys,
     TableWriter,
     check_keys,
+    check_output_columns,
     columns_of,
+    exact_columns,
     feature_values,
     iter_batches,
     read_keys,
@@ -67,6 +70,10 @@ def check_file(path: Path, key: str, keep: Sequence[str], spec: ModelSpec) -> No
     if missing_keep:
         raise InvalidFile(f"columns to keep not in the file: {missing_keep}")
     try:
+        check_output_columns([key], keep, spec.classes)
+    except ColumnClash as exc:
+        raise InvalidFile(str(exc)) from None
+    try:
         if not check_keys(read_keys(path, key)):
             raise InvalidFile("the file has no rows, only a header")
     except InvalidKeys as exc:
@@ -87,7 +94,7 @@ async def score_file(
     entry for as long as a file took. Only the predictions run on the loop."""
     await to_thread.run_sync(check_file, source, key, keep, spec)
     writer = await to_thread.run_sync(TableWriter, target)
-    batches = iter_batches(source, batch_rows, key)
+    batches = iter_batches(source, batch_rows, key, exact=exact_columns(spec.features, keep))
     rows = predicted = 0
     try:
         while True:

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from keyed_serving.keys import Key, find_key_problems, is_usable_key, shown
-from keyed_serving.model.spec import ModelSpec
+from keyed_serving.model.spec import ModelSpec, parse_datetime, takes_time_zones
 from keyed_serving.schemas import ErrorDetail, FeatureInfo
 
 # Enough to fix a request in one go without an error body that dwarfs the request.
@@ -371,6 +371,10 @@ def _check_column(
                 return values
         else:
             candidates = [i for i, value in enumerate(column) if type(value) not in _NUMBER_TYPES]
+    elif feature.type == "datetime":
+        # Each text is parsed here, as the model frame will parse it: a bad one fails its
+        # own key, not the micro-batch it would share with other callers' rows.
+        candidates = [i for i, value in enumerate(column) if value is not None]
     else:
         if kinds <= _CATEGORY_TYPES:
             return None
@@ -408,11 +412,30 @@ def _value_problem(value: Any, feature: FeatureInfo) -> tuple[str, str] | None:
                 f"magnitude above {LARGEST_MAGNITUDE:.3g}, which the model cannot take",
             )
         return None
+    if feature.type == "datetime":
+        return _datetime_problem(value, feature)
     if not isinstance(value, str):
         return (
             "wrong_type",
             f"expected a string (category) or null, got {shown(value)}",
         )
+    return None
+
+
+def _datetime_problem(value: Any, feature: FeatureInfo) -> tuple[str, str] | None:
+    zoned = takes_time_zones(feature.dtype)
+    expected = "an ISO 8601 date-time string " + (
+        "with a UTC offset (2024-01-05T10:30:00+00:00)" if zoned else "(2024-01-05T10:30:00)"
+    )
+    if not isinstance(value, str):
+        return "wrong_type", f"expected {expected} or null, got {shown(value)}"
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        return "wrong_type", f"expected {expected}, got {shown(value)}"
+    if (parsed.tzinfo is not None) != zoned:
+        which = "with" if zoned else "without"
+        return "wrong_type", f"the model takes date-times {which} a time zone: {shown(value)}"
     return None
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from exact_values import import_visit_model, import_zip_model, visit_table, zip_table
 from starlette.testclient import TestClient
 from support import make_customer_table, own_predictions, save_strict_copy
 
@@ -193,3 +194,79 @@ def test_a_key_of_several_columns_is_kept_whole(spark: Any, default_model: str) 
     assert got["prediction"].tolist() == own_predictions(default_model, table)
     with pytest.raises(ValueError, match="no row order"):
         score_spark(spark.createDataFrame(table), key="@row", model_tag=default_model)
+
+
+def zip_rows(spark: Any, zips: list[Any], zip_type: Any) -> Any:
+    """A DataFrame of the zip model's features, with an account number column (longs with
+    gaps, one above 2^53) to keep."""
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+
+    schema = StructType(
+        [
+            StructField("id", StringType(), False),
+            StructField("zip", zip_type, True),
+            StructField("amount", DoubleType(), True),
+            StructField("account", LongType(), True),
+        ]
+    )
+    rows = [
+        (f"k-{i:04d}", zip_code, 40.0 + i % 20, None if i % 5 == 0 else 2**53 + 1 + i)
+        for i, zip_code in enumerate(zips)
+    ]
+    return spark.createDataFrame(rows, schema)
+
+
+def test_category_features_reach_the_model_as_written_and_kept_longs_stay_exact(
+    spark: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from pyspark.sql.types import LongType, StringType
+
+    tag, pipeline = import_zip_model(tmp_path_factory.mktemp("zips"))
+    texts = zip_table(400, seed=11)["zip"].tolist()
+    numbers = [None if z is None or z != z else int(z) for z in texts]
+    for zips, zip_type in ((texts, StringType()), (numbers, LongType())):
+        df = zip_rows(spark, zips, zip_type).repartition(3)
+        scored = score_spark(df, key="id", model_tag=tag, keep=["account"])
+        assert scored.schema["account"].dataType == LongType()
+        rows = {row["id"]: row for row in scored.collect()}
+        original = {row["id"]: row for row in df.collect()}
+        assert {k: r["account"] for k, r in rows.items()} == {
+            k: r["account"] for k, r in original.items()
+        }
+        ordered = sorted(original)
+        # The model's own answer on the zips as text: 10001 and 94105, never "10001.0".
+        frame = pd.DataFrame(
+            {
+                "zip": [
+                    None if original[k]["zip"] is None else str(original[k]["zip"]) for k in ordered
+                ],
+                "amount": [original[k]["amount"] for k in ordered],
+            }
+        )
+        assert [rows[k]["prediction"] for k in ordered] == pipeline.predict(frame).tolist()
+        own = pipeline.predict_proba(frame)
+        for i, label in enumerate(pipeline.classes_):
+            got = [rows[k][f"probability_{label}"] for k in ordered]
+            np.testing.assert_allclose(got, own[:, i], rtol=1e-12)
+
+
+def test_a_kept_column_named_like_an_output_column_is_refused(
+    spark: Any, default_model: str
+) -> None:
+    table = flowers(10).assign(prediction="old", error="old", probability_setosa=0.5)
+    df = spark.createDataFrame(table)
+    for keep in (["prediction"], ["error"], ["probability_setosa"], ["id"]):
+        with pytest.raises(ValueError, match=repr(keep[0])):
+            score_spark(df, key="id", model_tag=default_model, keep=keep)
+
+
+def test_a_datetime_feature_is_scored_as_the_model_scores_it(
+    spark: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tag, pipeline = import_visit_model(tmp_path_factory.mktemp("visits"))
+    frame = visit_table(300, seed=14)
+    scored = score_spark(spark.createDataFrame(frame).repartition(2), key="id", model_tag=tag)
+    rows = {row["id"]: row for row in scored.collect()}
+    assert [rows[k]["error"] for k in frame["id"]] == [None] * len(frame)
+    own = pipeline.predict(frame[["when"]]).tolist()
+    assert [rows[k]["prediction"] for k in frame["id"]] == own
