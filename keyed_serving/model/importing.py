@@ -144,6 +144,9 @@ def import_model(
         # A feature's type is what the fitted model takes where it says (an encoder's
         # categories, XGBoost's and LightGBM's feature types); the sample's dtype otherwise.
         taken = fitted_types(model, names)
+        if not isinstance(sample, pd.DataFrame):
+            texts = [name for name, feature in taken.items() if feature.type == "category"]
+            table = read_as_written(sample, key, table, texts)
         features = [
             _as_the_model_takes(described, taken.get(described.name))
             for described in describe_features(table[names])
@@ -445,6 +448,26 @@ def as_taken(table: pd.DataFrame, features: Sequence[FeatureInfo]) -> pd.DataFra
             text = column.map(str, na_action="ignore").astype(object)
             changed[feature.name] = text.where(column.notna(), np.nan)
     return table.assign(**changed) if changed else table
+
+
+def read_as_written(
+    path: str | Path, key: str | None, table: pd.DataFrame, texts: Sequence[str]
+) -> pd.DataFrame:
+    """A file sample with the columns the model takes as text read again as the text
+    written, as keyed-score and /predict_file read them to score (a CSV's ``02134`` is the
+    category "02134", not the number 2134; ``10001`` beside a gap is not "10001.0")."""
+    from keyed_serving.tables import feature_values, read_table
+
+    if not texts:
+        return table
+    again = read_table(path, key or (), exact=texts)
+    written = {
+        name: pd.Series(feature_values(again[name].tolist(), "category"), dtype=object)
+        .fillna(np.nan)
+        .to_numpy()
+        for name in texts
+    }
+    return table.assign(**written)
 
 
 def _booleans(column: pd.Series) -> bool:

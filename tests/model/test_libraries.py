@@ -268,3 +268,54 @@ def test_the_import_sample_accuracy_compares_integer_labels_read_with_a_gap(
     assert bentoml.models.get(tag).info.metadata["holdout_score"]["value"] == pytest.approx(
         expected
     )
+
+
+def zip_codes_table(rows: int, seed: int) -> pd.DataFrame:
+    """Zip codes as text with leading zeros, one of them missing: a CSV reader takes them
+    for numbers (02134 -> 2134.0)."""
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame(
+        {
+            "zip": rng.choice(["00501", "02134", "10001", "94105"], rows).astype(object),
+            "x": rng.normal(size=rows),
+        }
+    )
+    table.loc[5, "zip"] = np.nan
+    east = table["zip"].isin(["02134", "10001"]).to_numpy()
+    table["side"] = np.where(east ^ (rng.random(rows) < 0.1), "east", "west")
+    return table
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet", "jsonl"])
+def test_a_text_category_column_of_a_file_sample_is_read_as_the_text_written(
+    suffix: str, tmp_path: Path
+) -> None:
+    """The model's encoder knows the zips as text; a CSV sample of the same rows must be
+    checked and scored with that text ("02134"), not with the number a reader makes of it."""
+    table = zip_codes_table(600, seed=11)
+    model = Pipeline(
+        [
+            (
+                "encode",
+                ColumnTransformer(
+                    [("zip", OneHotEncoder(handle_unknown="ignore"), ["zip"])],
+                    remainder="passthrough",
+                ),
+            ),
+            ("predict", GradientBoostingClassifier(random_state=0)),
+        ]
+    ).fit(table[["zip", "x"]], table["side"])
+    path = tmp_path / f"zips.{suffix}"
+    if suffix == "csv":
+        table.to_csv(path, index=False)
+    elif suffix == "parquet":
+        table.to_parquet(path)
+    else:
+        table.to_json(path, orient="records", lines=True)
+    tag = keyed_serving.save_model(f"zips_{suffix}", model, path, target="side")
+    metadata = bentoml.models.get(tag).info.metadata
+    zip_feature = next(f for f in metadata["features"] if f["name"] == "zip")
+    assert zip_feature["type"] == "category"
+    assert zip_feature["categories"] == ["00501", "02134", "10001", "94105"]
+    own = model.predict(table[["zip", "x"]])
+    assert metadata["holdout_score"]["value"] == float(np.mean(own == table["side"]))
