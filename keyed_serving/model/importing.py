@@ -144,7 +144,7 @@ def import_model(
         # A feature's type is what the fitted model takes where it says (an encoder's
         # categories, XGBoost's and LightGBM's feature types); the sample's dtype otherwise.
         taken = fitted_types(model, names)
-        if not isinstance(sample, pd.DataFrame):
+        if isinstance(sample, str | Path):
             texts = [name for name, feature in taken.items() if feature.type == "category"]
             table = read_as_written(sample, key, table, texts)
         features = [
