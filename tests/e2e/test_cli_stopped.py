@@ -21,7 +21,7 @@ from support import ROOT, Server, own_predictions
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "keyed_serving.client.cli"]
 FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
-ROWS = 1200
+ROWS = 800
 # Small requests, few in flight: the run takes long enough to be stopped part way.
 PACE = ["--chunk-size", "40", "--concurrency", "2"]
 FORMATS = [".csv", ".jsonl", ".parquet"]
@@ -29,9 +29,9 @@ FORMATS = [".csv", ".jsonl", ".parquet"]
 
 @pytest.fixture(scope="module")
 def slow_server(default_model: str) -> Iterator[Server]:
-    # A runner call per two rows and no coalescing: about 270 rows/s on two cores, so a run
-    # of 1,200 rows lasts seconds rather than milliseconds.
-    server = Server(MODEL_TAG=default_model, KEYED_CHUNK_ROWS="2", KEYED_BATCHING="false")
+    # A runner call per four rows and no coalescing: a few hundred rows/s on two cores, so
+    # a run of 800 rows lasts seconds rather than milliseconds.
+    server = Server(MODEL_TAG=default_model, KEYED_CHUNK_ROWS="4", KEYED_BATCHING="false")
     yield server
     server.stop()
 
@@ -97,7 +97,7 @@ def wait_until_idle(server: Server) -> None:
     deadline = time.monotonic() + 60
     while requests_in_progress(server):
         assert time.monotonic() < deadline, "the server is still answering a stopped run"
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 def wait_until_predicted(server: Server, rows: int, cli: subprocess.Popen[str]) -> None:
@@ -106,7 +106,7 @@ def wait_until_predicted(server: Server, rows: int, cli: subprocess.Popen[str]) 
     while predicted(server) < rows:
         assert cli.poll() is None, "the run ended before it could be stopped"
         assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 def read_output(out: Path) -> pd.DataFrame:
@@ -161,17 +161,17 @@ def test_a_killed_run_resumes_without_losing_repeating_or_rescoring_a_key(
 ) -> None:
     frame, source = flowers
     out = tmp_path / f"scored{suffix}"
-    arguments = command(source, out, slow_server, 300)
+    arguments = command(source, out, slow_server, 200)
     # Killed twice: the first run, then the run resuming it, each after its first batch.
     for again in ([], ["--resume"]):
         before = predicted(slow_server)
         cli = start([*arguments, *again])
-        wait_until_predicted(slow_server, before + 400, cli)  # its first batch is written
+        wait_until_predicted(slow_server, before + 250, cli)  # its first batch is written
         cli.kill()
         cli.communicate(timeout=30)
         assert cli.returncode == -signal.SIGKILL
     kept = resume_to_the_end(arguments, slow_server, out, frame, default_model)
-    assert kept >= 600  # each killed run's first batch of 300 at least
+    assert kept >= 400  # each killed run's first batch of 200 at least
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
