@@ -1,6 +1,7 @@
 """keyed-score asked to stop where no request is in flight to give up: while it asks a
-server for /model_info, and while it waits out a server's Retry-After. Against a stand-in
-server; tests/e2e/test_cli_stopped.py stops runs against a real one."""
+server for /model_info, and while it waits out a server's Retry-After (against a stand-in
+server; tests/e2e/test_cli_stopped.py stops runs against a real one). And resumed after a
+kill at the worst moment of writing Parquet."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import pandas as pd
 import pytest
 from support import ROOT
 
-from keyed_serving.client.cli import STOP_GRACE_S
+from keyed_serving.client.cli import STOP_GRACE_S, completed_keys
+from keyed_serving.tables import TableWriter, recover_interrupted
 
 CLI = [sys.executable, "-m", "keyed_serving.client.cli"]
 
@@ -126,3 +128,21 @@ def test_a_run_waiting_out_a_retry_after_stops_after_a_grace_or_a_second_signal(
         lines = stderr.strip().splitlines()
         assert len(lines) == 1 and "0 of 100 keys" in lines[0] and "--resume" in lines[0], stderr
         assert pd.read_parquet(out).empty
+
+
+def test_resuming_a_run_killed_while_merging_its_parts_keeps_each_key_once(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "scored.parquet"
+    writer = TableWriter(out)
+    for key in ("a", "b"):
+        writer.write(pd.DataFrame({"id": [key], "prediction": [f"p-{key}"]}))
+    # Killed between renaming the merged file into place and removing the parts.
+    kept_part = out.with_name("scored.parquet.parts") / "part-000001.parquet"
+    survivor = kept_part.read_bytes()
+    writer.close()
+    kept_part.parent.mkdir()
+    kept_part.write_bytes(survivor)
+    recover_interrupted(out)
+    assert completed_keys(out, ["id"]) == {("a",), ("b",)}
+    assert pd.read_parquet(out)["id"].tolist() == ["a", "b"]
