@@ -450,7 +450,7 @@ def drop_unfinished_line(path: Path) -> bool:
     """A CSV or JSON Lines file cut off mid-line (a run interrupted while writing) ends
     without a newline: remove that half line. True when something was removed."""
     if format_of(path) == "parquet" or not path.exists():
-        return False  # a Parquet file is only ever replaced whole
+        return False  # Parquet is written in whole part files (TableWriter)
     with path.open("rb+") as handle:
         size = handle.seek(0, 2)
         if size == 0:
@@ -473,22 +473,57 @@ def drop_unfinished_line(path: Path) -> bool:
     return True
 
 
+def recover_interrupted(path: str | Path) -> bool:
+    """Makes what a run stopped before ``TableWriter.close`` (killed) left at ``path`` one
+    whole table: a CSV's or JSON Lines' half-written last line is removed; a Parquet
+    output's finished part files are merged into it. True when something was changed."""
+    path = Path(path)
+    if format_of(path) != "parquet":
+        return drop_unfinished_line(path)
+    _staging(path).unlink(missing_ok=True)  # a merge the kill cut short
+    parts = _finished_parts(_parts_directory(path))
+    if parts:
+        _merge_parts(path, parts)
+    return bool(parts)
+
+
 class TableWriter:
-    """Appends frames to a CSV / JSON Lines file, or writes a Parquet file batch by batch
-    (Parquet cannot be appended to: ``copy_from`` carries an earlier file's rows over)."""
+    """Writes a table a batch at a time, so that a run stopped at any moment, even by
+    SIGKILL, keeps every batch it wrote:
+
+    - CSV and JSON Lines: appended and flushed batch by batch (``recover_interrupted``
+      removes a half-written last line).
+    - Parquet cannot be appended to, and a file is unreadable until its footer is written:
+      each batch is a Parquet file of its own in ``<path>.parts/``, written under a hidden
+      name and then renamed (so a part is whole or absent, and any Parquet reader can read
+      the folder), and ``close`` merges the output and the parts into ``path``. Parts a
+      killed run left are merged by ``recover_interrupted`` or the next appending writer.
+
+    Without ``append``, a new table: what an earlier run left at ``path`` is removed at once.
+    Every batch takes the column types of the table's first rows.
+    """
 
     def __init__(self, path: str | Path, append: bool = False) -> None:
         self.path = Path(path)
         self.format = format_of(path)
-        self.append = append and self.path.exists()
+        self.parts = _parts_directory(self.path)
         self._handle: IO[str] | None = None
-        self._parquet: pq.ParquetWriter | None = None
-        self._staging = self.path.with_name(self.path.name + ".partial")
-        self._copy_from: Path | None = None
-        if self.format == "parquet" and self.append:
-            self._copy_from = self.path
-        elif self.format != "parquet":
+        self._schema: pa.Schema | None = None
+        self._empty: pa.Table | None = None
+        if self.format != "parquet":
+            self.append = append and self.path.exists()
             self._handle = self.path.open("a" if self.append else "w", encoding="utf-8")
+            return
+        self.append = append
+        if not append:
+            self.path.unlink(missing_ok=True)
+            _staging(self.path).unlink(missing_ok=True)
+            _remove_parts(self.parts)
+        finished = _finished_parts(self.parts)
+        self._next_part = int(finished[-1].stem.split("-")[1]) + 1 if finished else 0
+        sources = _sources(self.path, finished)
+        if sources:
+            self._schema = pq.read_schema(sources[0])
 
     def write(self, frame: pd.DataFrame) -> None:
         if self.format == "csv":
@@ -501,27 +536,77 @@ class TableWriter:
                 text = frame.to_json(orient="records", lines=True, force_ascii=False)
                 self._handle.write(text if text.endswith("\n") else text + "\n")
         else:
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            if self._parquet is None:
-                self._open_parquet(table.schema)
-            assert self._parquet is not None
-            self._parquet.write_table(table.cast(self._parquet.schema))
+            self._write_part(pa.Table.from_pandas(frame, preserve_index=False))
         if self._handle is not None:
             self._handle.flush()
 
-    def _open_parquet(self, schema: pa.Schema) -> None:
-        if self._copy_from is not None:
-            schema = pq.read_schema(self._copy_from)
-        self._parquet = pq.ParquetWriter(self._staging, schema)
-        if self._copy_from is not None:
-            for batch in pq.ParquetFile(self._copy_from).iter_batches():
-                self._parquet.write_batch(batch)
+    def _write_part(self, table: pa.Table) -> None:
+        if not table.num_rows:  # its columns' types say nothing (an empty column is null)
+            self._empty = table
+            return
+        if self._schema is None:
+            self._schema = table.schema
+        self.parts.mkdir(exist_ok=True)
+        name = f"part-{self._next_part:06d}.parquet"
+        hidden = self.parts / f".{name}.tmp"
+        pq.write_table(table.cast(self._schema), hidden)
+        hidden.replace(self.parts / name)
+        self._next_part += 1
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
-        if self._parquet is not None:
-            self._parquet.close()
-            self._staging.replace(self.path)
-        elif self.format == "parquet" and self._copy_from is None:
-            pd.DataFrame().to_parquet(self.path)  # nothing was written: an empty table
+            return
+        parts = _finished_parts(self.parts)
+        if parts:
+            _merge_parts(self.path, parts)
+        elif not self.path.exists():  # nothing was written: an empty table
+            pq.write_table(self._empty if self._empty is not None else pa.table({}), self.path)
+        _remove_parts(self.parts)
+
+
+def _parts_directory(path: Path) -> Path:
+    return path.with_name(path.name + ".parts")
+
+
+def _staging(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _finished_parts(parts: Path) -> list[Path]:
+    """The whole part files of a Parquet output, in the order written. A part a killed run
+    was writing (still under its hidden name) is removed."""
+    if not parts.is_dir():
+        return []
+    for unfinished in parts.glob(".part-*"):
+        unfinished.unlink()
+    return sorted(parts.glob("part-*.parquet"), key=lambda part: int(part.stem.split("-")[1]))
+
+
+def _sources(path: Path, parts: list[Path]) -> list[Path]:
+    """The files a Parquet output's rows are in: the output (when it has rows), its parts."""
+    whole = path.exists() and pq.ParquetFile(path).metadata.num_rows > 0
+    return [path, *parts] if whole else parts
+
+
+def _merge_parts(path: Path, parts: list[Path]) -> None:
+    """The output's rows, then its parts', into ``path``: written aside and then renamed,
+    so a run killed while merging leaves the output and its parts as they were. (Killed
+    between the rename and removing the parts, the parts' rows are in the output twice:
+    keyed-score --resume keeps one of each key.)"""
+    sources = _sources(path, parts)
+    schema = pq.read_schema(sources[0])
+    staging = _staging(path)
+    with pq.ParquetWriter(staging, schema) as writer:
+        for source in sources:
+            for batch in pq.ParquetFile(source).iter_batches():
+                writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+    staging.replace(path)
+    _remove_parts(_parts_directory(path))
+
+
+def _remove_parts(parts: Path) -> None:
+    if parts.is_dir():
+        for part in parts.iterdir():
+            part.unlink()
+        parts.rmdir()

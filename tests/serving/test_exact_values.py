@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import decimal
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,11 @@ def keyed_score(
     monkeypatch: pytest.MonkeyPatch, server: ModelServer, *args: str
 ) -> tuple[int, str]:
     """keyed-score's own main, talking to ``server``: (exit status, what it printed)."""
-    patched = functools.partial(KeyedClient, transport=httpx.MockTransport(server.handle))
+
+    def patched(*args: Any, **kwargs: Any) -> KeyedClient:
+        # The server's transport in place of the one keyed-score makes (it stops on signals).
+        return KeyedClient(*args, **{**kwargs, "transport": httpx.MockTransport(server.handle)})
+
     monkeypatch.setattr(cli, "KeyedClient", patched)
     return cli.main([*args, "--url", "http://model"]), ""
 
