@@ -19,6 +19,7 @@ from bentoml.exceptions import BentoMLException
 
 from keyed_serving.model.predicting import IsolationBudget, LoadedModel
 from keyed_serving.model.spec import ModelRefused, ModelSpec
+from keyed_serving.settings import DEFAULT_MODEL_TAG
 
 logger = logging.getLogger("keyed_serving.model")
 # Ours (train.py, keyed-import): the pipeline in this file, what it takes in the metadata.
@@ -40,37 +41,91 @@ class ModelNotServable(ModelRefused, BentoMLException):
         BentoMLException.__init__(self, message)
 
 
-def served_model_tag(requested: str) -> str:
-    """The one model version a server serves: ``requested`` (``name:version`` or
-    ``name:latest``) resolved once, where the server starts.
+# What a bento says about itself, beside its code (<bento>/src) and its models.
+BENTO_DESCRIPTION = "bento.yaml"
+
+
+def served_model_tag(requested: str | None, source: Path | None = None) -> str:
+    """The one model version a server serves, resolved once, where the server starts.
+
+    ``requested``: MODEL_TAG (``name:version`` or ``name:latest``), None when unset.
+    ``source``: the directory the service's code was loaded from. When that is a bento's
+    (``bentoml serve <bento>``, a container), the bento serves the model it carries: with
+    MODEL_TAG unset, or set to that model (``name``, ``name:latest`` or its exact version);
+    any other MODEL_TAG is refused (``ModelNotServable``), since the bento would serve another
+    model on every machine that happens to hold it and fail on the others. Elsewhere (a
+    checkout) MODEL_TAG, or DEFAULT_MODEL_TAG when unset.
 
     ``bentoml serve`` imports the service in the process that spawns the workers, then each
     worker imports it again, and a respawned worker does so once more: resolving ``latest``
     in each would let a worker restarted after a new version was saved serve another version
     than its siblings. So the starting process resolves it and leaves the result in its
     environment, which circus copies to every worker it spawns, respawned ones included;
-    a worker takes the version from there. A built bento holds one version of the model,
-    and in-process (``to_asgi()``, tests) the one process resolves it once.
+    a worker takes the version from there. In-process (``to_asgi()``, tests) the one
+    process resolves it once.
 
-    A model not in the local store is left as asked for: BentoML pulls or refuses it."""
+    A model not in the local store is left as asked for (``check_servable`` refuses it)."""
     import bentoml
     from bentoml._internal.context import server_context
     from bentoml.exceptions import NotFound
 
+    requested = requested or None
     if server_context.worker_index is not None:  # a worker of `bentoml serve`
         pinned = _pinned(requested)
         if pinned is not None:
             return pinned
+    carried = carried_models(source) if source is not None else []
+    tag = _carried_one(requested, carried) if carried else requested or DEFAULT_MODEL_TAG
     try:
-        resolved = str(bentoml.models.get(requested).tag)
+        resolved = str(bentoml.models.get(tag).tag)
     except NotFound:
         os.environ.pop(PIN_VARIABLE, None)  # never hand down a pin made for another start
-        return requested
+        return tag
     os.environ[PIN_VARIABLE] = json.dumps({"requested": requested, "tag": resolved})
     return resolved
 
 
-def _pinned(requested: str) -> str | None:
+def carried_models(source: Path) -> list[str]:
+    """The model versions (``name:version``) a bento carries, when ``source`` is its code
+    (``<bento>/src``, beside ``<bento>/bento.yaml``); [] for a checkout. Read from the
+    bento's own description, so any bento of this service is covered, however built."""
+    described = source.parent / BENTO_DESCRIPTION
+    if source.name != "src" or not described.is_file():
+        return []
+    import yaml
+
+    info = yaml.safe_load(described.read_text()) or {}
+    listed = [*(info.get("models") or [])]
+    for service in info.get("services") or []:
+        listed.extend(service.get("models") or [])
+    tags = []
+    for model in listed:
+        tag = str(model.get("tag", "")) if isinstance(model, dict) else ""
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+def _carried_one(requested: str | None, carried: list[str]) -> str:
+    if requested is None:
+        if len(carried) == 1:
+            return carried[0]
+        raise ModelNotServable(
+            f"this bento carries {len(carried)} models ({', '.join(carried)}): set MODEL_TAG "
+            "to the one to serve"
+        )
+    name, _, version = requested.partition(":")
+    for tag in carried:
+        if tag.partition(":")[0] == name and version in ("", "latest", tag.partition(":")[2]):
+            return tag
+    raise ModelNotServable(
+        f"MODEL_TAG={requested} names a model this bento does not carry (it carries "
+        f"{', '.join(carried)}): unset MODEL_TAG to serve what it carries, or build a bento "
+        f"for that model (make build MODEL_TAG={requested})"
+    )
+
+
+def _pinned(requested: str | None) -> str | None:
     try:
         pin = json.loads(os.environ.get(PIN_VARIABLE, ""))
     except ValueError:
