@@ -41,10 +41,6 @@ class ModelNotServable(ModelRefused, BentoMLException):
         BentoMLException.__init__(self, message)
 
 
-# What a bento says about itself, beside its code (<bento>/src) and its models.
-BENTO_DESCRIPTION = "bento.yaml"
-
-
 def served_model_tag(requested: str | None, source: Path | None = None) -> str:
     """The one model version a server serves, resolved once, where the server starts.
 
@@ -89,10 +85,12 @@ def carried_models(source: Path) -> list[str]:
     """The model versions (``name:version``) a bento carries, when ``source`` is its code
     (``<bento>/src``, beside ``<bento>/bento.yaml``); [] for a checkout. Read from the
     bento's own description, so any bento of this service is covered, however built."""
-    described = source.parent / BENTO_DESCRIPTION
-    if source.name != "src" or not described.is_file():
-        return []
     import yaml
+    from bentoml._internal.bento.bento import BENTO_PROJECT_DIR_NAME, BENTO_YAML_FILENAME
+
+    described = source.parent / BENTO_YAML_FILENAME
+    if source.name != BENTO_PROJECT_DIR_NAME or not described.is_file():
+        return []
 
     info = yaml.safe_load(described.read_text()) or {}
     listed = [*(info.get("models") or [])]
@@ -254,8 +252,9 @@ def check_servable(tag: str) -> None:
 def load_apart(stored: Any) -> None:
     """Unpickle ``stored`` in a child process that finds modules where a worker would (this
     process's working directory first, as ``bentoml serve`` puts it on a worker's path):
-    ``ModelRefused`` with the child's reason when it cannot. Costs the child's start (~2 s
-    measured for the iris forest: Python, pandas, scikit-learn, BentoML), never memory here."""
+    ``ModelRefused`` with the child's reason when it cannot. Costs each start the child's
+    run (about 2.5 s of CPU for the iris forest: Python, pandas, scikit-learn, BentoML, the
+    pickle), never memory here: the parent's RSS stayed at 93 MB (measured)."""
     package_root = str(Path(__file__).resolve().parents[2])
     path = [os.getcwd(), package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
     store = Path(stored.path).parent.parent
@@ -269,7 +268,7 @@ def load_apart(stored: Any) -> None:
     if out.returncode == 0:
         return
     said = [line for line in out.stdout.splitlines() if line.startswith(_REASON)]
-    reason = said[-1].removeprefix(_REASON) if said else _last_line(out.stderr)
+    reason = said[-1].removeprefix(_REASON) if said else _last_line(out.stderr, out.returncode)
     raise ModelRefused(f"model {stored.tag} cannot be loaded: {reason}")
 
 
@@ -290,9 +289,9 @@ def _load_here(store: str, tag: str) -> None:
         sys.exit(1)
 
 
-def _last_line(text: str) -> str:
+def _last_line(text: str, returncode: int) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "the process that loads it ended without saying why"
+    return lines[-1] if lines else f"the process that loaded it ended with {returncode}"
 
 
 def _store_path() -> str:
