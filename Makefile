@@ -47,10 +47,12 @@ typecheck: install ## mypy
 
 check: lint typecheck test ## everything CI should be happy with
 
-# The bento installs the packages its model was pickled with, at their major.minor
-# (keyed_serving.model.bento): bentofile.yaml plus those pins, written to .bentofile.build.yaml.
-build: install ## bentoml build (the bento carries the model named by MODEL_TAG and its packages)
-	$(BIN)/python train.py --if-missing
+# The bento carries one model version, MODEL_TAG's (the iris model when unset), and serves
+# it with no MODEL_TAG set, wherever it is imported or containerised. It installs the
+# packages that model was pickled with, at their major.minor (keyed_serving.model.bento):
+# bentofile.yaml plus those pins, written to .bentofile.build.yaml.
+build: install ## bentoml build: the bento carries MODEL_TAG's model (make build MODEL_TAG=name:latest) and serves it
+	$(if $(MODEL_TAG),,$(BIN)/python train.py --if-missing)
 	$(BIN)/python -m keyed_serving.model.bento bentofile.yaml .bentofile.build.yaml
 	$(BIN)/bentoml build -f .bentofile.build.yaml .
 

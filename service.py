@@ -84,8 +84,9 @@ for _name in ("keyed_serving", "keyed_serving.serving.dispatch", "keyed_serving.
     logging.getLogger(_name).addFilter(RequestIdFilter())
 settings = get_settings()
 # Resolved once where the server starts and handed to every worker (see served_model_tag):
-# the entry and the runner serve this one version, whatever is saved meanwhile.
-MODEL_TAG = served_model_tag(settings.model_tag)
+# the entry and the runner serve this one version, whatever is saved meanwhile. Loaded
+# from a bento, this code serves the model the bento carries.
+MODEL_TAG = served_model_tag(settings.model_tag, source=Path(__file__).resolve().parent)
 check_servable(MODEL_TAG)  # a model this environment cannot load stops the start here
 # The lean routes' way to the entry instance BentoML makes (see LeanRoutes).
 ENTRY = EntrySlot()

@@ -12,15 +12,19 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "iris_classifier"
+DEFAULT_MODEL_TAG = f"{DEFAULT_MODEL_NAME}:latest"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYED_", frozen=True, protected_namespaces=())
 
-    model_tag: str = Field(
-        default=f"{DEFAULT_MODEL_NAME}:latest",
+    # Unset: a bento serves the model it carries, a checkout DEFAULT_MODEL_TAG (see
+    # keyed_serving.model.store.served_model_tag).
+    model_tag: str | None = Field(
+        default=None,
         validation_alias=AliasChoices("MODEL_TAG", "KEYED_MODEL_TAG"),
-        description="The BentoML model served, name:version (or name:latest).",
+        description="The BentoML model served, name:version (or name:latest); unset, the "
+        "model a bento carries, else iris_classifier:latest.",
     )
     # Processes per service. See README "Batching defaults" for the sweep behind them.
     entry_workers: int = Field(default=1, ge=1)

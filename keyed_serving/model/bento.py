@@ -46,10 +46,10 @@ def _canonical(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     import bentoml
 
-    from keyed_serving.settings import get_settings
+    from keyed_serving.settings import DEFAULT_MODEL_TAG, get_settings
 
     source, out = argv if argv is not None else sys.argv[1:]
-    stored = bentoml.models.get(get_settings().model_tag)
+    stored = bentoml.models.get(get_settings().model_tag or DEFAULT_MODEL_TAG)
     base = yaml.safe_load(Path(source).read_text())
     header = (
         f"# Generated from {source} for {stored.tag} by keyed_serving.model.bento: do not edit.\n"

@@ -197,3 +197,13 @@ def test_the_kserve_predictor_runs_our_image_and_speaks_v2() -> None:
     assert port["containerPort"] == container["readinessProbe"]["httpGet"]["port"] == 3000
     (mount,) = container["volumeMounts"]
     assert env["BENTOML_CONFIG"] == f"{mount['mountPath']}/bentoml_config.yaml"
+
+
+def test_the_manifests_serve_the_model_the_image_carries() -> None:
+    # The image's bento carries one model version and serves it with MODEL_TAG unset; a
+    # MODEL_TAG for another model would stop every replica at start (service.py).
+    deployment = by_kind("Deployment")["spec"]["template"]["spec"]["containers"]
+    (kserve,) = documents(KSERVE)
+    for container in [*deployment, *kserve["spec"]["predictor"]["containers"]]:
+        names = {e["name"] for e in container.get("env", [])}
+        assert not names & {"MODEL_TAG", "KEYED_MODEL_TAG"}, container["name"]

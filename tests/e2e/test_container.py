@@ -48,27 +48,46 @@ INSTANCES = [
 
 
 @pytest.fixture(scope="module")
-def bento_tag(default_model: str) -> str:
+def carried_model(default_model: str) -> str:
+    """A model that is not the default (a copy of it under another name): an image that
+    served the default instead of the model its bento carries would be caught. Its tag."""
+    import joblib
+
+    from keyed_serving.model.store import MODEL_FILE
+
+    stored = bentoml.models.get(default_model)
+    with bentoml.models.create("container_iris", metadata=stored.info.metadata) as ref:
+        joblib.dump(joblib.load(stored.path_of(MODEL_FILE)), ref.path_of(MODEL_FILE))
+    return str(ref.tag)
+
+
+@pytest.fixture(scope="module")
+def bento_tag(carried_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Built as `make container` builds it (`make build MODEL_TAG=container_iris:latest`)."""
+    env = {**os.environ, "MODEL_TAG": "container_iris:latest"}
+    bentofile = tmp_path_factory.mktemp("build") / "bentofile.build.yaml"
+    subprocess.run(
+        [sys.executable, "-m", "keyed_serving.model.bento", "bentofile.yaml", str(bentofile)],
+        cwd=ROOT, env=env, check=True, timeout=120,
+    )  # fmt: skip
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "bentoml"), "build", ".", "--output", "tag"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "MODEL_TAG": default_model},
-    )
+        [str(Path(sys.executable).parent / "bentoml"), "build", "-f", str(bentofile), ".",
+         "--output", "tag"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
 
 
 def check_keyed_answer(answer: dict[str, Any], model: str) -> None:
+    assert answer["model"] == model  # the model the bento carries, with no MODEL_TAG set
     assert [p["key"] for p in answer["predictions"]] == ["c-001", 42]
     assert [p["prediction"] for p in answer["predictions"]] == own_predictions(model, INSTANCES)
 
 
 @pytest.mark.slow
 def test_containerize_builds_from_a_context_holding_the_bento_and_its_model(
-    bento_tag: str, default_model: str
+    bento_tag: str, carried_model: str
 ) -> None:
     from bentoml._internal.container import construct_containerfile
 
@@ -78,7 +97,7 @@ def test_containerize_builds_from_a_context_holding_the_bento_and_its_model(
         dockerfile_path,
     ):
         dockerfile = Path(dockerfile_path).read_text()
-        name, version = default_model.split(":")
+        name, version = carried_model.split(":")
         assert (Path(context) / "models" / name / version / "model.joblib").is_file()
         packed = {
             p.relative_to(context).as_posix() for p in Path(context).rglob("*") if p.is_file()
@@ -112,7 +131,7 @@ def test_containerize_builds_from_a_context_holding_the_bento_and_its_model(
 
 @pytest.mark.slow
 def test_the_bento_serves_keys_as_in_its_container_with_the_production_config(
-    bento_tag: str, default_model: str, tmp_path: Path
+    bento_tag: str, carried_model: str, tmp_path: Path
 ) -> None:
     with served(
         bento_tag,
@@ -126,7 +145,7 @@ def test_the_bento_serves_keys_as_in_its_container_with_the_production_config(
     assert ready.status_code == 200
     assert live.status_code == 200
     assert response.status_code == 200
-    check_keyed_answer(response.json(), default_model)
+    check_keyed_answer(response.json(), carried_model)
 
 
 # --- opt-in: the real image, built with buildah and run ----------------------------------
@@ -267,7 +286,7 @@ with urllib.request.urlopen(request, timeout=30) as response:
 @container
 @pytest.mark.slow
 def test_the_image_answers_readyz_and_keyed_predictions_from_inside(
-    running_container: tuple[str, str], default_model: str
+    running_container: tuple[str, str], carried_model: str
 ) -> None:
     working, url = running_container
     # A second process in the same container (shared loopback): the probe's and a
@@ -288,8 +307,8 @@ def test_the_image_answers_readyz_and_keyed_predictions_from_inside(
     inside = json.loads(out.strip().splitlines()[-1])
     assert inside["ready"] == 200
     assert inside["status"] == 200
-    check_keyed_answer(inside["answer"], default_model)
+    check_keyed_answer(inside["answer"], carried_model)
     # ...and the host reaches it too, as a port mapping would.
     response = httpx.post(f"{url}/predict", json={"instances": INSTANCES}, timeout=30)
     assert response.status_code == 200
-    check_keyed_answer(response.json(), default_model)
+    check_keyed_answer(response.json(), carried_model)

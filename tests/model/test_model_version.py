@@ -6,13 +6,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import bentoml
 import joblib
 import pytest
 
-from keyed_serving.model.store import MODEL_FILE, PIN_VARIABLE, served_model_tag
+from keyed_serving.model.store import (
+    MODEL_FILE,
+    PIN_VARIABLE,
+    ModelNotServable,
+    check_servable,
+    served_model_tag,
+)
 
 
 def save_version(source: str, name: str, relabel: dict[str, str] | None = None) -> str:
@@ -179,3 +186,65 @@ def test_a_runner_restarted_after_a_new_version_was_saved_serves_the_servers_ver
         raise
     finally:
         server.stop()
+
+
+def a_bento_carrying(tag: str, where: Path) -> Path:
+    """The code directory of a bento that carries ``tag``, as `bentoml build` lays one out
+    (``<bento>/src`` beside ``<bento>/bento.yaml``); only the description matters here."""
+    import yaml
+
+    (where / "src").mkdir(parents=True)
+    described = {
+        "service": "service:KeyedPrediction",
+        "models": [],
+        "services": [
+            {"name": "KeyedPrediction", "models": [{"tag": tag, "module": ""}]},
+            {"name": "ModelRunner", "models": [{"tag": tag, "module": ""}]},
+        ],
+    }
+    (where / "bento.yaml").write_text(yaml.safe_dump(described))
+    return where / "src"
+
+
+def test_a_bento_serves_the_model_it_carries_when_model_tag_is_unset(
+    default_model: str, tmp_path: Path
+) -> None:
+    carried = save_version(default_model, "carried_a")
+    source = a_bento_carrying(carried, tmp_path / "bento")
+    assert served_model_tag(None, source=source) == carried
+
+
+def test_a_bento_serves_its_own_version_of_the_model_model_tag_names(
+    default_model: str, tmp_path: Path
+) -> None:
+    carried = save_version(default_model, "carried_b")
+    save_version(default_model, "carried_b")  # newer, in this store only
+    source = a_bento_carrying(carried, tmp_path / "bento")
+    assert served_model_tag("carried_b:latest", source=source) == carried
+    assert served_model_tag("carried_b", source=source) == carried
+    assert served_model_tag(carried, source=source) == carried
+
+
+def test_a_bento_refuses_a_model_tag_it_does_not_carry(default_model: str, tmp_path: Path) -> None:
+    carried = save_version(default_model, "carried_c")
+    other = save_version(default_model, "carried_c")
+    source = a_bento_carrying(carried, tmp_path / "bento")
+    for requested in (default_model, other, "iris_classifier:latest"):
+        with pytest.raises(ModelNotServable, match=f"MODEL_TAG={requested} .* carries {carried}"):
+            served_model_tag(requested, source=source)
+
+
+def test_a_checkout_serves_model_tag_or_else_the_default_model(default_model: str) -> None:
+    from support import ROOT
+
+    latest_default = str(bentoml.models.get("iris_classifier:latest").tag)
+    assert served_model_tag(None, source=ROOT) == latest_default
+    tag = save_version(default_model, "checkout_a")
+    assert served_model_tag(tag, source=ROOT) == tag
+
+
+def test_a_model_not_in_the_store_is_refused_as_a_bentoml_error_naming_it() -> None:
+    from bentoml.exceptions import BentoMLException
+
+    with pytest.raises(BentoMLException, match="nowhere_at_all:latest is not in the model store"):
+        check_servable("nowhere_at_all:latest")
