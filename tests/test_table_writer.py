@@ -3,6 +3,9 @@ the next run either carries it on (append) or starts afresh."""
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -82,3 +85,33 @@ def test_a_text_output_cut_mid_line_loses_only_that_line(tmp_path: Path) -> None
     path.write_text("id,prediction\na,p-a\nb,p-")
     assert recover_interrupted(path)
     assert path.read_text() == "id,prediction\na,p-a\n"
+
+
+def test_json_lines_output_holds_every_value_exactly(tmp_path: Path) -> None:
+    """Probabilities to the last bit (pandas' to_json writes 10 significant digits), a
+    decimal as its exact text, a date-time as ISO 8601 (not epoch milliseconds), a gap as
+    null, integers beyond 2^53 as they are."""
+    probabilities = [0.12043136405682997, 1 / 3, None]
+    frame = pd.DataFrame(
+        {
+            "id": [9007199254740993, 2, 3],
+            "prediction": ["east", "west", None],
+            "probability_east": pd.array(probabilities, dtype="Float64"),
+            "amount": pd.Series(
+                [decimal.Decimal("1.50"), None, decimal.Decimal("12345678901234567.25")],
+                dtype=object,
+            ),
+            "seen": pd.to_datetime(["2024-01-05T10:30:00", None, "1999-12-31T00:00:00"]),
+        }
+    )
+    path = tmp_path / "out.jsonl"
+    writer = TableWriter(path)
+    writer.write(frame)
+    writer.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [9007199254740993, 2, 3]
+    assert [r["probability_east"] for r in rows] == probabilities
+    assert [r["prediction"] for r in rows] == ["east", "west", None]
+    assert [r["amount"] for r in rows] == ["1.50", None, "12345678901234567.25"]
+    assert [r["seen"] for r in rows] == ["2024-01-05T10:30:00", None, "1999-12-31T00:00:00"]
+    assert rows[0]["seen"] == datetime.datetime(2024, 1, 5, 10, 30).isoformat()

@@ -63,7 +63,7 @@ def read(path: Path) -> pd.DataFrame:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
-    return pd.read_json(path, lines=True, dtype=False)
+    return pd.read_json(path, lines=True, dtype=False, precise_float=True)
 
 
 def keyed_score(
@@ -95,12 +95,6 @@ def assert_the_models_own(
         np.testing.assert_allclose(column, own[:, i], rtol=digits)
 
 
-def precision(suffix: str) -> float:
-    """How close a written probability is to the model's: pandas writes JSON numbers with
-    10 significant digits (TableWriter's to_json), CSV and Parquet exactly."""
-    return 1e-9 if suffix == ".jsonl" else 1e-12
-
-
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
 def test_category_cells_reach_the_model_as_written_from_every_table_format(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, zip_model: tuple[str, Any], suffix: str
@@ -114,7 +108,7 @@ def test_category_cells_reach_the_model_as_written_from_every_table_format(
     assert status == 0
     scored = read(out)
     assert scored["id"].tolist() == frame["id"].tolist()
-    assert_the_models_own(scored, pipeline, frame, precision(suffix))
+    assert_the_models_own(scored, pipeline, frame)
     assert cells(scored["zip"]) == cells(frame["zip"])  # "02134", not 2134
 
 
@@ -131,7 +125,7 @@ def test_category_cells_of_a_dataframe_and_of_an_uploaded_file_reach_the_model_a
         asyncio.run(
             score_file(source, target, "id", ["zip"], server.spec, server.predict_batch, 128)
         )
-        assert_the_models_own(read(target), pipeline, frame, precision(suffix))
+        assert_the_models_own(read(target), pipeline, frame)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
@@ -149,7 +143,7 @@ def test_an_integer_category_column_with_a_gap_is_sent_as_its_integers_text(
                             "--out", str(out))  # fmt: skip
     assert status == 0
     as_text = typed.assign(zip=["10001", np.nan, "94105", "10001"])
-    assert_the_models_own(read(out), pipeline, as_text, precision(suffix))
+    assert_the_models_own(read(out), pipeline, as_text)
 
 
 def test_kept_columns_are_written_back_as_they_were_read(
@@ -290,13 +284,13 @@ def test_a_datetime_feature_is_scored_as_the_model_scores_it_from_every_table_fo
     server = ModelServer(tag)
     status, _ = keyed_score(monkeypatch, server, str(source), "--key", "id", "--out", str(out))
     assert status == 0
-    assert_the_models_own(read(out), pipeline, frame, precision(suffix))
+    assert_the_models_own(read(out), pipeline, frame)
 
     target = tmp_path / f"scored{suffix}"
     asyncio.run(score_file(source, target, "id", [], server.spec, server.predict_batch, 128))
     scored = read(target)
     assert cells(scored["error"]) == [None] * len(frame)
-    assert_the_models_own(scored, pipeline, frame, precision(suffix))
+    assert_the_models_own(scored, pipeline, frame)
 
 
 def test_a_datetime_feature_of_a_dataframe_is_scored_as_the_model_scores_it(
@@ -338,7 +332,7 @@ def test_a_datetime_feature_with_a_time_zone_is_scored_in_its_zone_from_every_fo
         status, _ = keyed_score(monkeypatch, server, str(source), "--key", "id",
                                 "--out", str(out))  # fmt: skip
         assert status == 0
-        assert_the_models_own(read(out), pipeline, frame, precision(suffix))
+        assert_the_models_own(read(out), pipeline, frame)
 
 
 def test_a_model_with_a_feature_named_prediction_answers_with_its_own_prediction(
