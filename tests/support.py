@@ -62,6 +62,18 @@ def make_customer_table(rows: int, seed: int = 7) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=8)
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """The frame as a table file of the format its suffix names, the way a user's pandas
+    writes one (the readers under test must take it as it is)."""
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=True, date_format="iso")
+    return path
+
+
 def _stored_pipeline(tag: str) -> tuple[Any, Any]:
     import bentoml
     import joblib

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import ROOT, Server, own_predictions
+from support import ROOT, Server, own_predictions, write_table
 
 pytestmark = pytest.mark.slow
 # This tree's keyed-score (the venv's console script imports the main checkout's code).
@@ -192,15 +192,6 @@ def test_each_format_round_trips(two_servers: list[Server], tmp_path: Path, suff
     assert read["batch"].tolist() == frame["batch"].tolist()
 
 
-def write(frame: pd.DataFrame, path: Path) -> None:
-    if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    elif path.suffix == ".parquet":
-        frame.to_parquet(path)
-    else:
-        frame.to_json(path, orient="records", lines=True)
-
-
 def scored_keys(out: Path, column: str = "flower_id") -> list[str]:
     """The output's keys as text, whatever its format (a CSV's are text anyway)."""
     if out.suffix == ".csv":
@@ -240,7 +231,7 @@ def test_text_a_csv_reader_would_take_for_missing_is_a_key(
     frame = flowers(20, seed=8)
     frame.loc[:5, "flower_id"] = ["NA", "None", "null", "nan", "N/A", "#N/A"]
     source, out = tmp_path / "flowers.csv", tmp_path / "scored.jsonl"
-    write(frame, source)
+    write_table(frame, source)
     done = score(source, out, [one_server.url])
     assert done.returncode == 0, done.stderr
     assert scored_keys(out) == frame["flower_id"].tolist()
@@ -278,7 +269,7 @@ def test_resume_never_writes_a_key_twice_whatever_the_formats_and_key_types(
     if source_suffix != ".csv":
         frame["flower_id"] = [10**12 + i for i in range(178)]  # integer keys
     source, out = tmp_path / f"flowers{source_suffix}", tmp_path / f"scored{out_suffix}"
-    write(frame, source)
+    write_table(frame, source)
     assert score(source, out, [one_server.url]).returncode == 0
     interrupt(out, rows=60)
     resumed = score(source, out, [one_server.url], "--resume")
@@ -306,7 +297,7 @@ def test_a_key_of_several_columns_and_row_keys(one_server: Server, tmp_path: Pat
     frame = flowers(300, seed=11)
     frame["shelf"] = [i // 13 for i in range(300)]  # with "batch": b{i % 13}, unique
     source, out = tmp_path / "flowers.csv", tmp_path / "scored.parquet"
-    write(frame, source)
+    write_table(frame, source)
     command = [*CLI, str(source), "--url", one_server.url, "--out", str(out)]
     done = run([*command, "--key", "batch,shelf", "--batch-rows", "70"])
     assert done.returncode == 0, done.stderr
@@ -315,10 +306,10 @@ def test_a_key_of_several_columns_and_row_keys(one_server: Server, tmp_path: Pat
     expected = frame[["batch", "shelf"]].astype(str).values.tolist()
     assert scored[["batch", "shelf"]].values.tolist() == expected
     twice = frame.assign(shelf=0)
-    write(twice, source)
+    write_table(twice, source)
     refused = run([*command, "--key", "batch,shelf"])
     assert refused.returncode == 2 and "duplicated" in refused.stderr
-    write(frame.drop(columns=["flower_id"]), source)
+    write_table(frame.drop(columns=["flower_id"]), source)
     done = run([*command, "--key", "@row", "--batch-rows", "70"])
     assert done.returncode == 0, done.stderr
     assert pd.read_parquet(out)["row"].tolist() == list(range(300))

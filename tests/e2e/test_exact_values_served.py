@@ -17,23 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from exact_values import import_visit_model, import_zip_model, visit_table, zip_table
-from support import ROOT, served
+from support import ROOT, served, write_table
 
 from keyed_serving.client.keyed_client import KeyedClient
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "keyed_serving.client.cli"]
 FORMATS = (".csv", ".parquet", ".jsonl")
-
-
-def write(frame: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    elif path.suffix == ".parquet":
-        frame.to_parquet(path)
-    else:
-        frame.to_json(path, orient="records", lines=True, date_format="iso")
-    return path
 
 
 def read(source: Path | bytes, suffix: str) -> pd.DataFrame:
@@ -65,7 +55,7 @@ def score_everywhere(url: str, pipeline: Any, frame: pd.DataFrame, folder: Path)
     check(KeyedClient(url).score(frame, "id"), "KeyedClient.score(DataFrame)")
     for suffix in FORMATS:
         check = the_models_own(pipeline, frame, suffix)
-        source = write(frame, folder / f"in{suffix}")
+        source = write_table(frame, folder / f"in{suffix}")
         out = folder / f"out{suffix}"
         done = subprocess.run(
             [*CLI, str(source), "--key", "id", "--out", str(out), "--url", url],
@@ -93,7 +83,7 @@ def test_zip_codes_as_text_are_scored_as_the_model_scores_them_on_every_route(
     frame = zip_table(500, seed=31)
     with served(MODEL_TAG=tag) as url:
         score_everywhere(url, pipeline, frame, tmp_path)
-        source = write(frame.assign(prediction="old"), tmp_path / "old.csv")
+        source = write_table(frame.assign(prediction="old"), tmp_path / "old.csv")
         command = [*CLI, str(source), "--key", "id", "--out", str(tmp_path / "o.csv")]
         refused = subprocess.run(
             [*command, "--url", url, "--keep", "prediction"],

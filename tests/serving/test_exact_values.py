@@ -29,7 +29,7 @@ from exact_values import (
     zip_table,
 )
 from sklearn.linear_model import LogisticRegression
-from support import own_predictions
+from support import own_predictions, write_table
 
 from keyed_serving.client import cli
 from keyed_serving.client.keyed_client import KeyedClient
@@ -46,16 +46,6 @@ def zip_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any]:
 @pytest.fixture(scope="module")
 def visit_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any]:
     return import_visit_model(tmp_path_factory.mktemp("visits"))
-
-
-def write(frame: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    elif path.suffix == ".parquet":
-        frame.to_parquet(path)
-    else:
-        frame.to_json(path, orient="records", lines=True, date_format="iso")
-    return path
 
 
 def read(path: Path) -> pd.DataFrame:
@@ -101,7 +91,7 @@ def test_category_cells_reach_the_model_as_written_from_every_table_format(
 ) -> None:
     tag, pipeline = zip_model
     frame = zip_table(300, seed=5)
-    source = write(frame, tmp_path / f"in{suffix}")
+    source = write_table(frame, tmp_path / f"in{suffix}")
     out = tmp_path / f"out{suffix}"
     status, _ = keyed_score(monkeypatch, ModelServer(tag), str(source), "--key", "id",
                             "--out", str(out), "--keep", "zip")  # fmt: skip
@@ -121,7 +111,7 @@ def test_category_cells_of_a_dataframe_and_of_an_uploaded_file_reach_the_model_a
     assert_the_models_own(server.client().score(frame, "id"), pipeline, frame)
     for suffix in (".csv", ".parquet", ".jsonl"):
         target = tmp_path / f"scored{suffix}"
-        source = write(frame, tmp_path / f"upload{suffix}")
+        source = write_table(frame, tmp_path / f"upload{suffix}")
         asyncio.run(
             score_file(source, target, "id", ["zip"], server.spec, server.predict_batch, 128)
         )
@@ -137,7 +127,7 @@ def test_an_integer_category_column_with_a_gap_is_sent_as_its_integers_text(
     typed = pd.DataFrame(
         {"id": ["a", "b", "c", "d"], "zip": pd.array(zips, dtype="Int64"), "amount": 50.0}
     )
-    source = write(typed, tmp_path / f"in{suffix}")
+    source = write_table(typed, tmp_path / f"in{suffix}")
     out = tmp_path / f"out{suffix}"
     status, _ = keyed_score(monkeypatch, ModelServer(tag), str(source), "--key", "id",
                             "--out", str(out))  # fmt: skip
@@ -225,7 +215,7 @@ def test_a_kept_or_key_column_named_like_an_output_column_is_refused_before_anyt
     frame = zip_table(20, seed=7).assign(
         prediction=[f"old-{i}" for i in range(20)], error="x", probability_east=0.5
     )
-    source = write(frame, tmp_path / "old.csv")
+    source = write_table(frame, tmp_path / "old.csv")
     server = ModelServer(tag)
     out = tmp_path / "out.csv"
     status, _ = keyed_score(monkeypatch, server, str(source), "--key", key, "--out", str(out),
@@ -279,7 +269,7 @@ def test_a_datetime_feature_is_scored_as_the_model_scores_it_from_every_table_fo
 ) -> None:
     tag, pipeline = visit_model
     frame = visit_table(300, seed=8)
-    source = write(frame, tmp_path / f"in{suffix}")
+    source = write_table(frame, tmp_path / f"in{suffix}")
     out = tmp_path / f"out{suffix}"
     server = ModelServer(tag)
     status, _ = keyed_score(monkeypatch, server, str(source), "--key", "id", "--out", str(out))
@@ -327,7 +317,7 @@ def test_a_datetime_feature_with_a_time_zone_is_scored_in_its_zone_from_every_fo
     frame = visit_table(300, seed=10, zone="Europe/Paris")
     assert_the_models_own(server.client().score(frame, "id"), pipeline, frame)
     for suffix in (".csv", ".parquet", ".jsonl"):  # +01:00 / +02:00 offsets; UTC "Z"
-        source = write(frame, tmp_path / f"in{suffix}")
+        source = write_table(frame, tmp_path / f"in{suffix}")
         out = tmp_path / f"out{suffix}"
         status, _ = keyed_score(monkeypatch, server, str(source), "--key", "id",
                                 "--out", str(out))  # fmt: skip
@@ -343,7 +333,7 @@ def test_a_model_with_a_feature_named_prediction_answers_with_its_own_prediction
     labels = np.where(frame["prediction"] > 0, 1, 0)
     pipeline = LogisticRegression().fit(frame[["prediction"]], labels)
     tag = save_model("old_scores", pipeline, frame, key="id")
-    source = write(frame, tmp_path / "old.csv")
+    source = write_table(frame, tmp_path / "old.csv")
     server = ModelServer(tag)
     out = tmp_path / "out.csv"
     assert keyed_score(monkeypatch, server, str(source), "--key", "id", "--out", str(out))[0] == 0
@@ -359,7 +349,7 @@ def test_resuming_rewrites_the_output_with_its_kept_cells_as_they_were(
 ) -> None:
     tag, _ = zip_model
     frame = zip_table(40, seed=13)
-    source = write(frame, tmp_path / "in.csv")
+    source = write_table(frame, tmp_path / "in.csv")
     out = tmp_path / "out.csv"
     server = ModelServer(tag)
     args = [str(source), "--key", "id", "--out", str(out), "--keep", "zip"]
@@ -389,7 +379,7 @@ def test_a_model_trained_on_a_csv_takes_its_categories_as_the_text_scoring_sends
             "y": np.where(flag ^ (rng.random(300) < 0.05), "yes", "no"),
         }
     )
-    source = write(frame, tmp_path / "flags.csv")
+    source = write_table(frame, tmp_path / "flags.csv")
     assert train.main(["--table", str(source), "--target", "y", "--key", "id", "--name", "f"]) == 0
     tag = capsys.readouterr().out.split()[1]
     server = ModelServer(tag)
