@@ -61,7 +61,6 @@ def make_customer_table(rows: int, seed: int = 7) -> pd.DataFrame:
     return table
 
 
-@functools.lru_cache(maxsize=8)
 def write_table(frame: pd.DataFrame, path: Path) -> Path:
     """The frame as a table file of the format its suffix names, the way a user's pandas
     writes one (the readers under test must take it as it is)."""
@@ -74,6 +73,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=8)
 def _stored_pipeline(tag: str) -> tuple[Any, Any]:
     import bentoml
     import joblib
