@@ -233,7 +233,7 @@ def _read_tensors(inputs: list[Any], binary: bytes) -> dict[str, _Tensor]:
             raise V2Error(400, f"inputs[{index}] has no name")
         if name in tensors:
             raise V2Error(400, f"input {name!r} is sent twice")
-        if datatype not in NUMBER_DTYPES and datatype != "BYTES":
+        if not isinstance(datatype, str) or (datatype not in NUMBER_DTYPES and datatype != "BYTES"):
             raise V2Error(
                 400, f"input {name!r}: datatype {datatype!r} is not one this server takes"
             )

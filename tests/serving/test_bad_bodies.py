@@ -309,3 +309,17 @@ def test_a_v2_request_of_zero_instances_is_a_400_saying_so_once(
     response = client.post("/v2/models/iris_classifier/infer", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "send at least one instance"
+
+
+@pytest.mark.parametrize("datatype", [["BYTES"], {"BYTES": 1}, None, 7])
+@pytest.mark.parametrize("which", [0, 1])  # the key input, a feature input
+def test_a_datatype_that_is_not_a_string_is_a_400_naming_the_input(
+    client: TestClient, datatype: Any, which: int
+) -> None:
+    """A list as a datatype raised TypeError (unhashable) in the reader: a 500 (issue 19,
+    item 1)."""
+    body = v2_json_body([1.0, 1.0])
+    body["inputs"][which]["datatype"] = datatype
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert repr(body["inputs"][which]["name"]) in response.json()["error"]
