@@ -239,7 +239,11 @@ class OpenInferenceRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"].rstrip("/") if scope["type"] == "http" else ""
-        if scope["type"] != "http" or scope["method"] != "GET" or not path.startswith("/v2"):
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in ("GET", "HEAD")
+            or not path.startswith("/v2")
+        ):
             await self.app(scope, receive, send)
             return
         from keyed_serving.serving import v2
@@ -248,8 +252,10 @@ class OpenInferenceRoutes:
             await _json(200, v2.server_metadata(self.server_version))(scope, receive, send)
             return
         if path in ("/v2/health/live", "/v2/health/ready"):
-            probe = "/livez" if path.endswith("live") else "/readyz"
-            await self.app({**scope, "path": probe, "raw_path": probe.encode()}, receive, send)
+            live = path.endswith("live")
+            status = await self._probe(scope, receive, "/livez" if live else "/readyz")
+            body = {"live" if live else "ready": status == 200}
+            await _json(status, body)(scope, receive, send)
             return
         parts = path.split("/")[3:]  # after "", "v2", "models"
         if not path.startswith("/v2/models/") or not parts:
@@ -266,9 +272,25 @@ class OpenInferenceRoutes:
         if name != v2.model_name(spec) or version not in (None, v2.model_version(spec)):
             await error_response(404, v2.unknown_model(spec, name, version))(scope, receive, send)
         elif rest == ["ready"]:
-            await self.app({**scope, "path": "/readyz", "raw_path": b"/readyz"}, receive, send)
+            status = await self._probe(scope, receive, "/readyz")
+            body = {"name": v2.model_name(spec), "ready": status == 200}
+            await _json(status, body)(scope, receive, send)
         else:
             await _json(200, v2.model_metadata(spec))(scope, receive, send)
+
+    async def _probe(self, scope: Scope, receive: Receive, probe: str) -> int:
+        """The status BentoML's own probe (``/livez``, ``/readyz``) answers; its text/plain
+        body is dropped for the protocol's JSON."""
+        status = 500
+
+        async def keep_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        probe_scope = {**scope, "method": "GET", "path": probe, "raw_path": probe.encode()}
+        await self.app(probe_scope, receive, keep_status)
+        return status
 
     def spec(self) -> Any:
         if self._spec is None:

@@ -227,3 +227,35 @@ def test_a_v2_body_of_another_media_type_is_refused_naming_those_it_takes(
     )
     assert response.status_code == 415
     assert "application/json or application/octet-stream" in response.json()["error"]
+
+
+def test_the_v2_health_routes_answer_the_protocols_json(client: TestClient) -> None:
+    """The Open Inference Protocol's Server Live, Server Ready and Model Ready responses are
+    JSON; they were BentoML's text/plain "\\n", on which the KServe SDK's is_server_live()
+    raised (issue 19 item 3)."""
+    name = client.get("/v2/models/iris_classifier").json()["name"]
+    for path, body in (
+        ("/v2/health/live", {"live": True}),
+        ("/v2/health/ready", {"ready": True}),
+        (f"/v2/models/{name}/ready", {"name": name, "ready": True}),
+    ):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"] == "application/json", path
+        assert response.json() == body, path
+
+
+def test_head_on_the_v2_get_routes_answers_as_get_without_a_body(client: TestClient) -> None:
+    """HEAD was a 404 on every V2 route, while /livez and /readyz answer it (issue 19 item
+    4)."""
+    for path in (
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/iris_classifier",
+        "/v2/models/iris_classifier/ready",
+    ):
+        response = client.head(path)
+        assert response.status_code == 200, path
+        assert response.content == b"", path
+    assert client.head("/v2/models/nope").status_code == 404
