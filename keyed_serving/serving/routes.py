@@ -273,8 +273,8 @@ class OpenInferenceRoutes:
             await error_response(404, v2.unknown_model(spec, name, version))(scope, receive, send)
         elif rest == ["ready"]:
             status = await self._probe(scope, receive, "/readyz")
-            body: dict[str, Any] = {"name": v2.model_name(spec), "ready": status == 200}
-            await _json(status, body)(scope, receive, send)
+            ready = {"name": v2.model_name(spec), "ready": status == 200}
+            await _json(status, ready)(scope, receive, send)
         else:
             await _json(200, v2.model_metadata(spec))(scope, receive, send)
 
