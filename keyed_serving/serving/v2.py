@@ -201,7 +201,10 @@ class _Tensor:
                 f"input {self.name!r} is a number feature: send FP64, FP32, INT64 or INT32, "
                 f"not {self.datatype}",
             )
-        values = self.data.tolist() if isinstance(self.data, np.ndarray) else self.data
+        if isinstance(self.data, np.ndarray):  # binary: of its datatype already
+            values = self.data.tolist()
+        else:
+            values = [_as_datatype(v, self.datatype, self.name) for v in self.data]
         # NaN is the protocol's missing value; validation refuses the infinities by key.
         return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
 
@@ -211,6 +214,43 @@ class _Tensor:
                 400, f"input {self.name!r} is a category feature: send BYTES, not {self.datatype}"
             )
         return [_text(value, self.name) or None for value in self.data]
+
+
+def _as_datatype(value: Any, datatype: str, name: str) -> Any:
+    """A JSON element of a number input as its declared datatype holds it, so that a request
+    answers the same in JSON as in binary: an integer type's element must be one of its
+    integers (2.6 is not an INT32, nor 300 a UINT8), a float type's is rounded to that type
+    (an FP32 0.1 is the float32 nearest 0.1). Anything else is a 400 naming the input. A
+    JSON null stays missing."""
+    if value is None:
+        return None
+    dtype = np.dtype(NUMBER_DTYPES[datatype])
+    if dtype.kind in "iu":
+        bounds = np.iinfo(dtype)
+        if type(value) is not int or not bounds.min <= value <= bounds.max:
+            raise V2Error(
+                400,
+                f"input {name!r} is {datatype}: its elements must be integers from "
+                f"{bounds.min} to {bounds.max}, not {_shown(value)}",
+            )
+        return value
+    if type(value) not in (int, float):
+        raise V2Error(400, f"input {name!r} is {datatype}: its elements must be numbers, not "
+                      f"{_shown(value)}")  # fmt: skip
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    with np.errstate(over="ignore"):  # beyond the type's range: refused just below
+        held = float(np.array(number, dtype=dtype)) if dtype.itemsize < 8 else number
+    if math.isinf(held) and not math.isinf(float(value) if type(value) is float else 0.0):
+        raise V2Error(400, f"input {name!r} is {datatype}: {_shown(value)} is beyond its range")
+    return held
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _text(value: Any, name: str) -> Any:

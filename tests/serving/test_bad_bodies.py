@@ -323,3 +323,60 @@ def test_a_datatype_that_is_not_a_string_is_a_400_naming_the_input(
     response = client.post("/v2/models/iris_classifier/infer", json=body)
     assert response.status_code == 400, response.text
     assert repr(body["inputs"][which]["name"]) in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [
+        ("INT32", 2.6),
+        ("INT32", True),
+        ("UINT8", -1),
+        ("UINT8", 300),
+        ("INT8", -1000),
+        ("INT64", 2**64),
+        ("FP32", 1e39),
+        ("FP16", 70000.0),
+        ("FP64", "5.1"),
+    ],
+)
+def test_a_json_element_that_does_not_fit_its_datatype_is_a_400_naming_the_input(
+    client: TestClient, datatype: str, value: Any
+) -> None:
+    """An INT32 2.6 was used as 2.6 and a UINT8 300 as 300: the same request answered
+    otherwise in JSON than in binary, where each element is of its datatype (issue 19 item
+    6)."""
+    body = v2_json_body([1.0, 1.0])
+    body["inputs"][1] = {**body["inputs"][1], "datatype": datatype, "data": [1, value]}
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert repr(body["inputs"][1]["name"]) in error and datatype in error
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP16", "INT32", "UINT8"])
+def test_a_request_answers_the_same_in_json_and_in_binary(
+    client: TestClient, datatype: str
+) -> None:
+    """tritonclient's own request bodies, JSON and binary, of the same values: an FP32 0.1
+    is the float32 nearest 0.1 either way."""
+    import numpy as np
+    import tritonclient.http as triton
+
+    values = np.array([5.1, 0.1, 3.3, 1.7] if "FP" in datatype else [5, 0, 3, 1])
+    answers = []
+    for binary in (False, True):
+        inputs = [triton.InferInput("key", [4], "INT64")]
+        inputs[0].set_data_from_numpy(np.arange(4, dtype=np.int64), binary_data=binary)
+        for name in GOOD:
+            tensor = triton.InferInput(name, [4], datatype)
+            tensor.set_data_from_numpy(
+                values.astype(triton.triton_to_np_dtype(datatype)), binary_data=binary
+            )
+            inputs.append(tensor)
+        outputs = [triton.InferRequestedOutput("probabilities", binary_data=False)]
+        body, json_size = triton.InferenceServerClient.generate_request_body(inputs, outputs)
+        headers = {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)}
+        response = client.post("/v2/models/iris_classifier/infer", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        answers.append(response.json()["outputs"][0]["data"])
+    assert answers[0] == answers[1]
