@@ -272,7 +272,8 @@ class EntryGate:
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
-            if self.max_body_values is not None and _values_in(body) > self.max_body_values:
+            counted = _json_part(body, scope["path"], headers)
+            if self.max_body_values is not None and _values_in(counted) > self.max_body_values:
                 await _refuse(
                     scope,
                     receive,
@@ -340,6 +341,17 @@ class EntryGate:
 
 def _is_v2_infer(path: str) -> bool:
     return path.startswith("/v2/models/") and path.endswith("/infer")
+
+
+def _json_part(body: bytes, path: str, headers: Headers) -> bytes:
+    """The JSON of a body: a V2 binary request's header alone (``Inference-Header-Content-
+    Length`` bytes), since its binary tensors are bounded by their sizes, not by JSON
+    values; the whole body otherwise, or where that length is not one the body can have
+    (the V2 decoder refuses it)."""
+    length = headers.get("inference-header-content-length", "")
+    if _is_v2_infer(path) and length.isdigit() and int(length) <= len(body):
+        return body[: int(length)]
+    return body
 
 
 def _values_in(body: bytes) -> int:

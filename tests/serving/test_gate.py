@@ -38,6 +38,7 @@ def app_behind_gate(**options: Any) -> tuple[Stamped, asyncio.Event]:
     inner = Starlette(
         routes=[
             Route("/predict", echo, methods=["POST", "GET"]),
+            Route("/v2/models/m/infer", echo, methods=["POST"]),
             Route("/readyz", probe),
             Route("/metrics", probe),
         ]
@@ -360,3 +361,40 @@ async def scenario_with_running_task(app: Stamped, finish: asyncio.Event) -> lis
 def test_a_task_upload_over_its_own_bound_gets_413() -> None:
     app, _ = task_app()
     assert run(app, path="/task/submit", **form(5000)).status_code == 413
+
+
+def test_the_json_value_limit_counts_a_v2_binary_requests_json_header_only() -> None:
+    """A binary tensor's bytes are not JSON: 4.8 MB of keys holding commas got "413 ... more
+    than 4000000 JSON values" (issue 19 item 8). The header still counts."""
+    app, _ = app_behind_gate(max_body_bytes=10_000, max_body_values=50)
+    header = b'{"inputs": [{"name": "key", "datatype": "BYTES", "shape": [1]}]}'
+    binary = b"," * 1000  # any bytes at all
+    answer = run(
+        app,
+        path="/v2/models/m/infer",
+        content=header + binary,
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    many = b"[" + b"0," * 100 + b"0]"
+    refused = run(
+        app,
+        path="/v2/models/m/infer",
+        content=many + binary,
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(many)),
+        },
+    )
+    assert refused.status_code == 413, refused.text
+    for length in ("nope", str(len(many) + len(binary) + 1), "-1"):  # counted whole
+        whole = run(
+            app,
+            path="/v2/models/m/infer",
+            content=header + binary,
+            headers={"content-type": "application/json", "inference-header-content-length": length},
+        )
+        assert whole.status_code == 413, length
