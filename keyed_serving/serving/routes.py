@@ -239,12 +239,14 @@ class OpenInferenceRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"].rstrip("/") if scope["type"] == "http" else ""
-        if (
-            scope["type"] != "http"
-            or scope["method"] not in ("GET", "HEAD")
-            or not path.startswith("/v2")
-        ):
+        if scope["type"] != "http" or not (path == "/v2" or path.startswith("/v2/")):
             await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            if _is_infer_route(path):  # the service's APIs
+                await self.app(scope, receive, send)
+            else:
+                await error_response(404, _no_route(path))(scope, receive, send)
             return
         from keyed_serving.serving import v2
 
@@ -259,14 +261,17 @@ class OpenInferenceRoutes:
             return
         parts = path.split("/")[3:]  # after "", "v2", "models"
         if not path.startswith("/v2/models/") or not parts:
-            await self.app(scope, receive, send)
+            await error_response(404, _no_route(path))(scope, receive, send)
             return
         name, rest = parts[0], parts[1:]
         version = None
         if rest[:1] == ["versions"] and len(rest) >= 2:
             version, rest = rest[1], rest[2:]
-        if rest not in ([], ["ready"]):
+        if rest == ["infer"]:  # an API of the service, on POST: its own 405
             await self.app(scope, receive, send)
+            return
+        if rest not in ([], ["ready"]):
+            await error_response(404, _no_route(path))(scope, receive, send)
             return
         spec = self.spec()
         if name != v2.model_name(spec) or version not in (None, v2.model_version(spec)):
@@ -298,6 +303,24 @@ class OpenInferenceRoutes:
 
             self._spec = load_spec(self.model_tag)
         return self._spec
+
+
+def _is_infer_route(path: str) -> bool:
+    """``/v2/models/{name}/infer`` or ``/v2/models/{name}/versions/{version}/infer``."""
+    parts = path.split("/")
+    return (
+        parts[1:3] == ["v2", "models"]
+        and (len(parts) == 5 or (len(parts) == 7 and parts[4] == "versions"))
+        and parts[-1] == "infer"
+    )
+
+
+def _no_route(path: str) -> str:
+    return (
+        f"no route {path}: the Open Inference Protocol routes here are GET /v2, "
+        "/v2/health/live, /v2/health/ready, /v2/models/{name}[/versions/{version}][/ready] "
+        "and POST /v2/models/{name}[/versions/{version}]/infer"
+    )
 
 
 def _json(status: int, body: Any) -> Any:

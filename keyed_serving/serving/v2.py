@@ -117,7 +117,7 @@ def decode_infer_request(
     unknown = sorted(set(tensors) - expected)
     missing = [name for name in spec.feature_names if name not in tensors]
     if unknown or missing:
-        said = [f"unknown input(s) {unknown}" if unknown else ""]
+        said = [f"{len(unknown)} unknown input(s) {_few(unknown)}" if unknown else ""]
         said += [f"missing input(s) {missing}" if missing else ""]
         raise V2Error(400, f"{'; '.join(s for s in said if s)}; see GET /v2/models/{{name}}")
     count = tensors[key_name].count
@@ -143,7 +143,7 @@ def decode_infer_request(
         key_datatype=key_tensor.datatype,
         body={"keys": key_tensor.keys(), "columns": columns, "errors": errors},
         outputs=_requested_outputs(request.get("outputs"), spec, errors),
-        binary_output=bool(parameters.get("binary_data_output", False)),
+        binary_output=bool(_flag(parameters, "binary_data_output", "the request's parameters")),
     )
 
 
@@ -248,6 +248,12 @@ def _as_datatype(value: Any, datatype: str, name: str) -> Any:
     return held
 
 
+def _few(names: list[str], shown: int = 5) -> str:
+    """A few names of a long list, and how many more: an error message stays short."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{names[:shown]}{more}"
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -280,6 +286,10 @@ def _read_tensors(inputs: list[Any], binary: bytes) -> dict[str, _Tensor]:
         count = _count(shape, name)
         parameters = _object(tensor.get("parameters"), f"input {name!r}'s parameters")
         size = parameters.get("binary_data_size")
+        if size is not None and "data" in tensor:
+            raise V2Error(
+                400, f"input {name!r} has both data and parameters.binary_data_size: send one"
+            )
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise V2Error(
@@ -365,7 +375,7 @@ def _requested_outputs(outputs: Any, spec: ModelSpec, errors: str) -> list[Reque
         return None
     if not isinstance(outputs, list):
         raise V2Error(400, "outputs must be a list of {name, parameters}")
-    requested = []
+    requested: list[RequestedOutput] = []
     for index, output in enumerate(outputs):
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise V2Error(400, f"outputs[{index}] must be an object with a name")
@@ -381,10 +391,29 @@ def _requested_outputs(outputs: Any, spec: ModelSpec, errors: str) -> list[Reque
                 "output 'error' is written in per-instance mode only: send "
                 '"parameters": {"errors": "per_instance"}',
             )
-        parameters = _object(output.get("parameters"), f"output {output['name']!r}'s parameters")
-        binary = parameters.get("binary_data")
-        requested.append(RequestedOutput(output["name"], None if binary is None else bool(binary)))
+        if output["name"] in {r.name for r in requested}:
+            raise V2Error(400, f"output {output['name']!r} is requested twice")
+        what = f"output {output['name']!r}'s parameters"
+        parameters = _object(output.get("parameters"), what)
+        if "classification" in parameters:
+            raise V2Error(
+                400,
+                f"{what}: Triton's classification extension (top-k classes, tritonclient's "
+                "class_count) is not served; ask for output 'probabilities', every class's "
+                "probability in the metadata's class order",
+            )
+        requested.append(RequestedOutput(output["name"], _flag(parameters, "binary_data", what)))
     return requested
+
+
+def _flag(parameters: dict[str, Any], name: str, what: str) -> bool | None:
+    """A boolean parameter (None where absent): the string "false" is not false."""
+    if name not in parameters:
+        return None
+    value = parameters[name]
+    if type(value) is not bool:
+        raise V2Error(400, f"{what}: {name} must be true or false, not {_shown(value)}")
+    return value
 
 
 # ---- documents -------------------------------------------------------------------------

@@ -380,3 +380,58 @@ def test_a_request_answers_the_same_in_json_and_in_binary(
         assert response.status_code == 200, response.text
         answers.append(response.json()["outputs"][0]["data"])
     assert answers[0] == answers[1]
+
+
+def v2_refusal(client: TestClient, body: dict[str, Any]) -> str:
+    response = client.post("/v2/models/iris_classifier/infer", json=body)
+    assert response.status_code == 400, response.text
+    return str(response.json()["error"])
+
+
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, None])
+def test_a_binary_data_flag_that_is_not_a_boolean_is_a_400(client: TestClient, value: Any) -> None:
+    """ "binary_data_output": "false" (a string) gave a binary answer (issue 19 item 9)."""
+    error = v2_refusal(client, v2_json_body([1.0], parameters={"binary_data_output": value}))
+    assert "binary_data_output" in error and "true or false" in error
+    body = v2_json_body(
+        [1.0], outputs=[{"name": "prediction", "parameters": {"binary_data": value}}]
+    )
+    error = v2_refusal(client, body)
+    assert "binary_data" in error and "true or false" in error
+
+
+def test_an_output_requested_twice_is_a_400(client: TestClient) -> None:
+    body = v2_json_body([1.0], outputs=[{"name": "prediction"}, {"name": "prediction"}])
+    assert "'prediction' is requested twice" in v2_refusal(client, body)
+
+
+def test_data_beside_binary_data_size_is_a_400(client: TestClient) -> None:
+    """The binary bytes were used and the data silently dropped."""
+    body = v2_json_body([1.0])
+    body["inputs"][1]["parameters"] = {"binary_data_size": 8}
+    error = v2_refusal(client, body)
+    assert repr(body["inputs"][1]["name"]) in error and "both" in error
+
+
+def test_many_unknown_inputs_are_named_a_few_and_counted(client: TestClient) -> None:
+    """20k unknown inputs made a 189 KB error message."""
+    body = v2_json_body([1.0])
+    body["inputs"] += [
+        {"name": f"extra_{i}", "datatype": "FP64", "shape": [1], "data": [1.0]}
+        for i in range(20_000)
+    ]
+    error = v2_refusal(client, body)
+    assert "20000 unknown input(s)" in error and "extra_0" in error
+    assert len(error) < 1000
+
+
+def test_tritons_classification_output_parameter_is_refused_not_ignored(
+    client: TestClient,
+) -> None:
+    """tritonclient's class_count asks for Triton's top-k classification output: it was
+    ignored and the plain output sent."""
+    body = v2_json_body(
+        [1.0], outputs=[{"name": "probabilities", "parameters": {"classification": 2}}]
+    )
+    error = v2_refusal(client, body)
+    assert "classification" in error and "probabilities" in error

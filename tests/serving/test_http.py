@@ -259,3 +259,17 @@ def test_head_on_the_v2_get_routes_answers_as_get_without_a_body(client: TestCli
         assert response.status_code == 200, path
         assert response.content == b"", path
     assert client.head("/v2/models/nope").status_code == 404
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize(
+    "path", ["/v2/repository/index", "/v2/models/iris_classifier/stats", "/v2/nothing"]
+)
+def test_an_unknown_v2_route_is_a_404_in_the_v2_error_shape(
+    client: TestClient, method: str, path: str
+) -> None:
+    """They answered BentoML's text/plain 404 (issue 19 item 9)."""
+    response = client.request(method, path, json={} if method == "POST" else None)
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert path in response.json()["error"]
