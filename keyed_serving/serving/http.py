@@ -10,9 +10,11 @@ import hmac
 import logging
 import re
 import uuid
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import anyio
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -243,6 +245,17 @@ class EntryGate:
                 + " or ".join(sorted(media for media in accepted if media)),
             )
             return
+        coding = headers.get("content-encoding", "identity").strip().lower() or "identity"
+        if declares_body and coding not in CONTENT_CODINGS:
+            await _refuse(
+                scope,
+                receive,
+                send,
+                415,
+                f"content encoding {coding!r} is not accepted; send the body as it is, or in "
+                + " or ".join(c for c in CONTENT_CODINGS if c != "identity"),
+            )
+            return
         if self.bytes_in_flight + declared_bytes > self.body_budget:
             await self._busy(scope, receive, send, "the request bodies in flight fill memory")
             return
@@ -272,6 +285,28 @@ class EntryGate:
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
+            if coding != "identity":
+                limit = min(self.max_body_bytes, self.body_budget)
+                try:
+                    if len(body) < 64 * 1024:
+                        body = decompressed(body, coding, limit)
+                    else:  # a large body inflates off the event loop
+                        body = await anyio.to_thread.run_sync(decompressed, body, coding, limit)
+                except ValueError as exc:
+                    await _refuse(scope, receive, send, 400, str(exc))
+                    return
+                except OverflowError:
+                    await _refuse(scope, receive, send, 413, self._too_large())
+                    return
+                if len(body) > reserved:
+                    if self.bytes_in_flight + len(body) - reserved > self.body_budget:
+                        await self._busy(
+                            scope, receive, send, "the request bodies in flight fill memory"
+                        )
+                        return
+                    self.bytes_in_flight += len(body) - reserved
+                    reserved = len(body)
+                scope = _decoded_scope(scope, len(body))
             counted = _json_part(body, scope["path"], headers)
             if self.max_body_values is not None and _values_in(counted) > self.max_body_values:
                 await _refuse(
@@ -339,8 +374,41 @@ class EntryGate:
         )
 
 
+# Request bodies may come compressed in these (Content-Encoding); another is a 415.
+CONTENT_CODINGS = ("identity", "gzip", "deflate")
+
+
 def _is_v2_infer(path: str) -> bool:
     return path.startswith("/v2/models/") and path.endswith("/infer")
+
+
+def decompressed(body: bytes, coding: str, limit: int) -> bytes:
+    """A gzip or deflate request body decompressed: ``OverflowError`` past ``limit`` bytes
+    (a zip bomb is refused after reading ``limit`` + 1 bytes of it), ``ValueError`` saying
+    why where it is not that coding. "deflate" is the zlib format (RFC 9110); a raw deflate
+    stream, which some clients send, is taken too."""
+    windows = [zlib.MAX_WBITS | 16] if coding == "gzip" else [zlib.MAX_WBITS, -zlib.MAX_WBITS]
+    for window in windows:
+        inflate = zlib.decompressobj(window)
+        try:
+            out = inflate.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise OverflowError(limit)
+        if inflate.eof and not inflate.unused_data:
+            return out
+    raise ValueError(f"the request body is not complete {coding} data (Content-Encoding: {coding})")
+
+
+def _decoded_scope(scope: Scope, length: int) -> Scope:
+    """The request as the service sees it once its body is decompressed."""
+    headers = [
+        (name, value)
+        for name, value in scope["headers"]
+        if name not in (b"content-encoding", b"content-length")
+    ]
+    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
 
 
 def _json_part(body: bytes, path: str, headers: Headers) -> bytes:

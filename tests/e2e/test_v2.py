@@ -148,6 +148,23 @@ def test_infer_answers_each_key_with_the_models_own_prediction(
     assert predicted_class.tolist() == predictions
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests_are_answered(
+    server: V2Server, table: pd.DataFrame, algorithm: str
+) -> None:
+    """tritonclient's request_compression_algorithm got a 400 about the header length: the
+    body was read compressed (issue 19 item 5)."""
+    rows = table.head(300)
+    keys = [f"k{i}" for i in range(len(rows))]
+    result = server.client().infer(
+        server.name, inputs_of(rows, keys), request_compression_algorithm=algorithm
+    )
+    got = [k.decode() for k in result.as_numpy("key").tolist()]
+    assert got == keys
+    predictions = [p.decode() for p in result.as_numpy("prediction").tolist()]
+    assert predictions == own_predictions(server.tag, rows)
+
+
 def test_nan_means_missing_as_null_does_on_predict(server: V2Server, table: pd.DataFrame) -> None:
     rows = table.head(40).copy()
     rows.loc[rows.index[::3], "monthly_spend"] = np.nan

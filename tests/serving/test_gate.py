@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import zlib
 from typing import Any
 
 import httpx
@@ -398,3 +400,51 @@ def test_the_json_value_limit_counts_a_v2_binary_requests_json_header_only() -> 
             headers={"content-type": "application/json", "inference-header-content-length": length},
         )
         assert whole.status_code == 413, length
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_is_given_to_the_service_decompressed(encoding: str) -> None:
+    """A gzip JSON body was "not valid JSON", and tritonclient's
+    request_compression_algorithm="gzip" got a misleading 400 (issue 19 item 5)."""
+    body = b'{"instances": [' + b'{"key": 1}, ' * 50 + b'{"key": 2}]}'
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    app, _ = app_behind_gate(max_body_bytes=10_000)
+    answer = run(
+        app,
+        content=packed,
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"bytes": len(body)}
+
+
+def test_a_compressed_body_counts_by_its_decompressed_size() -> None:
+    """A zip bomb: 1 KB that decompresses past the body limit is a 413."""
+    bomb = gzip.compress(b" " * 200_000)
+    app, _ = app_behind_gate(max_body_bytes=10_000)
+    answer = run(
+        app, content=bomb, headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
+    assert len(bomb) < 1000 and answer.status_code == 413, answer.text
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "gzip, br"])
+def test_a_body_in_another_content_coding_is_a_415(encoding: str) -> None:
+    """Content-Encoding: br on a plain body was accepted, and the body used as it was."""
+    app, _ = app_behind_gate()
+    answer = run(
+        app,
+        content=b"{}",
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
+    assert answer.status_code == 415, answer.text
+    assert "gzip" in answer.json()["error"]
+
+
+def test_a_body_that_is_not_the_coding_it_names_is_a_400() -> None:
+    app, _ = app_behind_gate()
+    answer = run(
+        app, content=b"{}", headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
+    assert answer.status_code == 400, answer.text
+    assert "gzip" in answer.json()["error"]
