@@ -27,14 +27,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from keyed_serving.model.predicting import IsolationBudget, LoadedModel
+from keyed_serving.model.fitted_types import (
+    as_taken,
+    as_the_model_takes,
+    fitted_types,
+    is_boolean_column,
+)
+from keyed_serving.model.import_check import check_sample, first_line, sample_score
 from keyed_serving.model.spec import (
-    ModelSpec,
+    ImportRefused,
     Task,
     class_labels,
     estimator_task,
     prediction_type_of,
-    to_frame,
 )
 from keyed_serving.model.store import MODEL_FILE
 from keyed_serving.schemas import FeatureInfo, Score
@@ -48,10 +53,6 @@ NAME_REWRITES: dict[str, Callable[[str], str]] = {
 # MLflow signature column types, as the features the service takes.
 MLFLOW_NUMBERS = {"double", "float", "long", "integer"}
 MLFLOW_CATEGORIES = {"string"}
-
-
-class ImportRefused(ValueError):
-    """The model cannot be served as it is; nothing was stored. The message says why."""
 
 
 @dataclass(frozen=True)
@@ -148,26 +149,28 @@ def import_model(
             texts = [name for name, feature in taken.items() if feature.type == "category"]
             table = read_as_written(sample, key, table, texts)
         features = [
-            _as_the_model_takes(described, taken.get(described.name))
+            as_the_model_takes(described, taken.get(described.name))
             for described in describe_features(table[names])
         ]
         # The model's own answers are compared on the sample read as the model takes it:
         # a column it knows as text ("True") is text, a native categorical its fitted dtype.
         table = as_taken(table, [f for f in features if f.name in taken])
         try:
-            predictions = _check(task, target, features, classes, model, table)
+            predictions = check_sample(task, target, features, classes, model, table)
         except ImportRefused as as_categories:
             # A boolean column the model does not type is a category ("True"/"False")
             # unless the model takes it as a number (sklearn's passthrough): then it is
             # served as 1.0/0.0.
-            flags = {f.name for f in features if f.name not in taken and _booleans(table[f.name])}
+            flags = {
+                f.name for f in features if f.name not in taken and is_boolean_column(table[f.name])
+            }
             if not flags:
                 raise
             features = [
                 FeatureInfo(name=f.name, type="number") if f.name in flags else f for f in features
             ]
             try:
-                predictions = _check(task, target, features, classes, model, table)
+                predictions = check_sample(task, target, features, classes, model, table)
             except ImportRefused:
                 raise ImportRefused(
                     f"{as_categories} (and with boolean columns {sorted(flags)} as numbers)"
@@ -286,170 +289,6 @@ def match_features(model: Any, columns: Sequence[str]) -> list[str]:
     return [matched[str(n)] for n in fitted]
 
 
-def fitted_types(model: Any, names: Sequence[str]) -> dict[str, FeatureInfo]:
-    """The features whose type the fitted model itself says, by the sample's column name
-    (``names``: in the model's order, as ``match_features`` gives them): XGBoost's and
-    LightGBM's native categoricals with the categories they were fitted with, and their
-    other features as numbers; the columns an encoder (OneHotEncoder, OrdinalEncoder) of
-    a leading ColumnTransformer knows as text or as numbers; every feature of a lone
-    scikit-learn predictor, which takes numbers. The others are not in it."""
-    first = model
-    while hasattr(first, "steps"):
-        first = first.steps[0][1]
-    library = type(first).__module__.split(".")[0]
-    if library == "xgboost":
-        return _xgboost_types(first, names)
-    if library == "lightgbm":
-        return _lightgbm_types(first, names)
-    if library != "sklearn":
-        return {}
-    encoded = encoded_categories(first)
-    if encoded:
-        decided = {}
-        for name, categories in encoded.items():
-            known = [c for c in categories.tolist() if not pd.isna(c)]
-            if known and all(isinstance(c, str) for c in known):
-                decided[name] = FeatureInfo(name=name, type="category")
-            elif known and all(isinstance(c, int | float | bool | np.number) for c in known):
-                decided[name] = FeatureInfo(name=name, type="number")
-        return {name: decided[name] for name in names if name in decided}
-    from sklearn.base import BaseEstimator
-
-    native = getattr(first, "is_categorical_", None)  # HistGradientBoosting's categoricals
-    wraps = any(isinstance(v, BaseEstimator) for v in first.get_params(deep=False).values())
-    if callable(getattr(first, "predict", None)) and not wraps:
-        return {
-            name: FeatureInfo(name=name, type="number")
-            for i, name in enumerate(names)
-            if native is None or not native[i]
-        }
-    return {}
-
-
-def _xgboost_types(model: Any, names: Sequence[str]) -> dict[str, FeatureInfo]:
-    booster = model.get_booster()
-    types = booster.feature_types
-    if types is None or len(types) != len(names):
-        return {}
-    if not hasattr(booster, "get_categories"):  # an older XGBoost does not record them
-        return {}
-    fitted = dict(booster.get_categories(export_to_arrow=True).to_arrow())
-    model_names = booster.feature_names or list(names)
-    decided = {}
-    for name, model_name, kind in zip(names, model_names, types, strict=True):
-        if kind == "c":
-            categories = fitted.get(model_name)
-            if categories is None:  # fitted on codes alone: nothing to give the frame
-                continue
-            decided[name] = FeatureInfo(
-                name=name, type="category", fitted_categories=_sendable(name, categories)
-            )
-        else:
-            decided[name] = FeatureInfo(name=name, type="number")
-    return decided
-
-
-def _lightgbm_types(model: Any, names: Sequence[str]) -> dict[str, FeatureInfo]:
-    booster = model.booster_
-    categorical = list(booster.params.get("categorical_column") or [])
-    fitted = booster.pandas_categorical or []
-    if len(booster.feature_name()) != len(names):
-        return {}
-    if categorical and len(fitted) != len(categorical):
-        # Categoricals named by index over integer codes: the model takes the codes.
-        return {}
-    by_index = dict(zip(categorical, fitted, strict=True))
-    return {
-        name: FeatureInfo(
-            name=name, type="category", fitted_categories=_sendable(name, by_index[i])
-        )
-        if i in by_index
-        else FeatureInfo(name=name, type="number")
-        for i, name in enumerate(names)
-    }
-
-
-def _as_the_model_takes(described: FeatureInfo, taken: FeatureInfo | None) -> FeatureInfo:
-    """The feature as the model takes it, with the categories the sample shows listed."""
-    if taken is None:
-        return described
-    if taken.type == described.type == "category":
-        return taken.model_copy(update={"categories": described.categories})
-    return taken
-
-
-def _sendable(name: str, categories: Any) -> list[Any]:
-    """A native categorical's fitted categories as JSON values, which a cell's text names."""
-    values = [
-        _plain(c)
-        for c in (categories.to_pylist() if hasattr(categories, "to_pylist") else categories)
-    ]
-    odd = [v for v in values if not isinstance(v, str | int | float | bool)]
-    if odd:
-        raise ImportRefused(
-            f"the model takes {name!r} as a categorical of {type(odd[0]).__name__} values "
-            f"({odd[0]!r}, ...): only text and number categories can be sent as text"
-        )
-    return values
-
-
-def encoded_categories(step: Any) -> dict[str, np.ndarray]:
-    """The categories a fitted encoder knows, by the input column it encodes: for a
-    ColumnTransformer, each of its transformers that is an encoder, or a Pipeline of
-    imputers ending in one (imputers change only missing values); for a bare encoder,
-    its columns."""
-    if hasattr(step, "categories_") and hasattr(step, "feature_names_in_"):
-        return {str(n): c for n, c in zip(step.feature_names_in_, step.categories_, strict=True)}
-    if not hasattr(step, "transformers_"):
-        return {}
-    fitted_names = [str(n) for n in getattr(step, "feature_names_in_", [])]
-    found: dict[str, np.ndarray] = {}
-    for _, transformer, columns in step.transformers_:
-        encoder = transformer
-        if hasattr(transformer, "steps"):
-            *before, (_, encoder) = transformer.steps
-            if not all(type(s).__name__ == "SimpleImputer" for _, s in before):
-                continue
-        categories = getattr(encoder, "categories_", None)
-        if categories is None:
-            continue
-        if isinstance(columns, str):
-            columns = [columns]
-        try:
-            named = [
-                fitted_names[c] if isinstance(c, int | np.integer) else str(c) for c in columns
-            ]
-        except (TypeError, IndexError):
-            continue
-        if len(named) == len(categories):
-            found.update(zip(named, categories, strict=True))
-    return found
-
-
-def as_taken(table: pd.DataFrame, features: Sequence[FeatureInfo]) -> pd.DataFrame:
-    """The sample with the columns of ``features`` as the model takes them: a category
-    column read as booleans or numbers as its text, a native categorical of another dtype
-    as the model's categorical dtype."""
-    from keyed_serving.model.spec import fitted_categorical
-
-    changed: dict[str, Any] = {}
-    for feature in features:
-        column = table[feature.name]
-        if feature.fitted_categories is not None:
-            fitted = pd.CategoricalDtype(feature.fitted_categories)
-            if column.dtype != fitted:
-                changed[feature.name] = fitted_categorical(
-                    column.tolist(), feature.fitted_categories
-                )
-                changed[feature.name].index = table.index
-        elif feature.type == "category" and not (
-            pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)
-        ):
-            text = column.map(str, na_action="ignore").astype(object)
-            changed[feature.name] = text.where(column.notna(), np.nan)
-    return table.assign(**changed) if changed else table
-
-
 def read_as_written(
     path: str | Path, key: str | None, table: pd.DataFrame, texts: Sequence[str]
 ) -> pd.DataFrame:
@@ -468,145 +307,6 @@ def read_as_written(
         for name in texts
     }
     return table.assign(**written)
-
-
-def _booleans(column: pd.Series) -> bool:
-    """A column of booleans, with or without gaps (a Parquet boolean with nulls reads as
-    objects)."""
-    if pd.api.types.is_bool_dtype(column):
-        return True
-    values = column.dropna()
-    return len(values) > 0 and all(isinstance(v, bool | np.bool_) for v in values)
-
-
-def _check(
-    task: Task,
-    target: str | None,
-    features: list[FeatureInfo],
-    classes: tuple[Any, ...] | None,
-    model: Any,
-    table: pd.DataFrame,
-) -> np.ndarray:
-    spec = ModelSpec("import:check", task, target, tuple(features), classes, None)
-    return check_predicts(LoadedModel(spec, model, IsolationBudget(0, 0)), table)
-
-
-def check_predicts(model: LoadedModel, table: pd.DataFrame) -> np.ndarray:
-    """Predict the whole sample as the runner would (``to_frame``, ``LoadedModel``) and as
-    the model does itself on the sample as read; refuse any error or difference. The
-    runner's predictions."""
-    names = model.spec.feature_names
-    as_read = table[names]
-    try:
-        own = np.asarray(model.pipeline.predict(as_read))
-        own_probabilities = (
-            np.asarray(model.pipeline.predict_proba(as_read))
-            if model.spec.task == "classification"
-            else None
-        )
-    except Exception as exc:
-        raise ImportRefused(f"the model raises on its own sample: {_first_line(exc)}") from exc
-    try:
-        frame = to_frame({name: table[name].tolist() for name in names}, model.spec.features)
-    except (TypeError, ValueError) as exc:
-        raise ImportRefused(
-            f"the sample cannot be given to the model as the server gives it rows (features "
-            f"{[f'{f.name}: {f.type}' for f in model.spec.features]}): {_first_line(exc)}"
-        ) from exc
-    try:
-        served, probabilities = model.predict_frame(frame)
-    except Exception as exc:
-        changed = _changed(as_read, frame)
-        raise ImportRefused(
-            f"the model raises on the sample as the server gives it rows ({changed}): "
-            f"{_first_line(exc)}"
-        ) from exc
-    _refuse_values_no_encoder_knows(model.pipeline, frame)
-    differing = _differing_rows(own, served)
-    if own_probabilities is not None:
-        differing |= _differing_rows(own_probabilities, probabilities)
-    if differing:
-        first = min(differing)
-        raise ImportRefused(
-            f"the model answers {len(differing)} of {len(table)} sample rows differently as "
-            f"the server gives them ({_changed(as_read, frame)}) than as read; first, row "
-            f"{first}: "
-            + _difference(first, own, served, own_probabilities, probabilities, model.spec)
-        )
-    return served
-
-
-def _refuse_values_no_encoder_knows(pipeline: Any, frame: pd.DataFrame) -> None:
-    """Refuse a column of which the model's encoder knows none of the sample's values as the
-    server gives them (say "yes" where it was fitted on "True", or 1.0 where it was fitted
-    on text): an encoder that ignores unknown values then ignores the whole column, on the
-    sample as read as well as served, so the two answers agree and are both wrong."""
-    first = pipeline
-    while hasattr(first, "steps"):
-        first = first.steps[0][1]
-    for name, categories in encoded_categories(first).items():
-        if name not in frame.columns:
-            continue
-        values = frame[name].dropna()
-        known = set(categories.tolist())
-        if len(values) and not any(v in known for v in values.unique()):
-            shown = [_plain(v) for v in categories.tolist()[:10]]
-            seen = [_plain(v) for v in values.unique()[:5]]
-            raise ImportRefused(
-                f"the model's encoder of column {name!r} knows {shown}, and none of the "
-                f"sample's values as the server gives them ({seen} ...) is one of them: the "
-                "model would ignore the column. Give the sample the values the model was "
-                "fitted on"
-            )
-
-
-def _difference(
-    row: int,
-    own: np.ndarray,
-    served: np.ndarray,
-    own_probabilities: np.ndarray | None,
-    probabilities: np.ndarray | None,
-    spec: ModelSpec,
-) -> str:
-    """What differs in one row, as a reader can check it: the prediction, or else the
-    probability that differs most, both values and by how much."""
-    if row in _differing_rows(own, served) or own_probabilities is None or probabilities is None:
-        return f"prediction {_plain(own[row])!r} as read, {_plain(served[row])!r} as served"
-    expected = own_probabilities[row].astype(np.float64)
-    gap = np.abs(probabilities[row] - expected)
-    column = int(np.argmax(gap))
-    label = spec.classes[column] if spec.classes is not None else column
-    said = (
-        f"probability of class {label}: {expected[column]:.6g} as read, "
-        f"{probabilities[row][column]:.6g} as served (by {gap[column]:.1e})"
-    )
-    if abs(expected.sum() - 1.0) > _tolerance(own_probabilities.dtype):
-        said += f"; the model's row sums to {expected.sum():.9g}, which the server renormalises"
-    return said
-
-
-def sample_score(task: Task, target: pd.Series, predictions: np.ndarray) -> Score | None:
-    """Accuracy or R² on the sample's rows with a target: not a holdout score, and named so."""
-    from sklearn.metrics import accuracy_score, r2_score
-
-    known = target.notna().to_numpy()
-    if not known.any():
-        return None
-    truth, predicted = target[known].tolist(), predictions[known].tolist()
-    if task == "classification" or prediction_type_of(predictions) != "number":
-        # A CSV's labels may read as numbers where the model's are text, and an integer
-        # column with a gap reads as floats (1.0 for the model's 1): compare them as labels.
-        # A model served by predict alone (--task regression) that predicts labels is
-        # scored so too: R² of labels means nothing.
-        return Score(
-            metric="accuracy_on_import_sample",
-            value=float(accuracy_score([_label(v) for v in truth], [_label(v) for v in predicted])),
-        )
-    try:
-        value = float(r2_score(np.asarray(truth, dtype=np.float64), predicted))
-    except (TypeError, ValueError) as exc:
-        raise ImportRefused(f"the target column does not hold numbers: {exc}") from None
-    return Score(metric="r2_on_import_sample", value=value)
 
 
 def refuse_multi_output(model: Any, outputs: int | None) -> None:
@@ -677,19 +377,6 @@ def predicted_labels_type(task: Task, model: Any, predictions: np.ndarray | None
     return None if kind == "number" else kind
 
 
-def _label(value: Any) -> str:
-    """A class label as the text that names it whatever the reader made of it: 1, 1.0,
-    "1" and "1.0" are one label; "True" and True are one label; "yes" is itself."""
-    value = _plain(value)
-    if isinstance(value, bool):
-        return str(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return str(int(number)) if number.is_integer() else repr(number)
-
-
 def packages_of(model: Any) -> dict[str, str]:
     """The installed versions of scikit-learn and of every package whose classes or
     functions the fitted object holds (LightGBM, XGBoost, ...): what must be installed, at
@@ -707,7 +394,7 @@ def packages_of(model: Any) -> dict[str, str]:
     try:
         Scanner(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL).dump(model)
     except Exception as exc:
-        raise ImportRefused(f"the model cannot be pickled: {_first_line(exc)}") from exc
+        raise ImportRefused(f"the model cannot be pickled: {first_line(exc)}") from exc
     if "__main__" in modules:
         raise ImportRefused(
             "the model holds a class or function defined in __main__ (a script or notebook), "
@@ -748,47 +435,6 @@ def _library_of_first_step(model: Any) -> str:
     while hasattr(first, "steps"):
         first = first.steps[0][1]
     return type(first).__module__.split(".")[0]
-
-
-def _differing_rows(expected: np.ndarray, actual: np.ndarray | None) -> set[int]:
-    if actual is None or expected.shape != actual.shape:
-        return set(range(len(expected)))
-    if expected.dtype.kind in "fc" and actual.dtype.kind in "fc":
-        # Numbers within the rounding of the type the model computes in: a model's sums may
-        # differ in the last bit with the memory layout of the same values; a changed input
-        # shows far above this.
-        tolerance = _tolerance(expected.dtype)
-        same = np.isclose(expected, actual, rtol=tolerance, atol=tolerance / 1000, equal_nan=True)
-    else:
-        same = expected == actual
-    same = np.asarray(same, dtype=bool)
-    if same.ndim > 1:
-        same = same.all(axis=tuple(range(1, same.ndim)))
-    return {int(i) for i in np.flatnonzero(~same)}
-
-
-def _tolerance(computed_in: np.dtype[Any]) -> float:
-    """Float noise in the type a model computes in: 1e-9 for float64, a few units in the
-    last place of float32 (XGBoost's) or narrower types."""
-    return max(1e-9, 4 * float(np.finfo(computed_in).eps)) if computed_in.kind == "f" else 1e-9
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _changed(as_read: pd.DataFrame, frame: pd.DataFrame) -> str:
-    changed = [
-        f"{name}: {as_read[name].dtype} -> {frame[name].dtype}"
-        for name in frame.columns
-        if as_read[name].dtype != frame[name].dtype
-    ]
-    return "columns " + ", ".join(changed) if changed else "no column type changed"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,10 @@ class ModelRefused(RuntimeError):
     """A stored model this environment cannot serve; the message says why and what to do."""
 
 
+class ImportRefused(ValueError):
+    """A model keyed-import cannot serve as it is; nothing was stored. The message says why."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model takes and gives, from its BentoML metadata (no unpickling needed)."""
