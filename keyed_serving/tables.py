@@ -213,6 +213,10 @@ def category_or_as_is(value: Any) -> Any:
     (``exact_columns``), a cell is the text in the file, or the exact value of a typed
     column (an integer, never a float made of it), so ``str`` gives what was written."""
     value = json_value(value)
+    if isinstance(value, float) and value.is_integer():
+        # pandas' own form of an integer column with a gap is float64 (a Parquet or JSON
+        # Lines table of it holds 94105.0): the category is the integer's text.
+        return str(int(value))
     if isinstance(value, bool | int | float | decimal.Decimal | datetime.date):
         return str(value)
     return value

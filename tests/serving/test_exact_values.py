@@ -136,6 +136,28 @@ def test_an_integer_category_column_with_a_gap_is_sent_as_its_integers_text(
     assert_the_models_own(read(out), pipeline, as_text)
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", "frame"])
+def test_a_float_category_column_of_whole_numbers_is_sent_as_its_integers_text(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, zip_model: tuple[str, Any], suffix: str
+) -> None:
+    """pandas' own form of an integer column with a gap is float64: 94105.0 was sent as
+    "94105.0", a category the model never saw (found by a stranger's review)."""
+    tag, pipeline = zip_model
+    typed = pd.DataFrame(
+        {"id": ["a", "b", "c", "d"], "zip": [10001.0, np.nan, 94105.0, 10001.0], "amount": 50.0}
+    )
+    as_text = typed.assign(zip=["10001", np.nan, "94105", "10001"])
+    if suffix == "frame":
+        assert_the_models_own(ModelServer(tag).client().score(typed, "id"), pipeline, as_text)
+        return
+    source = write_table(typed, tmp_path / f"in{suffix}")
+    out = tmp_path / f"out{suffix}"
+    status, _ = keyed_score(monkeypatch, ModelServer(tag), str(source), "--key", "id",
+                            "--out", str(out))  # fmt: skip
+    assert status == 0
+    assert_the_models_own(read(out), pipeline, as_text)
+
+
 def test_kept_columns_are_written_back_as_they_were_read(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, zip_model: tuple[str, Any]
 ) -> None:
