@@ -171,6 +171,13 @@ class FeatureInfo(BaseModel):
         "LightGBM): its categories, in the order it was fitted with. A value is sent as its "
         "text; a value that is none of them is missing to the model, as on its own frame.",
     )
+    missing: Literal["none"] | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="How the model takes a missing value of this feature where that is not "
+        "NaN: none, Python None (its encoder learned None, not NaN, as a category). A missing "
+        "value is still sent as null or an empty cell.",
+    )
     dtype: str | None = Field(
         default=None,
         exclude_if=_is_none,

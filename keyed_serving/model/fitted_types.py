@@ -37,9 +37,17 @@ def fitted_types(model: Any, names: Sequence[str]) -> dict[str, FeatureInfo]:
     if encoded:
         decided = {}
         for name, categories in encoded.items():
-            known = [c for c in categories.tolist() if not pd.isna(c)]
+            listed = categories.tolist()
+            known = [c for c in listed if not pd.isna(c)]
             if known and all(isinstance(c, str) for c in known):
-                decided[name] = FeatureInfo(name=name, type="category")
+                # An encoder that learned None, not NaN, as a category: a text column whose
+                # gaps were None (an imputer of NaN leaves them). A gap must reach it so.
+                none_gap = any(c is None for c in listed) and not any(
+                    isinstance(c, float) and np.isnan(c) for c in listed
+                )
+                decided[name] = FeatureInfo(
+                    name=name, type="category", missing="none" if none_gap else None
+                )
             elif known and all(isinstance(c, int | float | bool | np.number) for c in known):
                 decided[name] = FeatureInfo(name=name, type="number")
         return {name: decided[name] for name in names if name in decided}
@@ -159,7 +167,7 @@ def encoded_categories(step: Any) -> dict[str, np.ndarray]:
 def as_taken(table: pd.DataFrame, features: Sequence[FeatureInfo]) -> pd.DataFrame:
     """The sample with the columns of ``features`` as the model takes them: a category
     column read as booleans or numbers as its text, a native categorical of another dtype
-    as the model's categorical dtype."""
+    as the model's categorical dtype, a gap as None where the model learned None."""
     from keyed_serving.model.spec import fitted_categorical
 
     changed: dict[str, Any] = {}
@@ -177,6 +185,9 @@ def as_taken(table: pd.DataFrame, features: Sequence[FeatureInfo]) -> pd.DataFra
         ):
             text = column.map(str, na_action="ignore").astype(object)
             changed[feature.name] = text.where(column.notna(), np.nan)
+        if feature.missing == "none":
+            cells = changed.get(feature.name, column).astype(object)
+            changed[feature.name] = cells.where(cells.notna(), None)
     return table.assign(**changed) if changed else table
 
 

@@ -137,8 +137,8 @@ def to_frame(
             series = pd.Series(given, dtype=object)
             missing = series.isna()
             text = series.map(str, na_action="ignore").astype(object)
-            text[missing] = np.nan
-            data[feature.name] = text
+            # A gap is NaN, or None for a model that learned None as a category.
+            data[feature.name] = text.where(~missing, None if feature.missing == "none" else np.nan)
     return pd.DataFrame(data, columns=names)
 
 

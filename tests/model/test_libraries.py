@@ -6,6 +6,7 @@ original frame."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -18,6 +19,7 @@ from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingCla
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
+from support import write_table
 
 import keyed_serving
 from keyed_serving.model.importing import ImportRefused
@@ -319,3 +321,50 @@ def test_a_text_category_column_of_a_file_sample_is_read_as_the_text_written(
     assert zip_feature["categories"] == ["00501", "02134", "10001", "94105"]
     own = model.predict(table[["zip", "x"]])
     assert metadata["holdout_score"]["value"] == float(np.mean(own == table["side"]))
+
+
+def none_gaps_table(rows: int, seed: int) -> pd.DataFrame:
+    """A text column whose gaps are Python None (DataFrame.from_records, SQL drivers): an
+    imputer of NaN leaves them, and the encoder learns None as a category of its own."""
+    rng = np.random.default_rng(seed)
+    words = rng.choice(["a", "b", "c", "None", "nan"], rows).astype(object)
+    words[rng.random(rows) < 0.2] = None
+    table = pd.DataFrame({"w": pd.Series(words, dtype=object), "x": rng.normal(size=rows)})
+    signal = np.array([{"a": 1.0, "b": -1.0}.get(w, 2.0) if w else -2.5 for w in words])
+    table["y"] = np.where(signal + table["x"] + rng.normal(0, 0.3, rows) > 0, "pos", "neg")
+    return table
+
+
+@pytest.mark.parametrize("sample", ["frame", ".csv", ".parquet", ".jsonl"])
+def test_a_category_whose_encoder_learned_none_for_a_gap_is_given_none_for_a_gap(
+    sample: str, tmp_path: Path
+) -> None:
+    """The server gave such a model NaN for a missing cell, a category it never saw: every
+    gap row answered otherwise than the model (found by a stranger's review)."""
+    table = none_gaps_table(600, seed=3)
+    words = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="constant", fill_value="MISSING")),
+            ("encode", OneHotEncoder(handle_unknown="ignore")),
+        ]
+    )
+    model = Pipeline(
+        [
+            ("pre", ColumnTransformer([("w", words, ["w"])], remainder="passthrough")),
+            ("predict", GradientBoostingClassifier(random_state=0)),
+        ]
+    ).fit(table[["w", "x"]], table["y"])
+    if sample == "frame":
+        source: Any = table
+    else:
+        source = tmp_path / f"sample{sample}"
+        write_table(table, source)
+    tag = keyed_serving.save_model(f"none_gaps{sample.strip('.')}", model, source, target="y")
+    metadata = bentoml.models.get(tag).info.metadata
+    w = next(f for f in metadata["features"] if f["name"] == "w")
+    assert w["type"] == "category" and w["missing"] == "none"
+    predictions, probabilities = served(tag, {"w": table["w"].tolist(), "x": table["x"].tolist()})
+    assert predictions.tolist() == model.predict(table[["w", "x"]]).tolist()
+    np.testing.assert_allclose(probabilities, model.predict_proba(table[["w", "x"]]), rtol=1e-12)
+    own = float(np.mean(model.predict(table[["w", "x"]]) == table["y"]))
+    assert metadata["holdout_score"]["value"] == own
