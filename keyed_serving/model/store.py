@@ -28,6 +28,8 @@ MODEL_FILE = "model.joblib"
 PLAIN_SKLEARN_MODULES = ("bentoml.sklearn", "_bentoml_impl.frameworks.sklearn")
 # Pickles of these are portable across their minor versions; they are not guarded.
 PORTABLE_PACKAGES = frozenset({"numpy"})
+# The project's extras that install a package a model may need.
+EXTRAS = {"lightgbm": "lightgbm", "xgboost": "xgboost", "mlflow-skinny": "mlflow"}
 # Where a server's start hands the version it resolved to its workers (see served_model_tag).
 PIN_VARIABLE = "KEYED_SERVED_MODEL"
 
@@ -174,12 +176,14 @@ def check_versions(stored: Any, allow_mismatch: bool | None = None) -> None:
         from keyed_serving.settings import get_settings
 
         allow_mismatch = get_settings().allow_version_mismatch
-    missing, differing = version_problems(recorded_packages(stored))
+    packages = recorded_packages(stored)
+    missing, differing = version_problems(packages)
     if missing:
+        extras = sorted({EXTRAS[n] for n in packages if n in EXTRAS and not _installed(n)})
+        how = " or ".join(f"pip install -e '.[{extra}]'" for extra in extras)
         raise ModelRefused(
             f"model {stored.tag} needs packages this environment lacks: {'; '.join(missing)}. "
-            "Install them (for LightGBM or XGBoost: pip install -e '.[lightgbm]' or "
-            "'.[xgboost]')."
+            f"Install them{f' ({how})' if how else ''}."
         )
     if not differing:
         return
@@ -321,6 +325,14 @@ def load_spec(tag: str) -> ModelSpec:
     import bentoml
 
     return spec_of(bentoml.models.get(tag))
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _major_minor(version: str) -> tuple[str, ...]:
