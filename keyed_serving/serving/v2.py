@@ -204,7 +204,7 @@ class _Tensor:
         if isinstance(self.data, np.ndarray):  # binary: of its datatype already
             values = self.data.tolist()
         else:
-            values = [_as_datatype(v, self.datatype, self.name) for v in self.data]
+            values = _as_datatype_all(self.data, self.datatype, self.name)
         # NaN is the protocol's missing value; validation refuses the infinities by key.
         return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
 
@@ -214,6 +214,31 @@ class _Tensor:
                 400, f"input {self.name!r} is a category feature: send BYTES, not {self.datatype}"
             )
         return [_text(value, self.name) or None for value in self.data]
+
+
+def _as_datatype_all(data: list[Any], datatype: str, name: str) -> list[Any]:
+    """``_as_datatype`` of every element, a column at a time where its elements' types
+    allow (an element at a time was 55 ms for 10,000 rows of four FP64 features); an element
+    at a time otherwise, which says which element does not fit."""
+    kinds = set(map(type, data))
+    dtype = np.dtype(NUMBER_DTYPES[datatype])
+    if dtype.kind in "iu":
+        bounds = np.iinfo(dtype)
+        if kinds <= {int} and (not data or (bounds.min <= min(data) and max(data) <= bounds.max)):
+            return data
+    elif kinds <= {float} and dtype.itemsize == 8:
+        return data
+    elif kinds <= {float, int} and dtype.itemsize < 8:
+        try:
+            wide = np.asarray(data, dtype=np.float64)
+        except OverflowError:
+            wide = None
+        if wide is not None:
+            with np.errstate(over="ignore"):
+                held = wide.astype(dtype)
+            if not np.any(np.isinf(held) & np.isfinite(wide)):
+                return list(held.astype(np.float64).tolist())
+    return [_as_datatype(value, datatype, name) for value in data]
 
 
 def _as_datatype(value: Any, datatype: str, name: str) -> Any:
