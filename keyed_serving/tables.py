@@ -161,6 +161,31 @@ def check_output_columns(
         raise ColumnClash(f"the column(s) {twice} are kept twice")
 
 
+def check_table_columns(
+    columns: Sequence[str],
+    keys: Sequence[str],
+    features: Sequence[str],
+    keep: Sequence[str],
+    classes: Sequence[Any] | None,
+    where: str,
+) -> None:
+    """Refuses (``ValueError``, naming ``where`` the table is) a table that lacks a key
+    column, a feature of the model or a column to keep, or whose key or kept columns clash
+    with the scored table's own (``check_output_columns``): for /predict_file and Spark,
+    which know all of them before they read a row."""
+    present = set(columns)
+    absent = [name for name in keys if name not in present]
+    if absent:
+        raise ValueError(f"no key column {absent[0]!r}; {where} has {list(columns)[:20]}")
+    missing = [name for name in features if name not in present]
+    if missing:
+        raise ValueError(f"{where} lacks the model's features {missing}")
+    missing_keep = [name for name in keep if name not in present]
+    if missing_keep:
+        raise ValueError(f"columns to keep not in {where}: {missing_keep}")
+    check_output_columns(keys, keep, classes)
+
+
 def exact_columns(features: Sequence[Any], keep: Sequence[str] = ()) -> list[str]:
     """The columns to read exactly (see the module's promises) to score a table with a model
     of these features (``FeatureInfo`` or /model_info's dicts): its category and datetime

@@ -37,7 +37,7 @@ from keyed_serving.keys import MAX_KEY_LENGTH, RULE, find_key_problems, key_from
 from keyed_serving.model.predicting import LoadedModel, model_error
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.model.store import load_stored, spec_of
-from keyed_serving.tables import ROW_KEY, check_output_columns, feature_column, key_columns
+from keyed_serving.tables import ROW_KEY, check_table_columns, feature_column, key_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -267,17 +267,8 @@ def check_spark_keys(df: DataFrame, names: Sequence[str]) -> None:
 def _check_columns(
     df: DataFrame, names: Sequence[str], keep: Sequence[str], spec: ModelSpec
 ) -> None:
-    columns = set(df.columns)
-    absent = [n for n in names if n not in columns]
-    if absent:
-        raise ValueError(f"no key column {absent[0]!r}; the DataFrame has {sorted(columns)[:20]}")
-    missing = [n for n in spec.feature_names if n not in columns]
-    if missing:
-        raise ValueError(f"the DataFrame lacks the model's features {missing}")
-    missing_keep = [c for c in keep if c not in columns]
-    if missing_keep:
-        raise ValueError(f"columns to keep not in the DataFrame: {missing_keep}")
-    check_output_columns(names, keep, spec.classes)
+    columns = df.columns
+    check_table_columns(columns, names, spec.feature_names, keep, spec.classes, "the DataFrame")
     carriers = sorted(c for c in columns if c.startswith(_FEATURE_PREFIX))
     if carriers:
         raise ValueError(f"the DataFrame's columns {carriers} have a name this function uses")

@@ -21,11 +21,10 @@ from keyed_serving.serving.answers import row_answer
 from keyed_serving.serving.reassemble import Scored
 from keyed_serving.serving.validate import InvalidRequest, ValidBatch, validate_request
 from keyed_serving.tables import (
-    ColumnClash,
     InvalidKeys,
     TableWriter,
     check_keys,
-    check_output_columns,
+    check_table_columns,
     columns_of,
     exact_columns,
     feature_values,
@@ -61,17 +60,9 @@ def check_file(path: Path, key: str, keep: Sequence[str], spec: ModelSpec) -> No
         raise InvalidFile(f"could not read the file: {type(exc).__name__}: {exc}") from None
     if not columns:
         raise InvalidFile("the file has no rows (nor a header)")
-    if key not in columns:
-        raise InvalidFile(f"no key column {key!r}; the file has {columns[:20]}")
-    missing = [n for n in spec.feature_names if n not in columns]
-    if missing:
-        raise InvalidFile(f"the file lacks the model's features {missing}")
-    missing_keep = [c for c in keep if c not in columns]
-    if missing_keep:
-        raise InvalidFile(f"columns to keep not in the file: {missing_keep}")
     try:
-        check_output_columns([key], keep, spec.classes)
-    except ColumnClash as exc:
+        check_table_columns(columns, [key], spec.feature_names, keep, spec.classes, "the file")
+    except ValueError as exc:
         raise InvalidFile(str(exc)) from None
     try:
         if not check_keys(read_keys(path, key)):
