@@ -117,6 +117,24 @@ def save_strict_copy(tag: str, name: str) -> str:
     return str(ref.tag)
 
 
+def build_bento(model_tag: str, folder: Path) -> str:
+    """The bento `make build MODEL_TAG=...` builds (its two steps: the bentofile with the
+    model's package pins into ``folder``, then `bentoml build`): its tag."""
+    env = {**os.environ, "MODEL_TAG": model_tag}
+    bentofile = folder / "bentofile.build.yaml"
+    subprocess.run(
+        [sys.executable, "-m", "keyed_serving.model.bento", "bentofile.yaml", str(bentofile)],
+        cwd=ROOT, env=env, check=True, timeout=120,
+    )  # fmt: skip
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "bentoml"), "build", "-f", str(bentofile), ".",
+         "--output", "tag"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from support import ROOT, Server
+from support import ROOT, Server, build_bento
 from test_unservable_model import assert_stopped_with_one_clear_line, start_and_wait_for_exit
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
@@ -63,13 +63,7 @@ def exported_bento(
     `bentoml export`: the bento's tag and its file."""
     tag, _ = lightgbm_model
     work = tmp_path_factory.mktemp("bento")
-    env = {**os.environ, "MODEL_TAG": tag.split(":")[0] + ":latest"}
-    bentofile = work / "bentofile.build.yaml"
-    run(
-        sys.executable, "-m", "keyed_serving.model.bento", "bentofile.yaml", str(bentofile), env=env
-    )
-    built = run(BENTOML, "build", "-f", str(bentofile), ".", "--output", "tag", env=env)
-    bento_tag = built.strip().splitlines()[-1].removeprefix("__tag__:")
+    bento_tag = build_bento(tag.split(":")[0] + ":latest", work)
     exported = work / "keyed-prediction.bento"
     run(BENTOML, "export", bento_tag, str(exported), env=dict(os.environ))
     yield bento_tag, exported

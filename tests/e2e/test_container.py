@@ -22,7 +22,7 @@ import bentoml
 import httpx
 import psutil
 import pytest
-from support import ROOT, free_port, own_predictions, served
+from support import ROOT, build_bento, free_port, own_predictions, served
 
 DEPLOY = ROOT / "deploy"
 INSTANCES = [
@@ -64,19 +64,7 @@ def carried_model(default_model: str) -> str:
 @pytest.fixture(scope="module")
 def bento_tag(carried_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Built as `make container` builds it (`make build MODEL_TAG=container_iris:latest`)."""
-    env = {**os.environ, "MODEL_TAG": "container_iris:latest"}
-    bentofile = tmp_path_factory.mktemp("build") / "bentofile.build.yaml"
-    subprocess.run(
-        [sys.executable, "-m", "keyed_serving.model.bento", "bentofile.yaml", str(bentofile)],
-        cwd=ROOT, env=env, check=True, timeout=120,
-    )  # fmt: skip
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "bentoml"), "build", "-f", str(bentofile), ".",
-         "--output", "tag"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    return build_bento("container_iris:latest", tmp_path_factory.mktemp("build"))
 
 
 def check_keyed_answer(answer: dict[str, Any], model: str) -> None:

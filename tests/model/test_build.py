@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sklearn
 import yaml
-from support import ROOT, served
+from support import ROOT, build_bento, served
 
 
 def test_the_bento_asks_for_the_same_packages_as_the_project() -> None:
@@ -93,19 +93,7 @@ def test_make_build_puts_the_packages_of_a_lightgbm_model_into_the_bento(tmp_pat
     frame = pd.DataFrame({"x": np.arange(40.0), "z": np.arange(40.0) % 3})
     model = lightgbm.LGBMRegressor(n_estimators=5, min_child_samples=2, verbose=-1)
     tag = keyed_serving.save_model("build_lgbm", model.fit(frame, frame["x"] * 2), frame)
-    env = {**os.environ, "MODEL_TAG": tag}
-    bentofile = tmp_path / "bentofile.yaml"
-    subprocess.run(
-        [sys.executable, "-m", "keyed_serving.model.bento", "bentofile.yaml", str(bentofile)],
-        cwd=ROOT, env=env, check=True, timeout=120,
-    )  # fmt: skip
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "bentoml"), "build", "-f", str(bentofile), ".",
-         "--output", "tag"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr
-    bento = bentoml.get(out.stdout.strip().splitlines()[-1].removeprefix("__tag__:"))
+    bento = bentoml.get(build_bento(tag, tmp_path))
     assert tag in [str(m.tag) for m in bento.info.all_models]
     major_minor = ".".join(lightgbm.__version__.split(".")[:2])
     asked = (Path(bento.path) / "env" / "python" / "requirements.in").read_text().splitlines()
