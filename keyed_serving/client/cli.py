@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import shlex
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -45,7 +43,7 @@ import httpx
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from keyed_serving.client.keyed_client import KeyedClient, ScoringStopped
+from keyed_serving.client.keyed_client import KeyedClient, ScoringStopped, http_transport
 from keyed_serving.formats import format_of
 from keyed_serving.tables import (
     ROW_COLUMN,
@@ -248,14 +246,13 @@ class StoppableTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, stop: StopSignals, concurrency: int) -> None:
         self._stop = stop
-        # What KeyedClient gives its own transport.
-        self._limits = httpx.Limits(max_connections=concurrency * 2)
+        self._concurrency = concurrency
         self._sending: httpx.AsyncHTTPTransport | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self._stop.check()
         if self._sending is None:  # one per client session (KeyedClient opens one a batch)
-            self._sending = httpx.AsyncHTTPTransport(verify=_tls_context(), limits=self._limits)
+            self._sending = http_transport(self._concurrency)  # KeyedClient's own
         if not self._stop.scoring_started:
             return await self._sending.handle_async_request(request)
         answer = asyncio.ensure_future(self._sending.handle_async_request(request))
@@ -276,11 +273,6 @@ class StoppableTransport(httpx.AsyncBaseTransport):
         if self._sending is not None:
             await self._sending.aclose()
             self._sending = None
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    return httpx.create_ssl_context()
 
 
 def resume_command(argv: list[str]) -> str:

@@ -314,11 +314,10 @@ class KeyedClient:
         return f"{type(exc).__name__}: {exc}"
 
     def _http(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self.concurrency * 2)
         return httpx.AsyncClient(
             headers=self.headers,
             timeout=self.timeout_s,
-            limits=limits,
+            limits=_limits(self.concurrency),
             transport=self.transport,
             verify=_tls_context(),
         )
@@ -464,6 +463,17 @@ class KeyedClient:
 
 
 @functools.cache
+def http_transport(concurrency: int) -> httpx.AsyncHTTPTransport:
+    """The transport a client's connections go through (a transport of one's own, such as
+    keyed-score's, wraps it): httpx's TLS defaults, made once, and two connections per
+    request in flight."""
+    return httpx.AsyncHTTPTransport(verify=_tls_context(), limits=_limits(concurrency))
+
+
+def _limits(concurrency: int) -> httpx.Limits:
+    return httpx.Limits(max_connections=concurrency * 2)
+
+
 def _tls_context() -> ssl.SSLContext:
     """httpx's own default context, made once: making one per client (keyed-score makes a
     client per batch) took a twentieth of a run's time."""
