@@ -27,9 +27,9 @@ install: $(VENV)/.installed ## create .venv and install the project with its dev
 train: install ## train the default model (iris) into the BentoML model store
 	$(BIN)/python train.py
 
-serve: install ## train the default model if the store lacks it, then serve on $(HOST):$(PORT)
+serve: install ## train the default model if the store lacks it, then serve on $(HOST):$(PORT) (and gRPC on GRPC_PORT if set)
 	$(BIN)/python train.py --if-missing
-	$(BIN)/bentoml serve service:KeyedPrediction --host $(HOST) --port $(PORT)
+	$(if $(GRPC_PORT),KEYED_GRPC_PORT=$(GRPC_PORT)) $(BIN)/bentoml serve service:KeyedPrediction --host $(HOST) --port $(PORT)
 
 test: install browser ## run every test, the slow ones (real servers, bento build) included
 	$(BIN)/pytest

@@ -36,12 +36,19 @@ from keyed_serving.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from keyed_serving.serving.answers import Answer, keyed_answer, model_error_details, v2_answer
+from keyed_serving.serving.answers import (
+    Answer,
+    Refusal,
+    keyed_answer,
+    model_error_details,
+    v2_answer,
+)
 from keyed_serving.serving.chunking import cut
 from keyed_serving.serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
 from keyed_serving.serving.http import (
     AnswerStamp,
     EntryGate,
+    InFlight,
     RequestIdFilter,
     add_outermost,
     bind_apis_once,
@@ -90,6 +97,8 @@ MODEL_TAG = served_model_tag(settings.model_tag, source=Path(__file__).resolve()
 check_servable(MODEL_TAG)  # a model this environment cannot load stops the start here
 # The lean routes' way to the entry instance BentoML makes (see LeanRoutes).
 ENTRY = EntrySlot()
+# Requests and body bytes in flight on this worker, over HTTP and gRPC together.
+IN_FLIGHT = InFlight()
 # BentoML routes a task at its path (run now) and at /submit (run in the background).
 FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
 # Task operations that hold or load a whole upload in memory (BentoML's task store).
@@ -200,6 +209,44 @@ class KeyedPrediction:
         ENTRY.instance = self
         settle_the_heap()
 
+    @bentoml.on_startup
+    async def serve_grpc(self) -> None:
+        """The Open Inference Protocol over gRPC, with KEYED_GRPC_PORT: in this worker's
+        event loop, on the HTTP server's host (or KEYED_GRPC_HOST)."""
+        self.grpc_server: Any = None
+        if settings.grpc_port is None:
+            return
+        from keyed_serving.serving.grpc_v2 import (
+            Gate,
+            InferenceServicer,
+            http_host,
+            start_server,
+        )
+
+        gate = Gate(
+            api_token=settings.api_token,
+            max_body_bytes=settings.max_body_bytes,
+            max_body_values=settings.max_body_values,
+            max_concurrency=settings.max_concurrency,
+            body_budget_bytes=settings.body_budget_bytes,
+            retry_after_s=settings.retry_after_s,
+            counts=IN_FLIGHT,
+        )
+        servicer = InferenceServicer(self, gate, _server_version(), settings.max_instances)
+        host = settings.grpc_host or http_host() or "0.0.0.0"
+        self.grpc_server = await start_server(servicer, host, settings.grpc_port, gate)
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        # Calls in flight finish (as HTTP's drain does); new ones are refused.
+        if getattr(self, "grpc_server", None) is not None:
+            await self.grpc_server.stop(grace=settings.drain_max_s)
+
+    async def ready(self) -> bool:
+        """Ready as /readyz says: the model runner answers its own readiness probe."""
+        is_ready = getattr(self.runner, "is_ready", None)
+        return bool(await is_ready(5)) if is_ready is not None else True
+
     @bentoml.api(input_spec=PredictRequest)
     async def predict(
         self,
@@ -250,13 +297,23 @@ class KeyedPrediction:
         """Any decoded body in the columnar or row shape -> the answer ``write`` gives for
         its checked results, or the error answer. ``name_first``: the error's summary also
         says the first problem (for clients that show only that line)."""
+        outcome = await self.score(body, name_first=name_first)
+        if isinstance(outcome, Refusal):
+            return refused(outcome)  # type: ignore[no-any-return]
+        written = write(*outcome)
+        return Response(written.body, media_type=written.media_type, headers=written.headers)
+
+    async def score(self, body: Any, *, name_first: bool) -> tuple[ValidBatch, Scored] | Refusal:
+        """validate -> cut -> runner -> reassemble, for a decoded body (/predict's, or the
+        one a V2 request stands for, over HTTP or gRPC): every key received with its checked
+        result, or why there is no answer."""
         try:
             batch = validate_request(body, self.spec, settings.max_instances)
             if batch.failures and batch.errors == "reject":
                 raise rejection(batch.failures)
         except InvalidRequest as exc:
             self.metrics.count_rejected(_instances_sent(body), exc.details)
-            return error_response(400, _summary(exc.summary, exc.details, name_first), exc.details)
+            return Refusal(400, _summary(exc.summary, exc.details, name_first), exc.details)
         try:
             scored = await self.predict_batch(batch)
         except (RunnerUnavailable, KeyMismatch) as exc:
@@ -265,12 +322,11 @@ class KeyedPrediction:
             details = model_error_details(batch, scored)
             self.metrics.count_rejected(batch.received, details)
             said = f"the model could not predict {len(details)} instance(s)"
-            return error_response(422, _summary(said, details, name_first), details)
+            return Refusal(422, _summary(said, details, name_first), details)
         self.metrics.count_answered(
             batch.received - len(batch.failures) - scored.failed, batch.failures, scored.errors
         )
-        written = write(batch, scored)
-        return Response(written.body, media_type=written.media_type, headers=written.headers)
+        return batch, scored
 
     @bentoml.api(route="/v2/models/{model_name}/infer", input_spec=InferenceRequest)
     async def infer(
@@ -370,7 +426,7 @@ class KeyedPrediction:
             return error_response(400, f"the file cannot be scored: {exc}")
         except (RunnerUnavailable, KeyMismatch) as exc:
             shutil.rmtree(work, ignore_errors=True)
-            return self._runner_failure(exc, None)
+            return refused(self._runner_failure(exc, None))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -396,32 +452,30 @@ class KeyedPrediction:
             background=BackgroundTask(shutil.rmtree, work),
         )
 
-    def _runner_failure(self, exc: RunnerUnavailable | KeyMismatch, instances: int | None) -> Any:
-        """The answer when the runner path failed: 503 + Retry-After (safe to retry; also
-        for results of another model version), or 500 for results that did not match the
-        keys sent (logged and counted)."""
+    def _runner_failure(
+        self, exc: RunnerUnavailable | KeyMismatch, instances: int | None
+    ) -> Refusal:
+        """Why the runner path gave no answer: 503 + Retry-After (safe to retry; also for
+        results of another model version), or 500 for results that did not match the keys
+        sent (logged and counted)."""
         if instances is not None:
             self.metrics.instances.labels("failed").inc(instances)
+        retry = {"Retry-After": str(settings.retry_after_s)}
         if isinstance(exc, ModelVersionMismatch):
             # A runner restarted with another version, or one deployed apart: what it
             # predicted must not be answered under this entry's version. Retrying may reach
             # a runner of the right version.
             logger.error("answering 503, model version mismatch: %s", exc)
             self.metrics.model_version_mismatches.labels("entry").inc()
-            return error_response(
-                503,
-                f"the model runner does not serve {self.spec.tag} right now; retry later",
-                headers={"Retry-After": str(settings.retry_after_s)},
-            )
+            said = f"the model runner does not serve {self.spec.tag} right now; retry later"
+            return Refusal(503, said, headers=retry)
         if isinstance(exc, KeyMismatch):
             logger.error("answering 500, key mismatch: %s", exc)
             self.metrics.key_mismatches.inc()
-            return error_response(500, "internal error: results did not match the keys sent")
+            return Refusal(500, "internal error: results did not match the keys sent")
         logger.warning("answering 503: %s", exc)
-        return error_response(
-            503,
-            "the model runner is overloaded or unavailable; retry later",
-            headers={"Retry-After": str(settings.retry_after_s)},
+        return Refusal(
+            503, "the model runner is overloaded or unavailable; retry later", headers=retry
         )
 
     async def predict_batch(self, batch: ValidBatch) -> Scored:
@@ -438,6 +492,11 @@ class KeyedPrediction:
             on_retry=lambda exc: self.metrics.runner_retries.labels(type(exc).__name__).inc(),
         )
         return reassemble_by_key(blocks, results)
+
+
+def refused(refusal: Refusal) -> Any:
+    """A refusal as an HTTP error answer."""
+    return error_response(refusal.status, refusal.summary, refusal.details, refusal.headers)
 
 
 def _summary(summary: str, details: Sequence[ErrorDetail], name_first: bool) -> str:
@@ -500,6 +559,7 @@ GATE = {
     "task_paths": TASK_PATHS,
     "max_tasks": settings.max_tasks,
     "max_task_file_bytes": settings.max_task_file_bytes,
+    "counts": IN_FLIGHT,
 }
 add_outermost(KeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
 KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     max_task_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_tasks: int = Field(default=2, ge=1)
     file_batch_rows: int = Field(default=20_000, ge=1)
+    # The Open Inference Protocol over gRPC beside HTTP, on this port (every entry worker
+    # listens on it, SO_REUSEPORT); unset, no gRPC. The address: the HTTP server's host,
+    # unless this sets another.
+    grpc_port: int | None = Field(default=None, ge=1, le=65535)
+    grpc_host: str | None = None
     api_token: str | None = Field(
         default=None,
         validation_alias=AliasChoices("API_TOKEN", "KEYED_API_TOKEN"),

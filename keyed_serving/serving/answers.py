@@ -42,6 +42,18 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Refusal:
+    """Why a request gets no answer, whichever transport carries it: an HTTP status (gRPC
+    maps it to a status code, see :mod:`.grpc_v2`), the summary, the details naming each
+    instance at fault, and headers (``Retry-After``)."""
+
+    status: int
+    summary: str
+    details: Sequence[ErrorDetail] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 def summary(batch: ValidBatch, scored: Scored) -> dict[str, int]:
     failed = len(batch.failures) + scored.failed
     return {"received": batch.received, "predicted": batch.received - failed, "failed": failed}
@@ -102,11 +114,29 @@ def column_answer(
     return answer
 
 
-def v2_answer(request: V2Request, batch: ValidBatch, scored: Scored, spec: ModelSpec) -> Answer:
-    """An inference response of the Open Inference Protocol: outputs ``key`` (as sent, in
-    its datatype), ``prediction``, ``probabilities`` ([N, classes], classifiers) and, in
-    per-instance mode, ``error`` ("" where predicted). Outputs asked for as binary go after
-    the JSON header (the binary tensor data extension)."""
+@dataclass
+class OutputTensor:
+    """One output of an inference response, whichever transport writes it."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    values: Any  # a NumPy array, or a list of str (BYTES)
+    parameters: dict[str, Any]
+    binary: bool | None  # as asked for (None: as the request's binary_data_output says)
+
+    def raw(self) -> bytes:
+        """The binary tensor data extension's bytes (and gRPC's raw_output_contents)."""
+        return _binary(self.values, self.datatype)
+
+
+def v2_outputs(
+    request: V2Request, batch: ValidBatch, scored: Scored, spec: ModelSpec
+) -> list[OutputTensor]:
+    """The outputs of an inference response of the Open Inference Protocol, in the order
+    asked for (all of the mode's, by default): ``key`` (as sent, in its datatype),
+    ``prediction``, ``probabilities`` ([N, classes], classifiers) and, in per-instance mode,
+    ``error`` ("" where predicted)."""
     n = batch.received
     predictions, probabilities = _at_request_positions(batch, scored)
     datatype = prediction_datatype(spec)
@@ -131,19 +161,29 @@ def v2_answer(request: V2Request, batch: ValidBatch, scored: Scored, spec: Model
     missing = [output.name for output in wanted if output.name not in tensors]
     if missing:
         raise V2Error(400, f"output(s) {missing} do not apply to this model or request mode")
+    return [OutputTensor(output.name, *tensors[output.name], output.binary) for output in wanted]
+
+
+def v2_answer(request: V2Request, batch: ValidBatch, scored: Scored, spec: ModelSpec) -> Answer:
+    """An inference response of the Open Inference Protocol over HTTP (see ``v2_outputs``):
+    outputs asked for as binary go after the JSON header (the binary tensor data
+    extension)."""
     outputs, binary_parts = [], []
-    for output in wanted:
-        tensor_datatype, shape, values, parameters = tensors[output.name]
+    for output in v2_outputs(request, batch, scored, spec):
         binary = request.binary_output if output.binary is None else output.binary
-        written: dict[str, Any] = {"name": output.name, "datatype": tensor_datatype, "shape": shape}
+        written: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": output.shape,
+        }
         if binary:
-            raw = _binary(values, tensor_datatype)
-            written["parameters"] = {**parameters, "binary_data_size": len(raw)}
+            raw = output.raw()
+            written["parameters"] = {**output.parameters, "binary_data_size": len(raw)}
             binary_parts.append(raw)
         else:
-            if parameters:
-                written["parameters"] = parameters
-            written["data"] = _json_data(values)
+            if output.parameters:
+                written["parameters"] = output.parameters
+            written["data"] = _json_data(output.values)
         outputs.append(written)
     response: dict[str, Any] = {
         "model_name": model_name(spec),

@@ -12,6 +12,7 @@ import re
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -116,6 +117,16 @@ def add_outermost(service: Any, middleware: Any, **options: Any) -> None:
     service.__class__ = type(base.__name__, (base,), {"__slots__": (), "to_asgi": to_asgi})
 
 
+@dataclass
+class InFlight:
+    """Requests and request-body bytes in flight on this worker, whichever protocol brought
+    them: the HTTP gate and the gRPC endpoint (:mod:`.grpc_v2`) count in the same one, so
+    ``max_concurrency`` and ``body_budget_bytes`` bound them together."""
+
+    requests: int = 0
+    bytes: int = 0
+
+
 class EntryGate:
     """Every request to the entry passes here, inside BentoML's own traffic middlewares.
 
@@ -127,7 +138,8 @@ class EntryGate:
       into 10-25 times its size in Python objects, measured);
     - answers 429 when ``max_concurrency`` requests are already in flight on this worker,
       or when the bodies held in memory would pass ``body_budget_bytes`` (a body larger
-      than the whole budget is a 413): counted from admission until the request ends;
+      than the whole budget is a 413): counted from admission until the request ends, in
+      ``counts`` (shared with the gRPC endpoint);
     - uploads (``file_paths``) are spooled to disk by the server and bounded by their
       declared length (``max_file_bytes``);
     - task operations (``task_paths``: BentoML's task store holds the whole upload in
@@ -153,15 +165,15 @@ class EntryGate:
         task_paths: Iterable[str] = (),
         max_tasks: int = 1,
         max_task_file_bytes: int = 0,
+        counts: InFlight | None = None,
     ) -> None:
         self.app = app
         self.token = f"Bearer {api_token}".encode() if api_token else None
         self.max_body_bytes = max_body_bytes
         self.max_concurrency = max_concurrency
         self.retry_after = str(retry_after_s)
-        self.in_flight = 0
+        self.counts = counts if counts is not None else InFlight()
         self.body_budget = body_budget_bytes if body_budget_bytes is not None else 2**62
-        self.bytes_in_flight = 0
         self.max_body_values = max_body_values
         self.file_paths = frozenset(file_paths)
         self.max_file_bytes = max_file_bytes
@@ -192,19 +204,27 @@ class EntryGate:
         if kind == "websocket":
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.max_concurrency:
+        if self.counts.requests >= self.max_concurrency:
             await self._busy(
                 scope, receive, send, f"more than {self.max_concurrency} requests in flight"
             )
             return
-        self.in_flight += 1
+        self.counts.requests += 1
         try:
             if scope["path"] in self.task_paths:
                 await self._admit_task(scope, headers, receive, send)
             else:
                 await self._admit(scope, headers, receive, send)
         finally:
-            self.in_flight -= 1
+            self.counts.requests -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self.counts.requests
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self.counts.bytes
 
     def _authorized(self, scope: Scope, headers: Headers) -> bool:
         if (
@@ -256,11 +276,11 @@ class EntryGate:
                 + " or ".join(c for c in CONTENT_CODINGS if c != "identity"),
             )
             return
-        if self.bytes_in_flight + declared_bytes > self.body_budget:
+        if self.counts.bytes + declared_bytes > self.body_budget:
             await self._busy(scope, receive, send, "the request bodies in flight fill memory")
             return
         reserved = declared_bytes
-        self.bytes_in_flight += reserved
+        self.counts.bytes += reserved
         try:
             chunks: list[bytes] = []
             received = 0
@@ -275,12 +295,12 @@ class EntryGate:
                     await _refuse(scope, receive, send, 413, self._too_large())
                     return
                 if received > reserved:  # a body of undeclared length, counted as it comes
-                    if self.bytes_in_flight + received - reserved > self.body_budget:
+                    if self.counts.bytes + received - reserved > self.body_budget:
                         await self._busy(
                             scope, receive, send, "the request bodies in flight fill memory"
                         )
                         return
-                    self.bytes_in_flight += received - reserved
+                    self.counts.bytes += received - reserved
                     reserved = received
                 if not message.get("more_body", False):
                     break
@@ -299,12 +319,12 @@ class EntryGate:
                     await _refuse(scope, receive, send, 413, self._too_large())
                     return
                 if len(body) > reserved:
-                    if self.bytes_in_flight + len(body) - reserved > self.body_budget:
+                    if self.counts.bytes + len(body) - reserved > self.body_budget:
                         await self._busy(
                             scope, receive, send, "the request bodies in flight fill memory"
                         )
                         return
-                    self.bytes_in_flight += len(body) - reserved
+                    self.counts.bytes += len(body) - reserved
                     reserved = len(body)
                 scope = _decoded_scope(scope, len(body))
             counted = _json_part(body, scope["path"], headers)
@@ -320,7 +340,7 @@ class EntryGate:
                 return
             await self.app(scope, replay(body, receive), send)
         finally:
-            self.bytes_in_flight -= reserved
+            self.counts.bytes -= reserved
 
     async def _admit_task(
         self, scope: Scope, headers: Headers, receive: Receive, send: Send

@@ -87,8 +87,8 @@ class V2Request:
 def decode_infer_request(
     raw: bytes, header_length: str | None, spec: ModelSpec, max_instances: int
 ) -> V2Request:
-    """An inference request's body -> ``V2Request``; raises ``V2Error`` (400) naming the
-    input at fault."""
+    """An inference request's body (JSON, or JSON and binary tensors) -> ``V2Request``;
+    raises ``V2Error`` (400) naming the input at fault."""
     header, binary = _split(raw, header_length)
     try:
         request = read_json(header)  # Python's JSON writer (tritonclient's) writes NaN
@@ -97,9 +97,6 @@ def decode_infer_request(
     if not isinstance(request, dict):
         raise V2Error(400, "the inference request must be a JSON object with inputs")
     parameters = _object(request.get("parameters"), "the request's parameters")
-    errors = parameters.get("errors", "reject")
-    if errors not in ERROR_MODES:
-        raise V2Error(400, f"parameters.errors must be one of {list(ERROR_MODES)}, got {errors!r}")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise V2Error(400, "id must be a string")
@@ -107,6 +104,25 @@ def decode_infer_request(
     if not isinstance(inputs, list) or not inputs:
         raise V2Error(400, "inputs must be a non-empty list of tensors")
     tensors = _read_tensors(inputs, binary)
+    return infer_request(
+        request_id, parameters, tensors, request.get("outputs"), spec, max_instances
+    )
+
+
+def infer_request(
+    request_id: str | None,
+    parameters: dict[str, Any],
+    tensors: dict[str, Tensor],
+    outputs: Any,
+    spec: ModelSpec,
+    max_instances: int,
+) -> V2Request:
+    """The protocol's rules for an inference request, whichever transport brought it (HTTP
+    JSON and binary here, gRPC in :mod:`.grpc_v2`): the key input and one input per
+    feature, one element each per instance, the error mode and the outputs asked for."""
+    errors = parameters.get("errors", "reject")
+    if errors not in ERROR_MODES:
+        raise V2Error(400, f"parameters.errors must be one of {list(ERROR_MODES)}, got {errors!r}")
     key_name = key_input(spec)
     if key_name not in tensors:
         raise V2Error(
@@ -142,7 +158,7 @@ def decode_infer_request(
         id=request_id,
         key_datatype=key_tensor.datatype,
         body={"keys": key_tensor.keys(), "columns": columns, "errors": errors},
-        outputs=_requested_outputs(request.get("outputs"), spec, errors),
+        outputs=_requested_outputs(outputs, spec, errors),
         binary_output=bool(_flag(parameters, "binary_data_output", "the request's parameters")),
     )
 
@@ -169,7 +185,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 
 @dataclass
-class _Tensor:
+class Tensor:
     name: str
     datatype: str
     count: int
@@ -293,22 +309,15 @@ def _text(value: Any, name: str) -> Any:
     return value  # JSON: a string (or whatever was sent, judged by validation)
 
 
-def _read_tensors(inputs: list[Any], binary: bytes) -> dict[str, _Tensor]:
-    tensors: dict[str, _Tensor] = {}
+def _read_tensors(inputs: list[Any], binary: bytes) -> dict[str, Tensor]:
+    tensors: dict[str, Tensor] = {}
     offset = 0
     for index, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
             raise V2Error(400, f"inputs[{index}] must be an object {{name, datatype, shape, data}}")
         name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-        if not isinstance(name, str) or not name:
-            raise V2Error(400, f"inputs[{index}] has no name")
-        if name in tensors:
-            raise V2Error(400, f"input {name!r} is sent twice")
-        if not isinstance(datatype, str) or (datatype not in NUMBER_DTYPES and datatype != "BYTES"):
-            raise V2Error(
-                400, f"input {name!r}: datatype {datatype!r} is not one this server takes"
-            )
-        count = _count(shape, name)
+        count = tensor_count(index, name, datatype, shape, tensors)
+        name, datatype = str(name), str(datatype)  # checked just above
         parameters = _object(tensor.get("parameters"), f"input {name!r}'s parameters")
         size = parameters.get("binary_data_size")
         if size is not None and "data" in tensor:
@@ -322,13 +331,13 @@ def _read_tensors(inputs: list[Any], binary: bytes) -> dict[str, _Tensor]:
                     f"input {name!r}: binary_data_size {size!r} does not fit in the "
                     f"{len(binary) - offset} binary bytes left",
                 )
-            data: Any = _binary_elements(binary[offset : offset + size], datatype, count, name)
+            data: Any = binary_elements(binary[offset : offset + size], datatype, count, name)
             offset += size
         elif "data" in tensor:
             data = _json_elements(tensor["data"], count, name)
         else:
             raise V2Error(400, f"input {name!r} has neither data nor parameters.binary_data_size")
-        tensors[name] = _Tensor(name, datatype, count, data)
+        tensors[name] = Tensor(name, datatype, count, data)
     if offset != len(binary):
         raise V2Error(
             400,
@@ -336,6 +345,18 @@ def _read_tensors(inputs: list[Any], binary: bytes) -> dict[str, _Tensor]:
             "bytes follow the JSON header",
         )
     return tensors
+
+
+def tensor_count(index: int, name: Any, datatype: Any, shape: Any, seen: Any) -> int:
+    """Elements of input ``index``, after checking its name (given, not one of ``seen``),
+    datatype (one this server takes) and shape."""
+    if not isinstance(name, str) or not name:
+        raise V2Error(400, f"inputs[{index}] has no name")
+    if name in seen:
+        raise V2Error(400, f"input {name!r} is sent twice")
+    if not isinstance(datatype, str) or (datatype not in NUMBER_DTYPES and datatype != "BYTES"):
+        raise V2Error(400, f"input {name!r}: datatype {datatype!r} is not one this server takes")
+    return _count(shape, name)
 
 
 def _count(shape: Any, name: str) -> int:
@@ -350,7 +371,7 @@ def _count(shape: Any, name: str) -> int:
     return int(shape[0])
 
 
-def _binary_elements(raw: bytes, datatype: str, count: int, name: str) -> Any:
+def binary_elements(raw: bytes, datatype: str, count: int, name: str) -> Any:
     if datatype == "BYTES":
         elements: list[bytes] = []
         offset = 0

@@ -120,6 +120,7 @@ def test_bentoml_reads_the_serving_config_for_both_services(tmp_path: Path) -> N
 # ---- KServe ------------------------------------------------------------------------------
 
 KSERVE = DEPLOY / "kserve" / "inferenceservice.yaml"
+KSERVE_GRPC = DEPLOY / "kserve" / "inferenceservice-grpc.yaml"
 # KServe's InferenceService CRD schema (v1beta1), vendored: the test data names its source.
 KSERVE_SCHEMA = (
     Path(__file__).parent / "data" / "kserve" / "inferenceservice-v1beta1.schema.json.gz"
@@ -162,8 +163,9 @@ def kserve_validator() -> Any:
     return jsonschema.Draft7Validator(schema)
 
 
-def test_the_kserve_inference_service_validates_against_kserves_schema() -> None:
-    (service,) = documents(KSERVE)
+@pytest.mark.parametrize("path", [KSERVE, KSERVE_GRPC], ids=["rest", "grpc"])
+def test_the_kserve_inference_service_validates_against_kserves_schema(path: Path) -> None:
+    (service,) = documents(path)
     assert service["apiVersion"] == "serving.kserve.io/v1beta1"
     assert service["kind"] == "InferenceService"
     validator = kserve_validator()
@@ -174,9 +176,10 @@ def test_the_kserve_inference_service_validates_against_kserves_schema() -> None
     assert list(validator.iter_errors(misspelled)), "the closed schema must refuse a typo"
 
 
+@pytest.mark.parametrize("path", [KSERVE, KSERVE_GRPC], ids=["rest", "grpc"])
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_the_kserve_predictor_is_a_valid_kubernetes_pod_spec(version: str) -> None:
-    (service,) = documents(KSERVE)
+def test_the_kserve_predictor_is_a_valid_kubernetes_pod_spec(version: str, path: Path) -> None:
+    (service,) = documents(path)
     predictor = service["spec"]["predictor"]
     pod_spec = {k: v for k, v in predictor.items() if k not in KSERVE_COMPONENT_FIELDS}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod_spec}
@@ -204,6 +207,27 @@ def test_the_manifests_serve_the_model_the_image_carries() -> None:
     # MODEL_TAG for another model would stop every replica at start (service.py).
     deployment = by_kind("Deployment")["spec"]["template"]["spec"]["containers"]
     (kserve,) = documents(KSERVE)
-    for container in [*deployment, *kserve["spec"]["predictor"]["containers"]]:
+    (kserve_grpc,) = documents(KSERVE_GRPC)
+    predictors = [kserve["spec"]["predictor"], kserve_grpc["spec"]["predictor"]]
+    for container in [*deployment, *(c for p in predictors for c in p["containers"])]:
         names = {e["name"] for e in container.get("env", [])}
         assert not names & {"MODEL_TAG", "KEYED_MODEL_TAG"}, container["name"]
+
+
+def test_grpc_is_served_and_exposed_on_the_port_the_manifests_name() -> None:
+    """KEYED_GRPC_PORT starts gRPC beside HTTP: the Deployment's container and Service
+    expose that port, and the KServe gRPC predictor names it h2c (HTTP/2 without TLS),
+    its one port, as Knative asks."""
+    container = by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["grpc"] == int(env["KEYED_GRPC_PORT"])
+    service_ports = {p["name"]: p for p in by_kind("Service")["spec"]["ports"]}
+    assert service_ports["grpc"]["targetPort"] == "grpc"
+    assert service_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    (kserve,) = documents(KSERVE_GRPC)
+    (predictor,) = kserve["spec"]["predictor"]["containers"]
+    (port,) = predictor["ports"]
+    grpc_env = {e["name"]: e.get("value") for e in predictor["env"]}
+    assert port["name"] == "h2c" and port["containerPort"] == int(grpc_env["KEYED_GRPC_PORT"])
+    assert grpc_env["PROTOCOL"] == "v2"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sklearn
 import yaml
-from support import ROOT, build_bento, served
+from support import ROOT, build_bento, free_port, served
 
 
 def test_the_bento_asks_for_the_same_packages_as_the_project() -> None:
@@ -39,9 +39,28 @@ def test_bentoml_build_carries_the_model_and_the_bento_serves_keys(
     source = Path(bento.path) / "src"
     packed = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()}
     assert {"service.py", "keyed_serving/serving/validate.py"} <= packed
+    # The gRPC stubs, generated at install time and kept out of git, are in the bento.
+    assert {
+        "keyed_serving/serving/proto/open_inference_grpc_pb2.py",
+        "keyed_serving/serving/proto/open_inference_grpc_pb2_grpc.py",
+    } <= packed
     assert not any(name.startswith(("tests/", ".venv/", "bench/")) for name in packed)
+    dockerfile = (Path(bento.path) / "env" / "docker" / "Dockerfile").read_text()
+    assert "EXPOSE 8001" in dockerfile and "EXPOSE 3000" in dockerfile
 
-    with served(tag, cwd=tmp_path) as url:
+    grpc_port = free_port()
+    with served(tag, cwd=tmp_path, KEYED_GRPC_PORT=str(grpc_port)) as url:
+        import numpy as np
+        import tritonclient.grpc as triton_grpc
+
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        name = default_model.split(":")[0]
+        inputs = [triton_grpc.InferInput("key", [1], "BYTES")]
+        inputs[0].set_data_from_numpy(np.array([b"g-1"], dtype=object))
+        for feature in ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"):
+            inputs.append(triton_grpc.InferInput(feature, [1], "FP64"))
+            inputs[-1].set_data_from_numpy(np.array([2.0]))
+        assert client.infer(name, inputs).as_numpy("key").tolist() == [b"g-1"]
         response = httpx.post(
             f"{url}/predict",
             timeout=30,

@@ -1,0 +1,422 @@
+"""The Open Inference Protocol over gRPC, with keys, against a real `bentoml serve` with
+KEYED_GRPC_PORT: through tritonclient's gRPC clients (sync and asyncio), unchanged, and for
+the retry hints through the stubs tritonclient ships.
+
+Every answer is checked key by key against the model's own predictions for the values as
+sent in their datatype (an FP32 feature is the float32 nearest the table's value)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
+from support import Server, free_port, make_customer_table, own_predictions
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from keyed_serving.model.store import load_spec
+
+pytestmark = pytest.mark.slow
+TOKEN = "grpc-secret"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+# A feature of each datatype a number feature takes over the wire, and the text ones.
+DATATYPES = {
+    "monthly_spend": "FP64",
+    "tenure_months": "FP32",
+    "support_tickets": "INT32",
+    "plan": "BYTES",
+    "region": "BYTES",
+}
+
+
+class GrpcServer:
+    def __init__(self, server: Server, grpc_port: int, tag: str) -> None:
+        self.server = server
+        self.url = server.url
+        self.target = f"127.0.0.1:{grpc_port}"
+        self.tag = tag
+        self.name, self.version = tag.split(":")
+        self.spec = load_spec(tag)
+
+    def client(self) -> triton.InferenceServerClient:
+        return triton.InferenceServerClient(self.target)
+
+    def stub(self) -> Any:
+        return service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(self.target))
+
+
+def start(tag: str, **env: str) -> GrpcServer:
+    port = free_port()
+    return GrpcServer(Server(MODEL_TAG=tag, KEYED_GRPC_PORT=str(port), **env), port, tag)
+
+
+@pytest.fixture(scope="module")
+def served(customer_model: str) -> Iterator[GrpcServer]:
+    server = start(customer_model, API_TOKEN=TOKEN)
+    try:
+        yield server
+    except BaseException:
+        server.server.print_log()
+        raise
+    finally:
+        server.server.stop()
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return make_customer_table(50_000, seed=19)
+
+
+def as_sent(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows as the model gets them once sent in DATATYPES: FP32 rounded to float32."""
+    sent = frame.copy()
+    sent["tenure_months"] = sent["tenure_months"].astype(np.float32).astype(np.float64)
+    return sent
+
+
+def inputs_of(frame: pd.DataFrame, keys: list[Any], module: Any = triton) -> list[Any]:
+    n = len(frame)
+
+    def tensor(name: str, values: np.ndarray, datatype: str) -> Any:
+        made = module.InferInput(name, [n], datatype)
+        made.set_data_from_numpy(values)
+        return made
+
+    integer_keys = isinstance(keys[0], int)
+    made = [
+        tensor(
+            "key",
+            np.array(keys, dtype=np.int64 if integer_keys else object),
+            "INT64" if integer_keys else "BYTES",
+        )
+    ]
+    for name, datatype in DATATYPES.items():
+        column = frame[name]
+        if datatype == "BYTES":
+            values = np.array([v if isinstance(v, str) else "" for v in column], dtype=object)
+        else:
+            values = column.to_numpy(dtype={"FP64": np.float64, "FP32": np.float32}.get(datatype))
+            if datatype == "INT32":
+                values = column.to_numpy().astype(np.int32)
+        made.append(tensor(name, values, datatype))
+    return made
+
+
+def texts(values: np.ndarray) -> list[Any]:
+    return [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
+
+
+def test_health_metadata_and_readiness_answer_as_tritonclient_grpc_expects(
+    served: GrpcServer,
+) -> None:
+    client = served.client()
+    # The probes are open to all, as /v2/health/live and /v2/health/ready are.
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(served.name, headers=AUTH)
+    assert client.is_model_ready(served.name, served.version, headers=AUTH)
+    with pytest.raises(InferenceServerException) as unknown:  # as HTTP's 404
+        client.is_model_ready("nope", headers=AUTH)
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+    server_metadata = client.get_server_metadata(headers=AUTH, as_json=True)
+    assert "binary_tensor_data" in server_metadata["extensions"]
+    metadata = client.get_model_metadata(served.name, headers=AUTH, as_json=True)
+    assert metadata["name"] == served.name and metadata["versions"] == [served.version]
+    http = httpx.get(f"{served.url}/v2/models/{served.name}", headers=AUTH).json()
+    for side in ("inputs", "outputs"):
+        over_grpc = [
+            (t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in metadata[side]
+        ]
+        assert over_grpc == [(t["name"], t["datatype"], t["shape"]) for t in http[side]]
+
+
+def test_the_token_is_asked_for_as_over_http(served: GrpcServer) -> None:
+    client = served.client()
+    for call in (
+        lambda: client.get_model_metadata(served.name),
+        lambda: client.get_server_metadata(headers={"authorization": "Bearer wrong"}),
+        lambda: client.infer(served.name, inputs_of(make_customer_table(3), ["a", "b", "c"])),
+    ):
+        with pytest.raises(InferenceServerException) as refused:
+            call()
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert "bearer token" in refused.value.message()
+
+
+@pytest.mark.parametrize("integer_keys", [False, True], ids=["BYTES keys", "INT64 keys"])
+def test_50000_instances_of_every_feature_datatype_are_answered_by_key(
+    served: GrpcServer, table: pd.DataFrame, integer_keys: bool
+) -> None:
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(table))
+    rows = table.iloc[order]
+    keys: list[Any] = (
+        [int(k) * 7919 - 2**40 for k in order] if integer_keys else [f"c-{k}" for k in order]
+    )
+    result = served.client().infer(
+        served.name, inputs_of(rows, keys), headers=AUTH, request_id="big-1"
+    )
+    response = result.get_response()
+    assert response.model_name == served.name and response.model_version == served.version
+    assert response.id == "big-1"
+    got_keys = result.as_numpy("key").tolist()
+    assert (got_keys if integer_keys else texts(result.as_numpy("key"))) == keys
+    assert texts(result.as_numpy("prediction")) == own_predictions(served.tag, as_sent(rows))
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (len(rows), 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    assert response.parameters["received"].int64_param == len(rows)
+    assert response.parameters["predicted"].int64_param == len(rows)
+
+
+def test_the_asyncio_client_gets_each_concurrent_request_its_own_rows(
+    served: GrpcServer, table: pd.DataFrame
+) -> None:
+    rows = table.head(2_000)
+    expected = own_predictions(served.tag, as_sent(rows))
+
+    async def run() -> list[bool]:
+        client = triton_aio.InferenceServerClient(served.target)
+
+        async def one(seed: int) -> bool:
+            order = np.random.default_rng(seed).permutation(len(rows))[:150]
+            keys = list(range(150))  # every request numbers its rows 0..149
+            result = await client.infer(
+                served.name, inputs_of(rows.iloc[order], keys, triton_aio), headers=AUTH
+            )
+            got = texts(result.as_numpy("prediction"))
+            return result.as_numpy("key").tolist() == keys and got == [expected[i] for i in order]
+
+        try:
+            return list(await asyncio.gather(*(one(seed) for seed in range(60))))
+        finally:
+            await client.close()
+
+    assert all(asyncio.run(run()))
+
+
+def test_a_failed_instance_is_answered_with_its_error_and_nan_probabilities(
+    served: GrpcServer, table: pd.DataFrame
+) -> None:
+    rows = table.head(6).copy()
+    rows.loc[rows.index[2], "monthly_spend"] = np.inf  # refused by validation, by key
+    keys = [f"r{i}" for i in range(6)]
+    result = served.client().infer(
+        served.name,
+        inputs_of(rows, keys),
+        parameters={"errors": "per_instance"},
+        headers=AUTH,
+    )
+    assert texts(result.as_numpy("key")) == keys
+    errors = texts(result.as_numpy("error"))
+    assert errors[2] and "monthly_spend" in errors[2]
+    assert [e for i, e in enumerate(errors) if i != 2] == [""] * 5
+    probabilities = result.as_numpy("probabilities")
+    assert np.isnan(probabilities[2]).all() and not np.isnan(np.delete(probabilities, 2, 0)).any()
+    predictions = texts(result.as_numpy("prediction"))
+    kept = rows.drop(rows.index[2])
+    assert [p for i, p in enumerate(predictions) if i != 2] == own_predictions(
+        served.tag, as_sent(kept)
+    )
+    assert result.get_response().parameters["failed"].int64_param == 1
+
+
+def test_bad_input_is_invalid_argument_with_the_message_http_gives(
+    served: GrpcServer, table: pd.DataFrame
+) -> None:
+    rows = table.head(3)
+    duplicate_keys = ["same", "same", "other"]
+    with pytest.raises(InferenceServerException) as refused:
+        served.client().infer(served.name, inputs_of(rows, duplicate_keys), headers=AUTH)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    over_http = httpx.post(
+        f"{served.url}/v2/models/{served.name}/infer",
+        headers=AUTH,
+        json={
+            "inputs": [
+                {"name": "key", "datatype": "BYTES", "shape": [3], "data": duplicate_keys},
+                *[
+                    {
+                        "name": name,
+                        "datatype": "FP64" if datatype != "BYTES" else "BYTES",
+                        "shape": [3],
+                        "data": [
+                            (v if isinstance(v, str) else "")
+                            if datatype == "BYTES"
+                            else (None if pd.isna(v) else float(v))
+                            for v in rows[name]
+                        ],
+                    }
+                    for name, datatype in DATATYPES.items()
+                ],
+            ]
+        },
+    )
+    assert over_http.status_code == 400
+    assert refused.value.message() == over_http.json()["error"]
+    missing = inputs_of(rows, ["a", "b", "c"])[:2]
+    with pytest.raises(InferenceServerException) as refused:
+        served.client().infer(served.name, missing, headers=AUTH)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "missing input(s)" in refused.value.message()
+    with pytest.raises(InferenceServerException) as refused:
+        served.client().infer("nope", inputs_of(rows, ["a", "b", "c"]), headers=AUTH)
+    assert refused.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_typed_contents_are_taken_and_checked_against_their_datatype(
+    served: GrpcServer, table: pd.DataFrame
+) -> None:
+    """A request with InferTensorContents instead of raw bytes (what a client without the
+    raw convention sends): the same answers; an element that does not fit its datatype is
+    named, as in JSON."""
+    rows = table.head(20)
+    request = service_pb2.ModelInferRequest(model_name=served.name)
+    key = request.inputs.add(name="key", datatype="INT64", shape=[20])
+    key.contents.int64_contents.extend(range(20))
+    for name, datatype in DATATYPES.items():
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=[20])
+        if datatype == "BYTES":
+            tensor.contents.bytes_contents.extend(
+                (v if isinstance(v, str) else "").encode() for v in rows[name]
+            )
+        elif datatype == "INT32":
+            tensor.contents.int_contents.extend(int(v) for v in rows[name])
+        elif datatype == "FP32":
+            tensor.contents.fp32_contents.extend(float(v) for v in rows[name])
+        else:
+            tensor.contents.fp64_contents.extend(float(v) for v in rows[name])
+    stub = served.stub()
+    answer = stub.ModelInfer(request, metadata=tuple(AUTH.items()))
+    names = [output.name for output in answer.outputs]
+    keys = np.frombuffer(answer.raw_output_contents[names.index("key")], dtype="<i8")
+    assert keys.tolist() == list(range(20))
+    with pytest.raises(grpc.RpcError) as refused:
+        bad = service_pb2.ModelInferRequest()
+        bad.CopyFrom(request)
+        bad.inputs[3].datatype = "INT8"
+        bad.inputs[3].contents.Clear()
+        bad.inputs[3].contents.int_contents.extend([300] * 20)
+        stub.ModelInfer(bad, metadata=tuple(AUTH.items()))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'support_tickets' is INT8" in refused.value.details()
+
+
+def test_grpc_listens_on_the_http_servers_host_only(served: GrpcServer) -> None:
+    port = int(served.target.rsplit(":", 1)[1])
+    entry = served.server.worker("KeyedPrediction")
+    listening = [c.laddr for c in entry.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    grpc_addresses = {address.ip for address in listening if address.port == port}
+    assert grpc_addresses and grpc_addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def strained(default_model: str) -> Iterator[GrpcServer]:
+    server = start(
+        default_model,
+        KEYED_MAX_CONCURRENCY="1",
+        KEYED_REQUEST_DEADLINE_S="2",
+        KEYED_MAX_BODY_BYTES=str(1024 * 1024),
+    )
+    try:
+        yield server
+    except BaseException:
+        server.server.print_log()
+        raise
+    finally:
+        server.server.stop()
+
+
+def iris_request(name: str, n: int) -> Any:
+    request = service_pb2.ModelInferRequest(model_name=name)
+    key = request.inputs.add(name="key", datatype="BYTES", shape=[n])
+    key.contents.bytes_contents.extend(f"k{i}".encode() for i in range(n))
+    for feature in ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"):
+        tensor = request.inputs.add(name=feature, datatype="FP64", shape=[n])
+        tensor.contents.fp64_contents.extend([2.5] * n)
+    return request
+
+
+def retry_hint(error: grpc.RpcError) -> dict[str, str]:
+    trailing = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    return {k: trailing[k] for k in ("retry-after", "grpc-retry-pushback-ms") if k in trailing}
+
+
+def test_overload_is_resource_exhausted_with_a_retry_hint_counted_with_http(
+    strained: GrpcServer,
+) -> None:
+    """KEYED_MAX_CONCURRENCY=1, held by an HTTP request whose body is still coming: a gRPC
+    call is refused at once, with the hint, and served once the HTTP request is done."""
+    name = strained.tag.split(":")[0]
+    release = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield b'{"instances": [{"key": "h", "features": {"sepal_length_cm": 1, '
+        release.wait(30)
+        yield b'"sepal_width_cm": 1, "petal_length_cm": 1, "petal_width_cm": 1}}]}'
+
+    held: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: held.update(
+            response=httpx.post(f"{strained.url}/predict", content=slow_body(), timeout=60)
+        )
+    )
+    thread.start()
+    stub = strained.stub()
+    refusal = None
+    try:
+        for _ in range(300):  # until the HTTP request holds the one slot
+            try:
+                stub.ModelInfer(iris_request(name, 2), timeout=10)
+            except grpc.RpcError as error:
+                refusal = error
+                break
+            threading.Event().wait(0.05)
+    finally:
+        release.set()
+        thread.join(60)
+    assert refusal is not None
+    assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert "requests in flight" in refusal.details()  # type: ignore[attr-defined]
+    assert retry_hint(refusal) == {"retry-after": "1", "grpc-retry-pushback-ms": "1000"}
+    assert held["response"].status_code == 200
+    answer = stub.ModelInfer(iris_request(name, 2), timeout=10)
+    assert answer.outputs[0].name == "key" and answer.parameters["predicted"].int64_param == 2
+
+
+def test_a_message_past_the_body_limit_is_resource_exhausted_without_a_retry_hint(
+    strained: GrpcServer,
+) -> None:
+    name = strained.tag.split(":")[0]
+    with pytest.raises(grpc.RpcError) as refused:
+        strained.stub().ModelInfer(iris_request(name, 40_000), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert retry_hint(refused.value) == {}
+
+
+def test_a_runner_that_does_not_answer_is_unavailable_with_a_retry_hint(
+    strained: GrpcServer,
+) -> None:
+    name = strained.tag.split(":")[0]
+    runner = strained.server.worker("ModelRunner")
+    os.kill(runner.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            strained.stub().ModelInfer(iris_request(name, 3), timeout=30)
+    finally:
+        os.kill(runner.pid, signal.SIGCONT)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert retry_hint(refused.value) == {"retry-after": "1", "grpc-retry-pushback-ms": "1000"}
+    answer = strained.stub().ModelInfer(iris_request(name, 3), timeout=30)
+    assert answer.model_name == name
