@@ -1,7 +1,7 @@
 """The request path inside the server, one module per stage. ``service.py`` conducts it:
 
 1. :mod:`.v2` decodes an Open Inference Protocol (V2) body into the columnar body stage 2
-   takes;
+   takes (:mod:`.grpc_v2` does the same for a gRPC ``ModelInfer``, through v2's rules);
 2. :mod:`.validate`: wire instances -> keyed rows or per-key errors;
 3. :mod:`.chunking`: keyed rows -> runner-sized blocks, each row still holding its key;
 4. :mod:`.dispatch` carries blocks to the adaptive-batching runner and back (coalescing,
@@ -10,7 +10,8 @@
 6. :mod:`.answers`: the checked results written as rows, columns or a V2 answer.
 
 Around them: :mod:`.http` (the gate in front of the entry), :mod:`.routes` (what the entry
-answers before BentoML's router), :mod:`.openapi` (the API page), :mod:`.file_scoring`
+answers before BentoML's router), :mod:`.grpc_v2` (the protocol over gRPC, beside HTTP; its
+stubs in :mod:`.proto`, generated at build time), :mod:`.openapi` (the API page), :mod:`.file_scoring`
 (``/predict_file`` through the same stages), :mod:`.lifecycle` (start, drain, stop) and
 :mod:`.metrics`.
 
