@@ -420,3 +420,157 @@ def test_a_runner_that_does_not_answer_is_unavailable_with_a_retry_hint(
     assert retry_hint(refused.value) == {"retry-after": "1", "grpc-retry-pushback-ms": "1000"}
     answer = strained.stub().ModelInfer(iris_request(name, 3), timeout=30)
     assert answer.model_name == name
+
+
+DATATYPE_NAMES = [
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+    "FP16", "FP32", "FP64", "BYTES", "BF16", "", "fp64", "STRING",
+]  # fmt: skip
+CONTENTS = [
+    "bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents",
+    "fp32_contents", "fp64_contents", "bytes_contents",
+]  # fmt: skip
+IRIS = ["key", "sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+
+
+def _elements(draw: Any, field: str, n: int) -> list[Any]:
+    from hypothesis import strategies as st
+
+    kinds = {
+        "bool_contents": st.booleans(),
+        "int_contents": st.integers(-(2**31), 2**31 - 1),
+        "int64_contents": st.integers(-(2**63), 2**63 - 1),
+        "uint_contents": st.integers(0, 2**32 - 1),
+        "uint64_contents": st.integers(0, 2**64 - 1),
+        "fp32_contents": st.floats(width=32),
+        "fp64_contents": st.floats(),
+        "bytes_contents": st.binary(max_size=6),
+    }
+    return draw(st.lists(kinds[field], min_size=n, max_size=n))
+
+
+VALID = {"BYTES": "bytes_contents", "INT64": "int64_contents", "FP64": "fp64_contents",
+         "FP32": "fp32_contents", "INT32": "int_contents"}  # fmt: skip
+
+
+def fuzzed_requests() -> Any:
+    """Nearly valid ModelInferRequests for the iris model: each part right more often than
+    not (so that many reach the model), else a random datatype, shape, contents field,
+    element count or raw bytes."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def build(draw: Any) -> Any:
+        # Half the requests are right in nearly every part, the others in most.
+        care = draw(st.sampled_from([40, 3]))
+
+        def often(likely: Any, otherwise: Any) -> Any:
+            return likely if draw(st.integers(0, care)) else otherwise
+
+        request = service_pb2.ModelInferRequest(model_name=often("iris_classifier", "nope"))
+        n = often(draw(st.integers(1, 4)), 0)
+        raw = draw(st.booleans())
+        names = often(IRIS, draw(st.lists(st.sampled_from(IRIS), max_size=6)))
+        for index, name in enumerate(names):
+            if name == "key":
+                good = often(draw(st.sampled_from(["BYTES", "INT64"])), None)
+            else:
+                good = often(draw(st.sampled_from(["FP64", "FP32", "INT32", "INT64"])), None)
+            datatype = good or draw(st.sampled_from(DATATYPE_NAMES))
+            tensor = request.inputs.add(name=name, datatype=datatype)
+            shape = often([n], draw(st.sampled_from([[n, 1], [n, 2], [], [-1], [n + 1], [2**40]])))
+            tensor.shape.extend(shape)
+            if raw:
+                size = {"INT64": 8, "FP64": 8, "FP32": 4, "INT32": 4}.get(datatype)
+                if size and often(True, False):
+                    request.raw_input_contents.append(
+                        draw(st.binary(min_size=size * n, max_size=size * n))
+                    )
+                elif datatype == "BYTES" and often(True, False):
+                    items = [f"{name}-{index}-{i}".encode() for i in range(n)]
+                    request.raw_input_contents.append(
+                        b"".join(len(i).to_bytes(4, "little") + i for i in items)
+                    )
+                else:
+                    request.raw_input_contents.append(draw(st.binary(max_size=40)))
+            else:
+                field = often(
+                    VALID.get(datatype, "bytes_contents"), draw(st.sampled_from(CONTENTS))
+                )
+                count = often(n, draw(st.sampled_from([n + 1, 0])))
+                if name == "key" and field == "bytes_contents" and count == n:
+                    tensor.contents.bytes_contents.extend(f"k{i}".encode() for i in range(n))
+                elif name == "key" and field == "int64_contents" and count == n:
+                    tensor.contents.int64_contents.extend(range(n))
+                else:
+                    getattr(tensor.contents, field).extend(_elements(draw, field, count))
+            if not often(True, False):
+                tensor.parameters["binary_data_size"].int64_param = draw(st.integers(-5, 50))
+        if draw(st.booleans()):
+            choice = draw(
+                st.sampled_from(["reject", "per_instance", "per_instance", "bogus", 1, True])
+            )
+            parameter = request.parameters["errors"]
+            if isinstance(choice, bool):
+                parameter.bool_param = choice
+            elif isinstance(choice, int):
+                parameter.int64_param = choice
+            else:
+                parameter.string_param = choice
+        if draw(st.integers(0, 3)) == 0:
+            for name in draw(
+                st.lists(st.sampled_from(["key", "prediction", "probabilities", "error", "x"]))
+            ):
+                output = request.outputs.add(name=name)
+                if draw(st.integers(0, 5)) == 0:
+                    output.parameters["classification"].int64_param = 2
+        return request
+
+    return build()
+
+
+def test_no_fuzzed_grpc_request_gets_an_internal_error(strained: GrpcServer) -> None:
+    """Random datatypes, shapes, contents and raw bytes over gRPC: a refusal with a status
+    code naming the problem, or an answer with every key sent; never INTERNAL or UNKNOWN."""
+    from hypothesis import HealthCheck, given, settings
+
+    stub = strained.stub()
+    answered = []
+
+    @settings(
+        max_examples=250,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(request=fuzzed_requests())
+    def one(request: Any) -> None:
+        try:
+            answer = stub.ModelInfer(request, timeout=30)
+        except grpc.RpcError as error:
+            code = error.code()  # type: ignore[attr-defined]
+            assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (
+                request,
+                error.details(),  # type: ignore[attr-defined]
+            )
+            assert error.details(), request  # type: ignore[attr-defined]
+            return
+        answered.append(answer)
+        names = [output.name for output in answer.outputs]
+        if "key" in names:  # every key sent, once, in order
+            sent = request.inputs[[t.name for t in request.inputs].index("key")]
+            raw = answer.raw_output_contents[names.index("key")]
+            if sent.datatype == "INT64":
+                got: list[Any] = np.frombuffer(raw, dtype="<i8").tolist()
+            else:
+                got, at = [], 0
+                while at < len(raw):
+                    size = int.from_bytes(raw[at : at + 4], "little")
+                    got.append(raw[at + 4 : at + 4 + size])
+                    at += 4 + size
+            assert answer.parameters["received"].int64_param == len(got)
+            assert len(got) == len(set(got)), (request, got)
+
+    one()
+    # The fuzz reaches the model, not only the first checks.
+    assert len(answered) >= 20, len(answered)
