@@ -26,6 +26,7 @@ from keyed_serving.serving.v2 import (
     V2Error,
     V2Request,
     encode_bytes,
+    json_text,
     model_name,
     model_version,
     prediction_datatype,
@@ -123,7 +124,7 @@ def v2_answer(request: V2Request, batch: ValidBatch, scored: Scored, spec: Model
             "FP64",
             [n, len(classes)],
             _or_nan(probabilities, n, len(classes)),
-            {"classes": classes},
+            {"classes": json_text(classes)},  # a parameter holds no list: JSON array text
         )
     if batch.errors == "per_instance":
         tensors["error"] = ("BYTES", [n], errors, {})

@@ -98,7 +98,7 @@ def test_health_metadata_and_readiness_answer_as_tritonclient_expects(server: V2
     outputs = {o["name"]: o for o in metadata["outputs"]}
     assert set(outputs) == {"key", "prediction", "probabilities", "error"}
     assert outputs["probabilities"]["shape"] == [-1, 2]
-    assert metadata["parameters"]["classes"] == ["no", "yes"]
+    assert json.loads(metadata["properties"]["classes"]) == ["no", "yes"]
 
 
 def test_an_unknown_model_or_version_is_a_404_in_v2_shape(server: V2Server) -> None:
@@ -305,5 +305,5 @@ def test_the_json_body_mlservers_clients_send_is_answered(
     outputs = {o["name"]: o for o in response.json()["outputs"]}
     assert outputs["key"]["data"] == keys
     assert outputs["prediction"]["data"] == own_predictions(server.tag, rows)
-    assert outputs["probabilities"]["parameters"]["classes"] == ["no", "yes"]
+    assert json.loads(outputs["probabilities"]["parameters"]["classes"]) == ["no", "yes"]
     assert "error" not in outputs  # only in per-instance mode
