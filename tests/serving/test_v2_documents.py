@@ -6,15 +6,22 @@ In-process, through BentoML's own ASGI app."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
+import rapidjson  # tritonclient.http's JSON reader
 from starlette.testclient import TestClient
 from support import _stored_pipeline
 
 from keyed_serving.model.spec import ModelSpec
-from keyed_serving.schemas import FeatureInfo
+from keyed_serving.schemas import FeatureInfo, InstanceError
 from keyed_serving.serving import v2
+from keyed_serving.serving.answers import v2_answer
+from keyed_serving.serving.reassemble import Scored
+from keyed_serving.serving.validate import validate_request
 
 MODEL = "iris_classifier"
 FEATURES = ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm")
@@ -97,3 +104,61 @@ def test_every_parameter_of_an_infer_answer_is_a_string_number_or_boolean(
     outputs = {o["name"]: o for o in answer["outputs"]}
     classes = outputs["probabilities"]["parameters"]["classes"]
     assert json.loads(classes) == model_classes(default_model)
+
+
+def test_a_failed_instances_probabilities_are_written_as_tritons_nan(
+    asgi_client: TestClient,
+) -> None:
+    response = asgi_client.post(f"/v2/models/{MODEL}/infer", json=infer_body(True, False))
+    assert response.status_code == 200, response.text
+    assert b"null" not in response.content  # the tensor-data grammar has no null
+    outputs = {o["name"]: o for o in rapidjson.loads(response.content)["outputs"]}
+    probabilities = np.array(outputs["probabilities"]["data"], dtype=float).reshape(5, 3)
+    failed = [bool(error) for error in outputs["error"]["data"]]
+    assert failed == [False, True, False, True, False]
+    assert np.isnan(probabilities[failed]).all()
+    assert np.isfinite(probabilities[[not f for f in failed]]).all()
+    # Triton's writer (rapidjson, kWriteNanAndInfFlag) writes the bare token NaN.
+    data = json.dumps(outputs["probabilities"]["data"], separators=(",", ":"))
+    assert data.count("NaN") == 6 and data in response.text
+
+
+def test_an_answer_without_nan_is_written_by_orjson_as_before(asgi_client: TestClient) -> None:
+    body = infer_body(True, False)
+    for tensor in body["inputs"][1:]:
+        tensor["data"] = [5.1, 6.3, 4.9, 7.0, 5.5]
+    response = asgi_client.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == 200, response.text
+    assert orjson.dumps(orjson.loads(response.content)) == response.content
+
+
+def regressor_answer(predictions: list[float | None]) -> bytes:
+    """A regressor's V2 JSON answer for these predictions (None: the model failed the row)."""
+    n = len(predictions)
+    body = {
+        "inputs": [
+            {"name": "key", "datatype": "INT64", "shape": [n], "data": list(range(n))},
+            {"name": "area", "datatype": "FP64", "shape": [n], "data": [50.0] * n},
+        ],
+        "parameters": {"errors": "per_instance"},
+    }
+    request = v2.decode_infer_request(orjson.dumps(body), None, REGRESSOR, 100)
+    batch = validate_request(request.body, REGRESSOR, 100)
+    errors = {
+        row: InstanceError(code="model_error", message="the model raised")
+        for row, prediction in enumerate(predictions)
+        if prediction is None
+    }
+    return v2_answer(request, batch, Scored(list(predictions), None, errors), REGRESSOR).body
+
+
+def test_a_regressors_failed_prediction_is_nan_and_infinities_are_written_as_triton_does() -> None:
+    body = regressor_answer([1.5, None, math.inf, -math.inf, 0.1])
+    outputs = {o["name"]: o for o in rapidjson.loads(body)["outputs"]}
+    prediction = outputs["prediction"]
+    assert prediction["datatype"] == "FP64"
+    assert b'"data":[1.5,NaN,Infinity,-Infinity,0.1]' in body
+    written = rapidjson.dumps(prediction["data"], number_mode=rapidjson.NM_NAN)
+    assert written == "[1.5,NaN,Infinity,-Infinity,0.1]"  # what Triton's writer writes
+    without_nan = regressor_answer([1.5, 0.1])
+    assert without_nan == orjson.dumps(orjson.loads(without_nan))
