@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 export BENTOML_DO_NOT_TRACK := True
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve train test test-fast lint typecheck check build contract soak bench bench-peers bench-sweep wrk browser clean
+.PHONY: help install serve train test test-fast lint typecheck check build contract soak bench bench-peers bench-sweep wrk browser clean kserve-sdk
 .PHONY: container test-container spark-demo bench-spark
 
 help: ## list the targets
@@ -31,7 +31,17 @@ serve: install ## train the default model if the store lacks it, then serve on $
 	$(BIN)/python train.py --if-missing
 	$(if $(GRPC_PORT),KEYED_GRPC_PORT=$(GRPC_PORT)) $(BIN)/bentoml serve service:KeyedPrediction --host $(HOST) --port $(PORT)
 
-test: install browser ## run every test, the slow ones (real servers, bento build) included
+# The KServe SDK in a virtual environment of its own: kserve 0.21 pins pandas<3 and
+# protobuf<7, which ours are not. The tests run its clients there (tests/kserve_sdk.py).
+KSERVE_VENV := .venv-kserve
+$(KSERVE_VENV)/.installed:
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet "kserve>=0.15,<0.22"
+	touch $@
+
+kserve-sdk: $(KSERVE_VENV)/.installed ## the KServe SDK in .venv-kserve, for the tests that use its clients
+
+test: install browser kserve-sdk ## run every test, the slow ones (real servers, bento build) included
 	$(BIN)/pytest
 
 test-fast: install ## run the tests that need no real server
@@ -89,7 +99,7 @@ contract: ## check a running server (URL=...) against the shared wire contract
 	$(BIN)/python ../shared/contract_check.py $(or $(URL),http://127.0.0.1:$(PORT))
 
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) $(KSERVE_VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
 
 # --- ship and scale out (issue 6) ---------------------------------------------------------
 # buildah needs no Docker engine; chroot isolation works without user namespaces or an OCI

@@ -26,6 +26,7 @@ from keyed_serving.serving.v2 import (
     V2Error,
     V2Request,
     encode_bytes,
+    json_text,
     model_name,
     model_version,
     prediction_datatype,
@@ -153,7 +154,7 @@ def v2_outputs(
             "FP64",
             [n, len(classes)],
             _or_nan(probabilities, n, len(classes)),
-            {"classes": classes},
+            {"classes": json_text(classes)},  # a parameter holds no list: JSON array text
         )
     if batch.errors == "per_instance":
         tensors["error"] = ("BYTES", [n], errors, {})
@@ -225,8 +226,27 @@ def _binary(values: Any, datatype: str) -> bytes:
 
 def _json_data(values: Any) -> Any:
     if isinstance(values, np.ndarray):
-        return values.reshape(-1)  # row-major, as the protocol writes a tensor in JSON
+        flat = values.reshape(-1)  # row-major, as the protocol writes a tensor in JSON
+        if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+            return _with_non_finite(flat)
+        return flat
     return values
+
+
+def _with_non_finite(flat: np.ndarray) -> orjson.Fragment:
+    """Numbers written as Triton's JSON writer writes them (rapidjson with
+    ``kWriteNanAndInfFlag``): NaN (a failed instance's probabilities and FP64 prediction),
+    ``Infinity`` and ``-Infinity`` as bare tokens, where orjson writes ``null``, which the
+    protocol's tensor data does not allow. The finite numbers are orjson's, as in an answer
+    without NaN."""
+    written = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not np.isinf(flat).any():  # NaN alone, as failed instances give: every null is one
+        return orjson.Fragment(written.replace(b"null", b"NaN"))
+    tokens = written[1:-1].split(b",")
+    for index in np.flatnonzero(~np.isfinite(flat)).tolist():
+        value = flat[index]
+        tokens[index] = b"NaN" if np.isnan(value) else b"Infinity" if value > 0 else b"-Infinity"
+    return orjson.Fragment(b"[" + b",".join(tokens) + b"]")
 
 
 def _at_request_positions(batch: ValidBatch, scored: Scored) -> tuple[list[Any], np.ndarray | None]:

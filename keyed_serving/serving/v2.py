@@ -5,7 +5,7 @@ MLServer's codecs, KServe's SDK) work unchanged against this server. What this p
 adds is the key: one input named ``key`` (BYTES or INT64, one element per instance) that
 travels with each instance through the micro-batches and comes back as the ``key`` output,
 with the same datatype, beside each prediction. For a model with a feature named ``key``,
-the key input is ``_key`` instead (the model metadata's ``parameters.key_input`` names it).
+the key input is ``_key`` instead (the model metadata's ``properties.key_input`` names it).
 
 A request becomes the same ``{"keys", "columns", "errors"}`` body that /predict takes in
 its columnar shape, so it passes the same validation, coalescer, runner and key checks.
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.serving.validate import read_json
@@ -499,7 +500,7 @@ def server_metadata(version: str) -> dict[str, Any]:
 
 def model_metadata(spec: ModelSpec) -> dict[str, Any]:
     """Inputs ``key`` (see ``key_input``) and one per feature, outputs ``key``, ``prediction``,
-    ``probabilities`` (classifiers) and ``error``, and the class labels."""
+    ``probabilities`` (classifiers) and ``error``, and the model's facts as ``properties``."""
     inputs = [{"name": key_input(spec), "datatype": "BYTES", "shape": [-1]}]
     inputs += [
         {"name": f.name, "datatype": "FP64" if f.type == "number" else "BYTES", "shape": [-1]}
@@ -509,26 +510,46 @@ def model_metadata(spec: ModelSpec) -> dict[str, Any]:
         {"name": "key", "datatype": "BYTES", "shape": [-1]},
         {"name": "prediction", "datatype": prediction_datatype(spec), "shape": [-1]},
     ]
-    classes = [str(label) for label in spec.classes] if spec.classes is not None else None
+    classes = class_labels(spec)
     if spec.task == "classification" and classes is not None:
         outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, len(classes)]})
     outputs.append({"name": "error", "datatype": "BYTES", "shape": [-1]})
-    parameters: dict[str, Any] = {
-        "task": spec.task,
-        "key_input": key_input(spec),
-        "key_datatypes": list(KEY_DATATYPES),
-        "errors": list(ERROR_MODES),
-    }
-    if classes is not None:
-        parameters["classes"] = classes
     return {
         "name": model_name(spec),
         "versions": [model_version(spec)],
         "platform": "keyed-serving_sklearn",
         "inputs": inputs,
         "outputs": outputs,
-        "parameters": parameters,
+        "properties": model_properties(spec),
     }
+
+
+def model_properties(spec: ModelSpec) -> dict[str, str]:
+    """The model's facts as the metadata's ``properties``, which the protocol types as
+    strings (REST: an object of strings; gRPC: ``map<string, string> properties``): ``task``,
+    ``key_input``, and as JSON array text ``key_datatypes``, ``errors`` (the error modes) and
+    ``classes`` (classifiers, in the order of the ``probabilities`` columns)."""
+    properties = {
+        "task": spec.task,
+        "key_input": key_input(spec),
+        "key_datatypes": json_text(list(KEY_DATATYPES)),
+        "errors": json_text(list(ERROR_MODES)),
+    }
+    classes = class_labels(spec)
+    if classes is not None:
+        properties["classes"] = json_text(classes)
+    return properties
+
+
+def class_labels(spec: ModelSpec) -> list[str] | None:
+    """The class labels as text, in the order of the ``probabilities`` columns."""
+    return [str(label) for label in spec.classes] if spec.classes is not None else None
+
+
+def json_text(values: list[str]) -> str:
+    """A list as a protocol parameter can hold it (a string, number or boolean; the gRPC
+    ``InferParameter`` holds no list): its JSON array text, ``["a","b"]``."""
+    return orjson.dumps(values).decode()
 
 
 def encode_bytes(values: Sequence[bytes]) -> bytes:

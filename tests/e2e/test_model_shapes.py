@@ -125,7 +125,7 @@ def test_a_feature_named_key_is_served_on_v2_under_the_key_input_the_metadata_na
         name = tag.split(":")[0]
         client = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=60)
         metadata = client.get_model_metadata(name)
-        key_input = metadata["parameters"]["key_input"]
+        key_input = metadata["properties"]["key_input"]
         assert [i["name"] for i in metadata["inputs"]] == [key_input, "key", "x2"]
         for binary in (True, False):
             result = triton_infer(

@@ -98,7 +98,7 @@ def test_health_metadata_and_readiness_answer_as_tritonclient_expects(server: V2
     outputs = {o["name"]: o for o in metadata["outputs"]}
     assert set(outputs) == {"key", "prediction", "probabilities", "error"}
     assert outputs["probabilities"]["shape"] == [-1, 2]
-    assert metadata["parameters"]["classes"] == ["no", "yes"]
+    assert json.loads(metadata["properties"]["classes"]) == ["no", "yes"]
 
 
 def test_an_unknown_model_or_version_is_a_404_in_v2_shape(server: V2Server) -> None:
@@ -215,6 +215,45 @@ def test_per_instance_errors_come_back_as_the_error_output(
     assert result.get_response()["parameters"] == {"received": 5, "predicted": 4, "failed": 1}
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_a_failed_instance_reads_back_as_nan_in_tritonclient(
+    server: V2Server, table: pd.DataFrame, binary: bool
+) -> None:
+    """A JSON answer writes a failed instance's probabilities as Triton does, the bare token
+    NaN (orjson wrote null, which the tensor-data grammar does not allow; issue 19 item 7)."""
+    rows = table.head(6).copy()
+    rows["tenure_months"] = rows["tenure_months"].astype(float)
+    rows.iloc[[1, 4], rows.columns.get_loc("tenure_months")] = np.inf
+    keys = [f"k{i}" for i in range(6)]
+    outputs = [
+        triton.InferRequestedOutput(n, binary_data=binary)
+        for n in ("key", "prediction", "probabilities", "error")
+    ]
+    result = server.client().infer(
+        server.name,
+        inputs_of(rows, keys, binary=binary),
+        outputs=outputs,
+        parameters={"errors": "per_instance"},
+    )
+    failed = [bool(e) for e in result.as_numpy("error").tolist()]
+    assert failed == [False, True, False, False, True, False]
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.dtype == np.float64 and probabilities.shape == (6, 2)
+    assert np.isnan(probabilities[failed]).all()
+    if not binary:  # tritonclient's own reading of the JSON: NaN, not None (null)
+        written = {o["name"]: o for o in result.get_response()["outputs"]}["probabilities"]
+        assert all(isinstance(value, float) for value in written["data"])
+        assert sum(value != value for value in written["data"]) == 4
+    good = [not f for f in failed]
+    assert np.isfinite(probabilities[good]).all()
+    predictions = [
+        p.decode() if isinstance(p, bytes) else p for p in result.as_numpy("prediction").tolist()
+    ]
+    expected = own_predictions(server.tag, rows[good])
+    assert [p for p, ok in zip(predictions, good, strict=True) if ok] == expected
+    assert np.array(["no", "yes"])[probabilities[good].argmax(axis=1)].tolist() == expected
+
+
 def test_refusals_are_400s_naming_the_input_or_key(server: V2Server, table: pd.DataFrame) -> None:
     client = server.client()
     rows = table.head(3)
@@ -305,5 +344,5 @@ def test_the_json_body_mlservers_clients_send_is_answered(
     outputs = {o["name"]: o for o in response.json()["outputs"]}
     assert outputs["key"]["data"] == keys
     assert outputs["prediction"]["data"] == own_predictions(server.tag, rows)
-    assert outputs["probabilities"]["parameters"]["classes"] == ["no", "yes"]
+    assert json.loads(outputs["probabilities"]["parameters"]["classes"]) == ["no", "yes"]
     assert "error" not in outputs  # only in per-instance mode

@@ -142,7 +142,7 @@ def test_a_feature_named_key_gets_a_v2_key_input_of_another_name() -> None:
     metadata = v2.model_metadata(spec)
     names = [i["name"] for i in metadata["inputs"]]
     assert len(names) == len(set(names)) == 3
-    key_input = metadata["parameters"]["key_input"]
+    key_input = metadata["properties"]["key_input"]
     assert key_input not in spec.feature_names and key_input in names
     body = {
         "inputs": [
