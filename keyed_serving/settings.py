@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     max_task_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_tasks: int = Field(default=2, ge=1)
     file_batch_rows: int = Field(default=20_000, ge=1)
+    # Answers in gzip or deflate where the request's Accept-Encoding asks (as Triton does),
+    # if at least this long. See bench/compression.md for the default and its cost.
+    answer_compression: bool = True
+    answer_compression_min_bytes: int = Field(default=1024, ge=0)
     api_token: str | None = Field(
         default=None,
         validation_alias=AliasChoices("API_TOKEN", "KEYED_API_TOKEN"),
