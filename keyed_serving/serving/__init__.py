@@ -9,7 +9,8 @@
 5. :mod:`.reassemble`: block results -> results in request order, checked key by key;
 6. :mod:`.answers`: the checked results written as rows, columns or a V2 answer.
 
-Around them: :mod:`.http` (the gate in front of the entry), :mod:`.routes` (what the entry
+Around them: :mod:`.http` (the gate in front of the entry), :mod:`.compression`
+(answers in gzip or deflate), :mod:`.routes` (what the entry
 answers before BentoML's router), :mod:`.openapi` (the API page), :mod:`.file_scoring`
 (``/predict_file`` through the same stages), :mod:`.lifecycle` (start, drain, stop) and
 :mod:`.metrics`.

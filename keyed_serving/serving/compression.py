@@ -3,8 +3,8 @@ Triton's HTTP server does (tritonclient's ``response_compression_algorithm``).
 
 Not Starlette's ``GZipMiddleware``: it knows gzip only, takes any ``Accept-Encoding``
 holding the letters "gzip" as a yes (``gzip;q=0`` included), and compresses at level 9,
-which took 93 ms for the 0.8 MB answer to 10,000 instances where level 1 takes 7 ms for a
-body 9 % larger (bench/compression.md).
+which took 120 ms for the 400 KB answer to 10,000 instances; level 1 takes 2 ms and makes
+it 5x smaller where level 9 makes it 6.7x (bench/compression.md).
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ class _Compressing:
         if self.passing or kind not in ("http.response.start", "http.response.body"):
             await self.send(message)
         elif kind == "http.response.start":
-            headers = Headers(raw=message.get("headers", []))
-            if _compressible(message["status"], headers):
+            message.setdefault("headers", [])
+            if _compressible(message["status"], Headers(raw=message["headers"])):
                 self.start = message
             else:
                 self.passing = True
