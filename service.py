@@ -44,6 +44,7 @@ from keyed_serving.serving.answers import (
     v2_answer,
 )
 from keyed_serving.serving.chunking import cut
+from keyed_serving.serving.compression import AnswerCompression
 from keyed_serving.serving.dispatch import Coalescer, RunnerUnavailable, send_blocks
 from keyed_serving.serving.http import (
     AnswerStamp,
@@ -562,6 +563,13 @@ GATE = {
     "counts": IN_FLIGHT,
 }
 add_outermost(KeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
+# Outside the routes that answer (the lean ones included) and inside BentoML's metrics and
+# traffic middlewares: compressing counts in the request's time and against its timeout.
+KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
+    AnswerCompression,
+    enabled=settings.answer_compression,
+    minimum_bytes=settings.answer_compression_min_bytes,
+)
 KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(LeanRoutes, slot=ENTRY, cors=cors_enabled())  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]

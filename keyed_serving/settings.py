@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # unless this sets another.
     grpc_port: int | None = Field(default=None, ge=1, le=65535)
     grpc_host: str | None = None
+    # Answers in gzip or deflate where the request's Accept-Encoding asks (as Triton does),
+    # if at least this long. See bench/compression.md for the default and its cost.
+    answer_compression: bool = True
+    answer_compression_min_bytes: int = Field(default=1024, ge=0)
     api_token: str | None = Field(
         default=None,
         validation_alias=AliasChoices("API_TOKEN", "KEYED_API_TOKEN"),

@@ -9,9 +9,10 @@
 5. :mod:`.reassemble`: block results -> results in request order, checked key by key;
 6. :mod:`.answers`: the checked results written as rows, columns or a V2 answer.
 
-Around them: :mod:`.http` (the gate in front of the entry), :mod:`.routes` (what the entry
-answers before BentoML's router), :mod:`.grpc_v2` (the protocol over gRPC, beside HTTP; its
-stubs in :mod:`.proto`, generated at build time), :mod:`.openapi` (the API page), :mod:`.file_scoring`
+Around them: :mod:`.http` (the gate in front of the entry), :mod:`.compression`
+(answers in gzip or deflate), :mod:`.routes` (what the entry answers before BentoML's
+router), :mod:`.grpc_v2` (the protocol over gRPC, beside HTTP; its stubs in :mod:`.proto`,
+generated at build time), :mod:`.openapi` (the API page), :mod:`.file_scoring`
 (``/predict_file`` through the same stages), :mod:`.lifecycle` (start, drain, stop) and
 :mod:`.metrics`.
 
