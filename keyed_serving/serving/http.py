@@ -437,7 +437,8 @@ def _json_part(body: bytes, path: str, headers: Headers) -> bytes:
     values; the whole body otherwise, or where that length is not one the body can have
     (the V2 decoder refuses it)."""
     length = headers.get("inference-header-content-length", "")
-    if _is_v2_infer(path) and length.isdigit() and int(length) <= len(body):
+    # ASCII digits: str.isdigit() also takes "²", which int() refuses.
+    if _is_v2_infer(path) and length.isascii() and length.isdigit() and int(length) <= len(body):
         return body[: int(length)]
     return body
 

@@ -167,13 +167,15 @@ def infer_request(
 def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return raw, b""
-    if not header_length.strip().isdigit() or int(header_length) > len(raw):
+    digits = header_length.strip()
+    # ASCII digits: str.isdigit() also takes "²", which int() refuses.
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > len(raw):
         raise V2Error(
             400,
             f"Inference-Header-Content-Length {header_length!r} is not a length within the "
             f"body's {len(raw)} bytes",
         )
-    cut = int(header_length)
+    cut = int(digits)
     return raw[:cut], raw[cut:]
 
 
