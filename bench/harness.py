@@ -9,9 +9,11 @@ Workloads (each a warm-up, then --seconds of load):
   W3  1 x 10,000 (columnar; rows too, for reference)
   W4  a 1,000,000-row table through the keyed-score CLI (this project only)
 Servers: this project as deployed (defaults) on /predict and on its Open Inference Protocol
-path with the very V2 bodies MLServer gets, the same with batching off, an unkeyed variant
-of the same endpoint (bench/unkeyed_service.py), MLServer 1.7 + mlserver-sklearn with
-adaptive batching (bench/peers/), and the model in-process as the limit. A concurrency
+path with the very V2 bodies MLServer gets, and over gRPC (KEYED_GRPC_PORT) with the very
+ModelInferRequest MLServer's gRPC gets (bench/grpc_load.py drives it: wrk speaks no
+gRPC), the same with batching off, an unkeyed variant of the same endpoint
+(bench/unkeyed_service.py), MLServer 1.7 + mlserver-sklearn with adaptive batching (bench/
+peers/; over HTTP and gRPC), and the model in-process as the limit. A concurrency
 sweep (1 to 256 connections x 1 instance) of this project and MLServer gives the plot.
 
 Writes bench/results.md and bench/throughput.png. Wall-clock numbers are noisy on a shared
@@ -26,8 +28,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from load import WORKLOADS, Workload, in_process_rates, measure, score_table, write_workload
-from report import V2_PATH, Run, draw, machine, report
+from load import (
+    WORKLOADS,
+    Workload,
+    in_process_rates,
+    measure,
+    measure_grpc,
+    score_table,
+    write_workload,
+)
+from report import GRPC_PATH, PEER, PEER_GRPC, V2_PATH, Run, draw, machine, report
 from servers import (
     BENCH,
     MLSERVER_MODEL_SETTINGS,
@@ -48,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-rows", type=int, default=1_000_000, help="W4; 0 skips it")
     parser.add_argument("--servers", default="keyed,off,unkeyed,mlserver")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument(
+        "--only",
+        default="predict,v2,grpc",
+        help="which paths: predict (our /predict), v2 (V2 over HTTP), grpc (V2 over gRPC)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results.md")
     args = parser.parse_args(argv)
 
@@ -67,13 +82,23 @@ def main(argv: list[str] | None = None) -> int:
         has_peer = (MLSERVER_VENV / "bin" / "mlserver").exists()
         if "mlserver" in wanted and not has_peer:
             run.notes.append("MLServer not measured: run `make bench-peers` to install it.")
+        only = set(args.only.split(","))
+        from support import free_port
+
         env = {"MODEL_TAG": tag}
         servers: list[tuple[str, Any]] = []
         if "keyed" in wanted:
             servers.append(
                 (
                     "keyed (this project)",
-                    lambda: bentoml_server("keyed", "service:KeyedPrediction", home, work, **env),
+                    lambda: bentoml_server(
+                        "keyed",
+                        "service:KeyedPrediction",
+                        home,
+                        work,
+                        KEYED_GRPC_PORT=str(free_port()),
+                        **env,
+                    ),
                 )
             )
         if "off" in wanted:
@@ -105,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}:", flush=True)
             with start() as server:
                 server.name = name
-                for load in WORKLOADS:
+                # MLServer's HTTP rows are its V2 path; everyone else's, /predict.
+                http_rows = ("v2" if name == PEER else "predict") in only
+                for load in WORKLOADS if http_rows else ():
                     fmt = {"MLServer 1.7.1": "v2", "unkeyed variant": f"{load.shape}_unkeyed"}.get(
                         name, load.shape
                     )
@@ -113,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue  # V2 is columnar only: W3 is measured once
                     source = files[load.name]["v2" if fmt == "v2" else fmt]
                     run.results.append(measure(server, load, source, fmt, args, work))
-                if name == "keyed (this project)":
+                if name == "keyed (this project)" and "v2" in only:
                     # The Open Inference Protocol path, with the very bodies MLServer gets.
                     server.name, server.path = V2_PATH, f"/v2/models/{tag.split(':')[0]}/infer"
                     for load in WORKLOADS:
@@ -123,7 +150,26 @@ def main(argv: list[str] | None = None) -> int:
                             measure(server, load, files[load.name]["v2"], "v2", args, work)
                         )
                     server.name, server.path = name, "/predict"
-                if not args.no_sweep and name in ("keyed (this project)", "MLServer 1.7.1"):
+                if name in ("keyed (this project)", PEER) and "grpc" in only:
+                    # The same V2 request over gRPC, as one ModelInferRequest to both.
+                    model, prediction = (
+                        ("iris", "predict") if name == PEER else (tag.split(":")[0], "prediction")
+                    )
+                    server.name = PEER_GRPC if name == PEER else GRPC_PATH
+                    for load in WORKLOADS:
+                        if load.shape == "rows" and load.instances > 1000:
+                            continue  # V2 is columnar: W3 is measured once
+                        run.results.append(
+                            measure_grpc(
+                                server, load, files[load.name]["v2"], model, prediction, args
+                            )
+                        )
+                    server.name = name
+                if (
+                    "predict" in only
+                    and not args.no_sweep
+                    and name in ("keyed (this project)", "MLServer 1.7.1")
+                ):
                     fmt = "v2" if name == "MLServer 1.7.1" else "rows"
                     for connections in (1, 4, 16, 64, 256):
                         load = Workload("sweep", connections, 1, 2000, "rows")
@@ -131,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                         run.sweep.append(
                             measure(server, load, files["W1"][fmt], fmt, sweep_args, work)
                         )
-                if name == "keyed (this project)" and args.table_rows:
+                if name == "keyed (this project)" and args.table_rows and "predict" in only:
                     run.w4 = score_table(server, work, pipeline, args.table_rows)
                     print(f"  W4: {run.w4}", flush=True)
                 roles = ", ".join(

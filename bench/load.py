@@ -279,3 +279,48 @@ def score_table(server: Server, work: Path, pipeline: Any, rows: int) -> dict[st
         "client_peak_rss_mb": peak,
         "in_process_rows_per_s": rows / model_s,
     }
+
+
+# ---- gRPC -----------------------------------------------------------------------------
+
+# Client processes of the gRPC driver (bench/grpc_load.py): two for the concurrent
+# workloads (one asyncio loop is the bottleneck near 64 streams), one for a single stream.
+GRPC_PROCESSES = 2
+
+
+def measure_grpc(
+    server: Server, load: Workload, files: Path, model: str, prediction: str, args: Any
+) -> Result:
+    """The workload's V2 request over gRPC (bench/grpc_load.py), answers checked by key;
+    the result's ``wrk_cpu_s`` is the gRPC driver's CPU time over the measured part."""
+    from grpc_load import drive
+
+    if server.grpc_target is None:
+        raise ValueError(f"{server.name} serves no gRPC")
+    server.rss.reset()
+    summary = drive(
+        server.grpc_target,
+        files,
+        model,
+        ["key", prediction],
+        load.connections,
+        args.seconds,
+        warmup=args.warmup,
+        processes=min(GRPC_PROCESSES, load.connections),
+    )
+    result = Result(
+        server.name,
+        load.name,
+        load.connections,
+        load.instances,
+        summary,
+        server.rss.peak_total,
+        summary["client_cpu_share"] * summary["duration_s"],
+    )
+    print(
+        f"  {server.name:34} {load.name:8} {result.instances_per_s:>10,.0f} inst/s "
+        f"p99 {summary['p99_ms']:>7.1f} ms  errors {result.errors}  checked {summary['checked']}"
+        f"  driver CPU {100 * summary['client_cpu_share']:.0f}%",
+        flush=True,
+    )
+    return result

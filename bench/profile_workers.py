@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/profile_workers.py [--load W1] [--seconds 15] [--path /predict]
 
+--path v2 sends the V2 bodies to the Open Inference Protocol path, --path grpc the same
+request over gRPC (bench/grpc_load.py). py-spy is the venv's, or PY_SPY=/path/to/py-spy.
+
 Starts this project's server as the benchmark does (bench/harness.py: the same model,
 bodies and answer checks), records both workers with py-spy (sampling, --idle so that
 waiting shows too), and prints for each worker: how busy it was (CPU seconds over the
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import subprocess
 import sys
 import threading
@@ -22,10 +26,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from load import WORKLOADS, measure, write_workload  # noqa: E402
+from load import WORKLOADS, measure, measure_grpc, write_workload  # noqa: E402
 from servers import ROOT, bench_setup, bentoml_server  # noqa: E402
+from support import free_port  # noqa: E402
 
-PY_SPY = Path(sys.executable).parent / "py-spy"
+PY_SPY = Path(os.environ.get("PY_SPY") or Path(sys.executable).parent / "py-spy")
 
 
 def record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
@@ -92,16 +97,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--load", default="W1", choices=[w.name for w in WORKLOADS])
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--path", default="/predict", help="/predict or v2 (the V2 path)")
+    parser.add_argument(
+        "--path", default="/predict", help="/predict, v2 (the V2 path) or grpc (V2 over gRPC)"
+    )
     args = parser.parse_args()
     load = next(w for w in WORKLOADS if w.name == args.load)
+    suffix = "-grpc" if args.path == "grpc" else ""
     out = BENCH / "profiles"
     out.mkdir(exist_ok=True)
     with bench_setup("keyed-profile") as setup:
         files = write_workload(setup.work, load, setup.pipeline, seed=0)
-        fmt = "v2" if args.path == "v2" else load.shape
+        fmt = "v2" if args.path in ("v2", "grpc") else load.shape
+        grpc_port = {"KEYED_GRPC_PORT": str(free_port())} if args.path == "grpc" else {}
         with bentoml_server(
-            "profiled", "service:KeyedPrediction", setup.home, setup.work, MODEL_TAG=setup.tag
+            "profiled",
+            "service:KeyedPrediction",
+            setup.home,
+            setup.work,
+            MODEL_TAG=setup.tag,
+            **grpc_port,
         ) as server:
             if args.path == "v2":
                 server.path = f"/v2/models/{setup.tag.split(':')[0]}/infer"
@@ -114,14 +128,17 @@ def main() -> int:
             }
             cpu_before = {role: sum(p.cpu_times()[:2]) for role, p in workers.items()}
             recorders = {
-                role: record(p.pid, args.seconds, out / f"{args.load}-{role}.txt")
+                role: record(p.pid, args.seconds, out / f"{args.load}{suffix}-{role}.txt")
                 for role, p in workers.items()
             }
             run_args = argparse.Namespace(warmup=1, seconds=args.seconds)
             result: list[object] = []
+            model = setup.tag.split(":")[0]
             thread = threading.Thread(
                 target=lambda: result.append(
-                    measure(server, load, files[fmt], fmt, run_args, setup.work)
+                    measure_grpc(server, load, files[fmt], model, "prediction", run_args)
+                    if args.path == "grpc"
+                    else measure(server, load, files[fmt], fmt, run_args, setup.work)
                 )
             )
             thread.start()
@@ -133,7 +150,7 @@ def main() -> int:
         print(f"{role} worker ({args.load}, {args.path}):")
         print(
             summarise(
-                out / f"{args.load}-{role}.txt",
+                out / f"{args.load}{suffix}-{role}.txt",
                 cpu_after[role] - cpu_before[role],
                 args.seconds,
             )

@@ -65,6 +65,9 @@ def machine() -> dict[str, str]:
 
 
 V2_PATH = "keyed, V2 path (MLServer's body)"
+GRPC_PATH = "keyed, gRPC (MLServer's request)"
+PEER = "MLServer 1.7.1"
+PEER_GRPC = "MLServer 1.7.1, gRPC"
 
 
 def find(run: Run, server: str, workload: str) -> Result | None:
@@ -92,7 +95,7 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
         "## Throughput and latency",
         "",
         "| server | workload | inst/s | req/s | p50 ms | p99 ms | errors | checked "
-        "| peak RSS MB | wrk CPU % |",
+        "| peak RSS MB | load CPU % |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in run.results:
@@ -106,7 +109,8 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
     ours = "keyed (this project)"
     lines += [
         "",
-        "wrk CPU % is the load generator's own CPU time over the run (100% = one core of two).",
+        "load CPU % is the load generator's own CPU time over the run (100% = one core of two):",
+        "wrk's, or for the gRPC rows the gRPC driver's (bench/grpc_load.py, Python processes).",
         "",
         "## Model in-process (the limit)",
         "",
@@ -153,6 +157,32 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
                 for load, v2, peer in same_body
             ),
         ]
+    over_grpc = [
+        (load, *(find(run, name, load.name) for name in (GRPC_PATH, PEER_GRPC, V2_PATH, PEER)))
+        for load in WORKLOADS
+    ]
+    over_grpc = [row for row in over_grpc if row[1] or row[2]]
+    if over_grpc:
+        lines += [
+            "",
+            "## The same V2 request over gRPC",
+            "",
+            "One serialised ModelInferRequest per body to both servers (key BYTES + one FP64",
+            "input per feature in raw_input_contents, outputs key and the prediction), driven by",
+            "bench/grpc_load.py; every answer checked by key.",
+            "",
+            "| workload | ours gRPC inst/s | MLServer gRPC inst/s | ours / MLServer "
+            "| p99 ours / MLServer | ours gRPC / ours V2 HTTP | MLServer gRPC / its HTTP |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for load, mine, peer, http, peer_http in over_grpc:
+            rate = [r and r.instances_per_s for r in (mine, peer, http, peer_http)]
+            p99 = ratio(mine.summary["p99_ms"], peer.summary["p99_ms"]) if mine and peer else "n/a"
+            lines.append(
+                f"| {load.name} | {rate[0] or 0:,.0f} | {rate[1] or 0:,.0f} | "
+                f"{ratio(rate[0], rate[1])} | {p99} | {ratio(rate[0], rate[2])} | "
+                f"{ratio(rate[1], rate[3])} |"
+            )
     if run.sweep:
         lines += [
             "",

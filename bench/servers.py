@@ -85,6 +85,7 @@ class Server:
     process: subprocess.Popen[bytes]
     rss: PeakRss
     log: Path
+    grpc_target: str | None = None  # host:port of its Open Inference Protocol over gRPC
 
 
 @contextlib.contextmanager
@@ -114,6 +115,9 @@ def bentoml_server(name: str, target: str, home: str, work: Path, **env: str) ->
     try:
         wait_until_ready(url, process, timeout_s=180)
         server = Server(name, url, "/predict", process, PeakRss(process.pid), log)
+        if "KEYED_GRPC_PORT" in env:
+            server.grpc_target = f"127.0.0.1:{env['KEYED_GRPC_PORT']}"
+            wait_for_grpc(server.grpc_target, process)
         yield server
     finally:
         with contextlib.suppress(NameError):
@@ -169,11 +173,31 @@ def mlserver(model_path: Path, work: Path) -> Iterator[Server]:
         server = Server(
             "MLServer 1.7.1", url, "/v2/models/iris/infer", process, PeakRss(process.pid), log
         )
+        server.grpc_target = f"127.0.0.1:{grpc_port}"
+        wait_for_grpc(server.grpc_target, process)
         yield server
     finally:
         with contextlib.suppress(NameError):
             server.rss.stop()
         stop_server(process)
+
+
+def wait_for_grpc(target: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """Until the server's gRPC endpoint answers ServerReady with ready."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited before its gRPC endpoint ({target}) was up")
+            with contextlib.suppress(grpc.RpcError):
+                if stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2).ready:
+                    return
+            time.sleep(0.3)  # polling a server that is not up yet
+    raise TimeoutError(f"gRPC endpoint {target} not ready")
 
 
 # Adaptive batching as MLServer documents it: up to 64 requests merged, waiting at most
