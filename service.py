@@ -49,6 +49,7 @@ from keyed_serving.serving.dispatch import Coalescer, RunnerUnavailable, send_bl
 from keyed_serving.serving.http import (
     AnswerStamp,
     EntryGate,
+    ErrorsAnswered,
     InFlight,
     RequestIdFilter,
     add_outermost,
@@ -563,6 +564,7 @@ GATE = {
     "counts": IN_FLIGHT,
 }
 add_outermost(KeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
+KeyedPrediction.add_asgi_middleware(ErrorsAnswered)  # type: ignore[attr-defined]
 # Outside the routes that answer (the lean ones included) and inside BentoML's metrics and
 # traffic middlewares: compressing counts in the request's time and against its timeout.
 KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ OPEN_PATHS = frozenset(
 BINARY_MEDIA_TYPES = frozenset({"application/json", "application/octet-stream", ""})
 OVERLOAD_STATUSES = frozenset({429, 503, 504})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+logger = logging.getLogger("keyed_serving")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -125,6 +126,39 @@ class InFlight:
 
     requests: int = 0
     bytes: int = 0
+
+
+class ErrorsAnswered:
+    """The outermost of the entry's own middlewares: an exception raised below it before an
+    answer started is logged and answered 500 at once. BentoML's timeout middleware
+    (``bentoml/_internal/server/http/traffic.py``) waits for the first message sent, not
+    for the app to end, so such an exception held the client for the whole traffic
+    timeout and then left it without an answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:
+                raise
+            logger.exception("answering 500: %s %s", scope.get("method"), scope.get("path"))
+            await error_response(500, "internal error; the server's log says more")(
+                scope, receive, send
+            )
 
 
 class EntryGate:

@@ -273,3 +273,22 @@ def test_an_unknown_v2_route_is_a_404_in_the_v2_error_shape(
     assert response.status_code == 404, response.text
     assert response.headers["content-type"] == "application/json"
     assert path in response.json()["error"]
+
+
+def test_an_error_in_the_gate_is_answered_500_at_once_not_held_until_the_timeout(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BentoML's timeout middleware waits for the first message sent, not for the app to
+    end: an exception below it before an answer started held the client for the whole
+    traffic timeout (35 s) and then left it without an answer (a superscript digit in
+    Inference-Header-Content-Length did it, issue 19's fuzz)."""
+    import keyed_serving.serving.http as http
+
+    def broken(body: bytes) -> int:
+        raise RuntimeError("a bug in the gate")
+
+    monkeypatch.setattr(http, "_values_in", broken)
+    response = post(client, {"instances": []})
+    assert response.status_code == 500
+    assert "internal error" in response.json()["error"]
+    assert "x-request-id" in response.headers
