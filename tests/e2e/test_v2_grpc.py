@@ -8,6 +8,7 @@ sent in their datatype (an FP32 feature is the float32 nearest the table's value
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -57,14 +58,11 @@ class GrpcServer:
         return service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(self.target))
 
 
-def start(tag: str, **env: str) -> GrpcServer:
+@contextlib.contextmanager
+def serving(tag: str, **env: str) -> Iterator[GrpcServer]:
+    """A real server with gRPC on a free port; its log is printed if the body fails."""
     port = free_port()
-    return GrpcServer(Server(MODEL_TAG=tag, KEYED_GRPC_PORT=str(port), **env), port, tag)
-
-
-@pytest.fixture(scope="module")
-def served(customer_model: str) -> Iterator[GrpcServer]:
-    server = start(customer_model, API_TOKEN=TOKEN)
+    server = GrpcServer(Server(MODEL_TAG=tag, KEYED_GRPC_PORT=str(port), **env), port, tag)
     try:
         yield server
     except BaseException:
@@ -72,6 +70,12 @@ def served(customer_model: str) -> Iterator[GrpcServer]:
         raise
     finally:
         server.server.stop()
+
+
+@pytest.fixture(scope="module")
+def served(customer_model: str) -> Iterator[GrpcServer]:
+    with serving(customer_model, API_TOKEN=TOKEN) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -323,19 +327,13 @@ def test_grpc_listens_on_the_http_servers_host_only(served: GrpcServer) -> None:
 
 @pytest.fixture(scope="module")
 def strained(default_model: str) -> Iterator[GrpcServer]:
-    server = start(
+    with serving(
         default_model,
         KEYED_MAX_CONCURRENCY="1",
         KEYED_REQUEST_DEADLINE_S="2",
         KEYED_MAX_BODY_BYTES=str(1024 * 1024),
-    )
-    try:
+    ) as server:
         yield server
-    except BaseException:
-        server.server.print_log()
-        raise
-    finally:
-        server.server.stop()
 
 
 def iris_request(name: str, n: int) -> Any:
