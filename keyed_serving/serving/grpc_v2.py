@@ -32,7 +32,7 @@ import grpc
 
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.serving.answers import Refusal, summary, v2_outputs
-from keyed_serving.serving.http import InFlight, request_id
+from keyed_serving.serving.http import MEMORY_FULL, InFlight, request_id
 from keyed_serving.serving.proto import open_inference_grpc_pb2 as pb
 from keyed_serving.serving.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from keyed_serving.serving.reassemble import Scored
@@ -203,8 +203,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 refusal = Refusal(500, "internal error; the server's log says more")
         finally:
             if reserved is not None:
-                self.gate.counts.requests -= 1
-                self.gate.counts.bytes -= reserved
+                self.gate.counts.leave()
+                self.gate.counts.release(reserved)
             request_id.reset(token)
         trailing = [("x-request-id", rid)]
         if "Retry-After" in refusal.headers:
@@ -222,17 +222,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise Refused(Refusal(401, "missing or wrong bearer token"))
 
     def _admit(self, request: Any) -> int:
-        """Counts the request in; its size is what it holds of the body budget."""
+        """Counts the request in, as the HTTP gate does and in the same counts; its size is
+        what it holds of the body budget."""
         gate, counts = self.gate, self.gate.counts
-        if counts.requests >= gate.max_concurrency:
-            said = f"more than {gate.max_concurrency} requests in flight; retry later"
-            raise Refused(Refusal(429, said, headers=self.retry))
+        refused = counts.enter(gate.max_concurrency)
+        if refused is not None:
+            raise Refused(Refusal(429, f"{refused}; retry later", headers=self.retry))
         size = int(request.ByteSize())
-        if counts.bytes + size > gate.body_budget_bytes:
-            said = "the request bodies in flight fill memory; retry later"
-            raise Refused(Refusal(429, said, headers=self.retry))
-        counts.requests += 1
-        counts.bytes += size
+        if not counts.reserve(size, gate.body_budget_bytes):
+            counts.leave()
+            raise Refused(Refusal(429, f"{MEMORY_FULL}; retry later", headers=self.retry))
         return size
 
     def _served(self, name: str, version: str) -> None:

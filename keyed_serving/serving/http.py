@@ -127,6 +127,31 @@ class InFlight:
     requests: int = 0
     bytes: int = 0
 
+    def enter(self, limit: int) -> str | None:
+        """Counts a request in, below ``limit`` requests; else says why it is not."""
+        if self.requests >= limit:
+            return f"more than {limit} requests in flight"
+        self.requests += 1
+        return None
+
+    def leave(self) -> None:
+        self.requests -= 1
+
+    def reserve(self, size: int, budget: int) -> bool:
+        """Holds ``size`` more bytes of bodies, if they fit in ``budget`` (else see
+        ``MEMORY_FULL``)."""
+        if self.bytes + size > budget:
+            return False
+        self.bytes += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.bytes -= size
+
+
+# Why a body that would not fit in the budget (``InFlight.reserve``) is refused.
+MEMORY_FULL = "the request bodies in flight fill memory"
+
 
 class ErrorsAnswered:
     """The outermost of the entry's own middlewares: an exception raised below it before an
@@ -238,19 +263,17 @@ class EntryGate:
         if kind == "websocket":
             await self.app(scope, receive, send)
             return
-        if self.counts.requests >= self.max_concurrency:
-            await self._busy(
-                scope, receive, send, f"more than {self.max_concurrency} requests in flight"
-            )
+        refused = self.counts.enter(self.max_concurrency)
+        if refused is not None:
+            await self._busy(scope, receive, send, refused)
             return
-        self.counts.requests += 1
         try:
             if scope["path"] in self.task_paths:
                 await self._admit_task(scope, headers, receive, send)
             else:
                 await self._admit(scope, headers, receive, send)
         finally:
-            self.counts.requests -= 1
+            self.counts.leave()
 
     @property
     def in_flight(self) -> int:
@@ -310,11 +333,10 @@ class EntryGate:
                 + " or ".join(c for c in CONTENT_CODINGS if c != "identity"),
             )
             return
-        if self.counts.bytes + declared_bytes > self.body_budget:
-            await self._busy(scope, receive, send, "the request bodies in flight fill memory")
+        if not self.counts.reserve(declared_bytes, self.body_budget):
+            await self._busy(scope, receive, send, MEMORY_FULL)
             return
         reserved = declared_bytes
-        self.counts.bytes += reserved
         try:
             chunks: list[bytes] = []
             received = 0
@@ -329,12 +351,9 @@ class EntryGate:
                     await _refuse(scope, receive, send, 413, self._too_large())
                     return
                 if received > reserved:  # a body of undeclared length, counted as it comes
-                    if self.counts.bytes + received - reserved > self.body_budget:
-                        await self._busy(
-                            scope, receive, send, "the request bodies in flight fill memory"
-                        )
+                    if not self.counts.reserve(received - reserved, self.body_budget):
+                        await self._busy(scope, receive, send, MEMORY_FULL)
                         return
-                    self.counts.bytes += received - reserved
                     reserved = received
                 if not message.get("more_body", False):
                     break
@@ -353,12 +372,9 @@ class EntryGate:
                     await _refuse(scope, receive, send, 413, self._too_large())
                     return
                 if len(body) > reserved:
-                    if self.counts.bytes + len(body) - reserved > self.body_budget:
-                        await self._busy(
-                            scope, receive, send, "the request bodies in flight fill memory"
-                        )
+                    if not self.counts.reserve(len(body) - reserved, self.body_budget):
+                        await self._busy(scope, receive, send, MEMORY_FULL)
                         return
-                    self.counts.bytes += len(body) - reserved
                     reserved = len(body)
                 scope = _decoded_scope(scope, len(body))
             counted = _json_part(body, scope["path"], headers)
@@ -374,7 +390,7 @@ class EntryGate:
                 return
             await self.app(scope, replay(body, receive), send)
         finally:
-            self.counts.bytes -= reserved
+            self.counts.release(reserved)
 
     async def _admit_task(
         self, scope: Scope, headers: Headers, receive: Receive, send: Send
