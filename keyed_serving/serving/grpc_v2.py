@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,7 +31,7 @@ import grpc
 
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.serving.answers import Refusal, summary, v2_outputs
-from keyed_serving.serving.http import MEMORY_FULL, InFlight, request_id
+from keyed_serving.serving.http import MEMORY_FULL, InFlight, request_id, request_id_for
 from keyed_serving.serving.proto import open_inference_grpc_pb2 as pb
 from keyed_serving.serving.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from keyed_serving.serving.reassemble import Scored
@@ -184,8 +183,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         the concurrency and body budget, shared with HTTP. A ``Refused`` raised by ``work``
         ends the call with its status, with a retry hint where retrying helps."""
         metadata = dict(context.invocation_metadata() or ())
-        incoming = str(metadata.get("x-request-id", ""))
-        rid = incoming if 0 < len(incoming) <= 64 else uuid.uuid4().hex[:16]
+        rid = request_id_for(str(metadata.get("x-request-id", "")))
         token = request_id.set(rid)
         reserved: int | None = None
         try:

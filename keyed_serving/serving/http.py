@@ -52,6 +52,12 @@ def error_response(
     )
 
 
+def request_id_for(incoming: str) -> str:
+    """The caller's request id (``X-Request-ID``, or gRPC's ``x-request-id`` metadata) if
+    sane, else a new one."""
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+
+
 class RequestIdFilter(logging.Filter):
     """Appends the current request's id to this project's log lines."""
 
@@ -80,8 +86,7 @@ class AnswerStamp:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = Headers(scope=scope).get("x-request-id", "")
-        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+        rid = request_id_for(Headers(scope=scope).get("x-request-id", ""))
         token = request_id.set(rid)
         try:
             await self.app(scope, receive, self._stamped(send, rid))

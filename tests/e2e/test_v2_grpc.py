@@ -357,40 +357,52 @@ def test_overload_is_resource_exhausted_with_a_retry_hint_counted_with_http(
     """KEYED_MAX_CONCURRENCY=1, held by an HTTP request whose body is still coming: a gRPC
     call is refused at once, with the hint, and served once the HTTP request is done."""
     name = strained.tag.split(":")[0]
-    release = threading.Event()
 
-    def slow_body() -> Iterator[bytes]:
+    def slow_body(release: threading.Event) -> Iterator[bytes]:
         yield b'{"instances": [{"key": "h", "features": {"sepal_length_cm": 1, '
         release.wait(30)
         yield b'"sepal_width_cm": 1, "petal_length_cm": 1, "petal_width_cm": 1}}]}'
 
-    held: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: held.update(
-            response=httpx.post(
-                f"{strained.url}/predict",
-                content=slow_body(),
-                headers={"content-type": "application/json"},
-                timeout=60,
+    def hold(release: threading.Event, held: dict[str, Any]) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: held.update(
+                response=httpx.post(
+                    f"{strained.url}/predict",
+                    content=slow_body(release),
+                    headers={"content-type": "application/json"},
+                    timeout=60,
+                )
             )
         )
-    )
-    thread.start()
+        thread.start()
+        return thread
+
     stub = strained.stub()
     refusal = None
-    try:
-        # Until the HTTP request holds the one slot (another HTTP request is then a 429).
-        for _ in range(300):
-            if httpx.get(f"{strained.url}/model_info", timeout=10).status_code == 429:
-                break
-            threading.Event().wait(0.05)
+    for _ in range(20):
+        release, held = threading.Event(), {}
+        thread = hold(release, held)
+        holding = False
         try:
-            stub.ModelInfer(iris_request(name, 2), timeout=10)
-        except grpc.RpcError as error:
-            refusal = error
-    finally:
-        release.set()
-        thread.join(60)
+            # Until the slow request holds the one slot: another HTTP request is then a 429
+            # (while that probe is in flight, the slow one may be refused instead: again).
+            for _ in range(300):
+                if not thread.is_alive():
+                    break
+                if httpx.get(f"{strained.url}/model_info", timeout=10).status_code == 429:
+                    holding = thread.is_alive()
+                    break
+                threading.Event().wait(0.05)
+            if holding:
+                try:
+                    stub.ModelInfer(iris_request(name, 2), timeout=10)
+                except grpc.RpcError as error:
+                    refusal = error
+        finally:
+            release.set()
+            thread.join(60)
+        if holding:
+            break
     assert refusal is not None, held
     assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
     assert "requests in flight" in refusal.details()  # type: ignore[attr-defined]
@@ -650,3 +662,16 @@ def test_the_kserve_sdks_grpc_client_gets_each_key_with_the_models_own_predictio
     assert answer["outputs"]["key"] == keys
     predictions = answer["outputs"]["prediction"]
     assert predictions == own_predictions(served.tag, as_sent(rows))
+
+
+def test_the_request_id_is_taken_by_the_rule_http_has(strained: GrpcServer) -> None:
+    """A sane x-request-id comes back as sent; another (here with a space and a quote, as
+    could end up in a log line) is replaced by a new one, as X-Request-ID is over HTTP."""
+    name = strained.tag.split(":")[0]
+    stub = strained.stub()
+    for sent, kept in (("req-42.a_b", True), ('two words"', False)):
+        _, call = stub.ModelInfer.with_call(
+            iris_request(name, 2), metadata=(("x-request-id", sent),), timeout=30
+        )
+        echoed = dict(call.trailing_metadata())["x-request-id"]
+        assert (echoed == sent) is kept and echoed
