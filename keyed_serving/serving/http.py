@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyed_serving.schemas import ErrorDetail, ErrorResponse
+from keyed_serving.serving.v2 import header_length_of
 
 # Probes and scrapers must work without a token and must never be refused for load.
 OPEN_PATHS = frozenset(
@@ -491,10 +492,9 @@ def _json_part(body: bytes, path: str, headers: Headers) -> bytes:
     Length`` bytes), since its binary tensors are bounded by their sizes, not by JSON
     values; the whole body otherwise, or where that length is not one the body can have
     (the V2 decoder refuses it)."""
-    length = headers.get("inference-header-content-length", "")
-    # ASCII digits: str.isdigit() also takes "²", which int() refuses.
-    if _is_v2_infer(path) and length.isascii() and length.isdigit() and int(length) <= len(body):
-        return body[: int(length)]
+    length = header_length_of(headers.get("inference-header-content-length", ""))
+    if _is_v2_infer(path) and length is not None and length <= len(body):
+        return body[:length]
     return body
 
 

@@ -167,16 +167,21 @@ def infer_request(
 def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return raw, b""
-    digits = header_length.strip()
-    # ASCII digits: str.isdigit() also takes "²", which int() refuses.
-    if not (digits.isascii() and digits.isdigit()) or int(digits) > len(raw):
+    cut = header_length_of(header_length)
+    if cut is None or cut > len(raw):
         raise V2Error(
             400,
             f"Inference-Header-Content-Length {header_length!r} is not a length within the "
             f"body's {len(raw)} bytes",
         )
-    cut = int(digits)
     return raw[:cut], raw[cut:]
+
+
+def header_length_of(value: str) -> int | None:
+    """``Inference-Header-Content-Length`` as a number; None where it is not one. ASCII
+    digits only: ``str.isdigit()`` also takes "²", which ``int()`` refuses."""
+    digits = value.strip()
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
