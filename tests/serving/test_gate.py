@@ -369,36 +369,20 @@ def test_the_json_value_limit_counts_a_v2_binary_requests_json_header_only() -> 
     """A binary tensor's bytes are not JSON: 4.8 MB of keys holding commas got "413 ... more
     than 4000000 JSON values" (issue 19 item 8). The header still counts."""
     app, _ = app_behind_gate(max_body_bytes=10_000, max_body_values=50)
+
+    def infer(content: bytes, length: str, media_type: str = "application/octet-stream") -> Any:
+        headers = {"content-type": media_type, "inference-header-content-length": length}
+        return run(app, path="/v2/models/m/infer", content=content, headers=headers)
+
     header = b'{"inputs": [{"name": "key", "datatype": "BYTES", "shape": [1]}]}'
     binary = b"," * 1000  # any bytes at all
-    answer = run(
-        app,
-        path="/v2/models/m/infer",
-        content=header + binary,
-        headers={
-            "content-type": "application/octet-stream",
-            "inference-header-content-length": str(len(header)),
-        },
-    )
+    answer = infer(header + binary, str(len(header)))
     assert answer.status_code == 200, answer.text
     many = b"[" + b"0," * 100 + b"0]"
-    refused = run(
-        app,
-        path="/v2/models/m/infer",
-        content=many + binary,
-        headers={
-            "content-type": "application/octet-stream",
-            "inference-header-content-length": str(len(many)),
-        },
-    )
+    refused = infer(many + binary, str(len(many)))
     assert refused.status_code == 413, refused.text
     for length in ("nope", str(len(many) + len(binary) + 1), "-1"):  # counted whole
-        whole = run(
-            app,
-            path="/v2/models/m/infer",
-            content=header + binary,
-            headers={"content-type": "application/json", "inference-header-content-length": length},
-        )
+        whole = infer(header + binary, length, "application/json")
         assert whole.status_code == 413, length
 
 
