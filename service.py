@@ -12,6 +12,7 @@ micro-batches -> reassemble, with keys checked on the way back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -225,15 +226,8 @@ class KeyedPrediction:
             start_server,
         )
 
-        gate = Gate(
-            api_token=settings.api_token,
-            max_body_bytes=settings.max_body_bytes,
-            max_body_values=settings.max_body_values,
-            max_concurrency=settings.max_concurrency,
-            body_budget_bytes=settings.body_budget_bytes,
-            retry_after_s=settings.retry_after_s,
-            counts=IN_FLIGHT,
-        )
+        # The HTTP gate's own bounds and counts (GATE), so the two cannot drift apart.
+        gate = Gate(**{field.name: GATE[field.name] for field in dataclasses.fields(Gate)})
         servicer = InferenceServicer(self, gate, _server_version(), settings.max_instances)
         host = settings.grpc_host or http_host() or "0.0.0.0"
         self.grpc_server = await start_server(servicer, host, settings.grpc_port, gate)
@@ -549,7 +543,7 @@ def _plain(value: Any) -> Any:
 
 # Starlette runs the first middleware added outermost: the gate sees every request first
 # after BentoML's own traffic middlewares, and the stamp wraps them all.
-GATE = {
+GATE: dict[str, Any] = {
     "api_token": settings.api_token,
     "max_body_bytes": settings.max_body_bytes,
     "max_concurrency": settings.max_concurrency,
