@@ -37,6 +37,7 @@ from keyed_serving.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from keyed_serving.serving.admission import InFlight, time_left
 from keyed_serving.serving.answers import (
     Answer,
     Refusal,
@@ -51,7 +52,6 @@ from keyed_serving.serving.http import (
     AnswerStamp,
     EntryGate,
     ErrorsAnswered,
-    InFlight,
     RequestIdFilter,
     add_outermost,
     bind_apis_once,
@@ -100,8 +100,13 @@ MODEL_TAG = served_model_tag(settings.model_tag, source=Path(__file__).resolve()
 check_servable(MODEL_TAG)  # a model this environment cannot load stops the start here
 # The lean routes' way to the entry instance BentoML makes (see LeanRoutes).
 ENTRY = EntrySlot()
-# Requests and body bytes in flight on this worker, over HTTP and gRPC together.
-IN_FLIGHT = InFlight()
+# Requests and body bytes in flight on this worker, and those waiting for a turn, over HTTP
+# and gRPC together.
+IN_FLIGHT = InFlight(
+    settings.max_concurrency,
+    settings.max_queue,
+    observe=lambda outcome: get_metrics().count_admission(outcome),
+)
 # BentoML routes a task at its path (run now) and at /submit (run in the background).
 FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
 # Task operations that hold or load a whole upload in memory (BentoML's task store).
@@ -311,7 +316,8 @@ class KeyedPrediction:
             self.metrics.count_rejected(_instances_sent(body), exc.details)
             return Refusal(400, _summary(exc.summary, exc.details, name_first), exc.details)
         try:
-            scored = await self.predict_batch(batch)
+            # What is left of the request's deadline once it had its turn (see admission).
+            scored = await self.predict_batch(batch, time_left(settings.request_deadline_s))
         except (RunnerUnavailable, KeyMismatch) as exc:
             return self._runner_failure(exc, batch.received)
         if scored.errors and batch.errors == "reject":
@@ -474,15 +480,16 @@ class KeyedPrediction:
             503, "the model runner is overloaded or unavailable; retry later", headers=retry
         )
 
-    async def predict_batch(self, batch: ValidBatch) -> Scored:
-        """Rows -> blocks -> runner micro-batches -> results in row order, keys verified."""
+    async def predict_batch(self, batch: ValidBatch, deadline_s: float | None = None) -> Scored:
+        """Rows -> blocks -> runner micro-batches -> results in row order, keys verified,
+        within ``deadline_s`` (a file's batches: each within the request deadline)."""
         if not batch.keys:
             return Scored([], None, {})
         blocks = cut(batch, settings.chunk_rows, self.spec.tag)
         results = await send_blocks(
             blocks,
             self.coalescer.predict,
-            deadline_s=settings.request_deadline_s,
+            deadline_s=settings.request_deadline_s if deadline_s is None else deadline_s,
             initial_backoff_s=settings.retry_initial_backoff_s,
             max_backoff_s=settings.retry_max_backoff_s,
             on_retry=lambda exc: self.metrics.runner_retries.labels(type(exc).__name__).inc(),
@@ -546,8 +553,8 @@ def _plain(value: Any) -> Any:
 GATE: dict[str, Any] = {
     "api_token": settings.api_token,
     "max_body_bytes": settings.max_body_bytes,
-    "max_concurrency": settings.max_concurrency,
     "retry_after_s": settings.retry_after_s,
+    "deadline_s": settings.request_deadline_s,
     "body_budget_bytes": settings.body_budget_bytes,
     "max_body_values": settings.max_body_values,
     "file_paths": FILE_PATHS,

@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     # One log line per request costs about a tenth of a small request's CPU.
     access_log: bool = False
     max_instances: int = Field(default=100_000, ge=1)
-    # The whole request (all chunks, all retries) must finish within this, or 503.
+    # The whole request, from the moment it reaches the gate (its wait for a turn, all its
+    # chunks and retries), must finish within this, or 503. A gRPC caller's own deadline
+    # shortens it.
     request_deadline_s: float = Field(default=30.0, gt=0)
     retry_initial_backoff_s: float = Field(default=0.05, gt=0)
     retry_max_backoff_s: float = Field(default=1.0, gt=0)
@@ -73,6 +75,13 @@ class Settings(BaseSettings):
     # The entry's own bounds (per worker). See README "Limits" for how they were chosen.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_concurrency: int = Field(default=128, ge=1)
+    # Requests past max_concurrency wait for a turn, first come first served, up to this
+    # many per worker (HTTP and gRPC together), rather than being refused at once: 429 only
+    # once it is full or where the wait would pass the request's deadline (see
+    # keyed_serving.serving.admission). A waiting HTTP request holds its headers and at most
+    # the server's read buffer of its body (64 KiB); a waiting gRPC message holds its bytes,
+    # within body_budget_bytes.
+    max_queue: int = Field(default=1024, ge=0)
     # JSON values (array items and containers) per body: 64 MiB of `{},{},...` decoded
     # into 1.5 GB of dicts, 64 MiB of small numbers into 0.5-0.65 GB (measured); this
     # bounds a body's decoded size whatever its bytes. 100,000 instances of 36 features.

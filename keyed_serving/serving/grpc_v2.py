@@ -10,7 +10,8 @@ inference request: the protocol's rules (:func:`.v2.infer_request`), the entry's
 (validate, runner micro-batches, keys checked on the way back), and the outputs
 (:func:`.answers.v2_outputs`), written as ``raw_output_contents``. The same gate applies:
 the bearer token (``authorization`` metadata), the message and value bounds, and the
-concurrency and body budget, counted together with HTTP's (:class:`.http.InFlight`). A
+concurrency and body budget, counted together with HTTP's (:class:`.admission.InFlight`:
+a call past the limit waits for a turn within its deadline, the caller's if shorter). A
 refusal is the status code its HTTP status maps to, with HTTP's message; overload and an
 unavailable runner carry a retry hint (``retry-after`` seconds and gRPC's own
 ``grpc-retry-pushback-ms``) in the trailing metadata.
@@ -23,6 +24,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,8 +32,9 @@ from typing import Any, Protocol
 import grpc
 
 from keyed_serving.model.spec import ModelSpec
+from keyed_serving.serving.admission import MEMORY_FULL, InFlight, deadline
 from keyed_serving.serving.answers import Refusal, summary, v2_outputs
-from keyed_serving.serving.http import MEMORY_FULL, InFlight, request_id, request_id_for
+from keyed_serving.serving.http import request_id, request_id_for
 from keyed_serving.serving.proto import open_inference_grpc_pb2 as pb
 from keyed_serving.serving.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from keyed_serving.serving.reassemble import Scored
@@ -100,13 +103,19 @@ class Gate:
     api_token: str | None
     max_body_bytes: int
     max_body_values: int
-    max_concurrency: int
     body_budget_bytes: int
     retry_after_s: int
+    deadline_s: float
     counts: InFlight
 
     def max_message_bytes(self) -> int:
         return min(self.max_body_bytes, self.body_budget_bytes)
+
+
+def _time_remaining(context: Any) -> float:
+    """Seconds left of the caller's deadline (infinite without one)."""
+    remaining = context.time_remaining()
+    return float("inf") if remaining is None else float(remaining)
 
 
 class Refused(Exception):
@@ -186,11 +195,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         rid = request_id_for(str(metadata.get("x-request-id", "")))
         token = request_id.set(rid)
         reserved: int | None = None
+        ends = time.monotonic() + min(self.gate.deadline_s, _time_remaining(context))
+        turn = deadline.set(ends)
         try:
             try:
                 self._check_token(metadata)
                 if admit is not None:
-                    reserved = self._admit(admit)
+                    reserved = await self._admit(admit, ends)
                 answer = await work()
                 context.set_trailing_metadata((("x-request-id", rid),))
                 return answer
@@ -203,6 +214,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if reserved is not None:
                 self.gate.counts.leave()
                 self.gate.counts.release(reserved)
+            deadline.reset(turn)
             request_id.reset(token)
         trailing = [("x-request-id", rid)]
         if "Retry-After" in refusal.headers:
@@ -219,17 +231,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if not hmac.compare_digest(offered, self.token):
                 raise Refused(Refusal(401, "missing or wrong bearer token"))
 
-    def _admit(self, request: Any) -> int:
-        """Counts the request in, as the HTTP gate does and in the same counts; its size is
-        what it holds of the body budget."""
+    async def _admit(self, request: Any, ends: float) -> int:
+        """Counts the request in, as the HTTP gate does and in the same counts, waiting for
+        a turn until ``ends`` if need be; its size is what it holds of the body budget. The
+        message is already in memory: it holds its bytes while it waits."""
         gate, counts = self.gate, self.gate.counts
-        refused = counts.enter(gate.max_concurrency)
-        if refused is not None:
-            raise Refused(Refusal(429, f"{refused}; retry later", headers=self.retry))
         size = int(request.ByteSize())
         if not counts.reserve(size, gate.body_budget_bytes):
-            counts.leave()
             raise Refused(Refusal(429, f"{MEMORY_FULL}; retry later", headers=self.retry))
+        try:
+            refused = await counts.enter(ends)
+        except BaseException:  # the call was cancelled while it waited
+            counts.release(size)
+            raise
+        if refused is not None:
+            counts.release(size)
+            said = f"{refused.reason}; retry later"
+            raise Refused(Refusal(refused.status, said, headers=self.retry))
         return size
 
     def _served(self, name: str, version: str) -> None:

@@ -9,10 +9,10 @@ import contextvars
 import hmac
 import logging
 import re
+import time
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyed_serving.schemas import ErrorDetail, ErrorResponse
+from keyed_serving.serving.admission import MEMORY_FULL, InFlight, NoTurn, deadline
 from keyed_serving.serving.v2 import header_length_of
 
 # Probes and scrapers must work without a token and must never be refused for load.
@@ -124,41 +125,6 @@ def add_outermost(service: Any, middleware: Any, **options: Any) -> None:
     service.__class__ = type(base.__name__, (base,), {"__slots__": (), "to_asgi": to_asgi})
 
 
-@dataclass
-class InFlight:
-    """Requests and request-body bytes in flight on this worker, whichever protocol brought
-    them: the HTTP gate and the gRPC endpoint (:mod:`.grpc_v2`) count in the same one, so
-    ``max_concurrency`` and ``body_budget_bytes`` bound them together."""
-
-    requests: int = 0
-    bytes: int = 0
-
-    def enter(self, limit: int) -> str | None:
-        """Counts a request in, below ``limit`` requests; else says why it is not."""
-        if self.requests >= limit:
-            return f"more than {limit} requests in flight"
-        self.requests += 1
-        return None
-
-    def leave(self) -> None:
-        self.requests -= 1
-
-    def reserve(self, size: int, budget: int) -> bool:
-        """Holds ``size`` more bytes of bodies, if they fit in ``budget`` (else see
-        ``MEMORY_FULL``)."""
-        if self.bytes + size > budget:
-            return False
-        self.bytes += size
-        return True
-
-    def release(self, size: int) -> None:
-        self.bytes -= size
-
-
-# Why a body that would not fit in the budget (``InFlight.reserve``) is refused.
-MEMORY_FULL = "the request bodies in flight fill memory"
-
-
 class ErrorsAnswered:
     """The outermost of the entry's own middlewares: an exception raised below it before an
     answer started is logged and answered 500 at once. BentoML's timeout middleware
@@ -201,10 +167,14 @@ class EntryGate:
     - refuses bodies that are not JSON (415), larger than ``max_body_bytes`` (413) or
       holding more than ``max_body_values`` values (413: a body of tiny values decodes
       into 10-25 times its size in Python objects, measured);
-    - answers 429 when ``max_concurrency`` requests are already in flight on this worker,
-      or when the bodies held in memory would pass ``body_budget_bytes`` (a body larger
-      than the whole budget is a 413): counted from admission until the request ends, in
-      ``counts`` (shared with the gRPC endpoint);
+    - past ``counts.limit`` requests in flight on this worker, a request waits for a turn
+      in ``counts``' bounded queue (shared with the gRPC endpoint, see :mod:`.admission`):
+      429 where the queue is full or the wait would pass its deadline (``deadline_s`` from
+      now), 503 where it waited until it could no longer be answered in time; both before
+      a byte of its body is read. A turn is held until the request ends, and the rest of
+      its work has what is left of the deadline;
+    - answers 429 when the bodies held in memory would pass ``body_budget_bytes`` (a body
+      larger than the whole budget is a 413);
     - uploads (``file_paths``) are spooled to disk by the server and bounded by their
       declared length (``max_file_bytes``);
     - task operations (``task_paths``: BentoML's task store holds the whole upload in
@@ -220,9 +190,10 @@ class EntryGate:
         app: ASGIApp,
         *,
         api_token: str | None,
+        counts: InFlight,
         max_body_bytes: int,
-        max_concurrency: int,
         retry_after_s: int,
+        deadline_s: float,
         body_budget_bytes: int | None = None,
         max_body_values: int | None = None,
         file_paths: Iterable[str] = (),
@@ -230,14 +201,13 @@ class EntryGate:
         task_paths: Iterable[str] = (),
         max_tasks: int = 1,
         max_task_file_bytes: int = 0,
-        counts: InFlight | None = None,
     ) -> None:
         self.app = app
         self.token = f"Bearer {api_token}".encode() if api_token else None
         self.max_body_bytes = max_body_bytes
-        self.max_concurrency = max_concurrency
         self.retry_after = str(retry_after_s)
-        self.counts = counts if counts is not None else InFlight()
+        self.deadline_s = deadline_s
+        self.counts = counts
         self.body_budget = body_budget_bytes if body_budget_bytes is not None else 2**62
         self.max_body_values = max_body_values
         self.file_paths = frozenset(file_paths)
@@ -269,25 +239,20 @@ class EntryGate:
         if kind == "websocket":
             await self.app(scope, receive, send)
             return
-        refused = self.counts.enter(self.max_concurrency)
+        ends = time.monotonic() + self.deadline_s
+        refused = await self.counts.enter(ends)
         if refused is not None:
-            await self._busy(scope, receive, send, refused)
+            await self._no_turn(scope, receive, send, refused)
             return
+        token = deadline.set(ends)
         try:
             if scope["path"] in self.task_paths:
                 await self._admit_task(scope, headers, receive, send)
             else:
                 await self._admit(scope, headers, receive, send)
         finally:
+            deadline.reset(token)
             self.counts.leave()
-
-    @property
-    def in_flight(self) -> int:
-        return self.counts.requests
-
-    @property
-    def bytes_in_flight(self) -> int:
-        return self.counts.bytes
 
     def _authorized(self, scope: Scope, headers: Headers) -> bool:
         if (
@@ -440,8 +405,11 @@ class EntryGate:
         return False
 
     async def _busy(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
+        await self._no_turn(scope, receive, send, NoTurn(429, why))
+
+    async def _no_turn(self, scope: Scope, receive: Receive, send: Send, no: NoTurn) -> None:
         headers = {"Retry-After": self.retry_after}
-        await _refuse(scope, receive, send, 429, f"{why}; retry later", headers)
+        await _refuse(scope, receive, send, no.status, f"{no.reason}; retry later", headers)
 
     def _too_large(self) -> str:
         return (

@@ -60,10 +60,33 @@ class Metrics:
             "came from another version (side=entry).",
             ["side"],
         )
+        self.admissions: Any = prom.Counter(
+            "keyed_admissions",
+            "Requests past the concurrency limit, by outcome: waited (for a turn, then "
+            "served); queue_full and past_deadline (429 at once: the queue is full, or the "
+            "wait would pass the request's deadline); expired (503 after waiting until it "
+            "could not be answered in time); gave_up (the caller went away while waiting).",
+            ["outcome"],
+        )
+        self.waiting: Any = prom.Gauge(
+            "keyed_admission_waiting",
+            "Requests waiting for a turn now (past the concurrency limit), all workers.",
+            multiprocess_mode="livesum",
+        )
 
         # Labelled children resolved once: .labels() costs more than the increment.
         self.predicted = self.instances.labels("predicted")
         self.answered_with_error = self.instances.labels("answered_with_error")
+
+    def count_admission(self, outcome: str) -> None:
+        """What admission (keyed_serving.serving.admission.InFlight) says of a request
+        past the concurrency limit."""
+        if outcome == "queued":
+            self.waiting.inc()
+            return
+        if outcome in ("waited", "expired", "gave_up"):
+            self.waiting.dec()
+        self.admissions.labels(outcome).inc()
 
     def count_rejected(self, instances: int, details: Sequence[ErrorDetail]) -> None:
         self.instances.labels("rejected").inc(instances)

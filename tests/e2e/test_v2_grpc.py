@@ -330,7 +330,8 @@ def strained(default_model: str) -> Iterator[GrpcServer]:
     with serving(
         default_model,
         KEYED_MAX_CONCURRENCY="1",
-        KEYED_REQUEST_DEADLINE_S="2",
+        KEYED_MAX_QUEUE="1",
+        KEYED_REQUEST_DEADLINE_S="4",
         KEYED_MAX_BODY_BYTES=str(1024 * 1024),
     ) as server:
         yield server
@@ -351,65 +352,115 @@ def retry_hint(error: grpc.RpcError) -> dict[str, str]:
     return {k: trailing[k] for k in ("retry-after", "grpc-retry-pushback-ms") if k in trailing}
 
 
-def test_overload_is_resource_exhausted_with_a_retry_hint_counted_with_http(
-    strained: GrpcServer,
-) -> None:
-    """KEYED_MAX_CONCURRENCY=1, held by an HTTP request whose body is still coming: a gRPC
-    call is refused at once, with the hint, and served once the HTTP request is done."""
-    name = strained.tag.split(":")[0]
+def waiting(server: GrpcServer) -> float:
+    """keyed_admission_waiting: the requests waiting for a turn now."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    values = [
+        line.split()[-1] for line in text.splitlines() if line.startswith("keyed_admission_waiting")
+    ]
+    return float(values[0]) if values else 0.0
 
-    def slow_body(release: threading.Event) -> Iterator[bytes]:
+
+def poll(condition: Any, what: str) -> None:
+    for _ in range(400):
+        if condition():
+            return
+        threading.Event().wait(0.025)
+    raise AssertionError(f"not within 10 s: {what}")
+
+
+@contextlib.contextmanager
+def turn_held(strained: GrpcServer) -> Iterator[dict[str, Any]]:
+    """KEYED_MAX_CONCURRENCY=1: the one turn held by an HTTP request whose body is still
+    coming, until the block ends; ``["response"]`` is its answer, once it has one."""
+    release, held = threading.Event(), {}
+
+    def slow_body() -> Iterator[bytes]:
         yield b'{"instances": [{"key": "h", "features": {"sepal_length_cm": 1, '
         release.wait(30)
         yield b'"sepal_width_cm": 1, "petal_length_cm": 1, "petal_width_cm": 1}}]}'
 
-    def hold(release: threading.Event, held: dict[str, Any]) -> threading.Thread:
+    thread = threading.Thread(
+        target=lambda: held.update(
+            response=httpx.post(
+                f"{strained.url}/predict",
+                content=slow_body(),
+                headers={"content-type": "application/json"},
+                timeout=60,
+            )
+        )
+    )
+    thread.start()
+    probe = strained.stub()
+    name = strained.tag.split(":")[0]
+
+    def holds() -> bool:
+        """A call with a short deadline is served at once unless the turn is held."""
+        try:
+            probe.ModelInfer(iris_request(name, 1), timeout=0.3)
+        except grpc.RpcError:
+            return True
+        return False
+
+    try:
+        poll(holds, "the slow request holds the turn")
+        poll(lambda: waiting(strained) == 0, "the probe has left the queue")
+        yield held
+    finally:
+        release.set()
+        thread.join(60)
+
+
+def test_past_the_limit_a_request_waits_for_its_turn_and_a_full_queue_is_refused(
+    strained: GrpcServer,
+) -> None:
+    """Issue 18: past KEYED_MAX_CONCURRENCY a request was refused at once, and clients that
+    retry at once spent the server on refusals. Now (KEYED_MAX_QUEUE=1) an HTTP request
+    waits for the turn an HTTP request holds and is answered 200 once it is free; while it
+    waits, the queue is full, and a gRPC call is refused at once with the retry hint: one
+    admission for both protocols."""
+    name = strained.tag.split(":")[0]
+    with turn_held(strained) as held:
+        queued: dict[str, Any] = {}
+        body = {
+            "keys": ["q1", "q2"],
+            "columns": {feature: [2.5, 0.5] for feature in IRIS[1:]},
+        }
         thread = threading.Thread(
-            target=lambda: held.update(
-                response=httpx.post(
-                    f"{strained.url}/predict",
-                    content=slow_body(release),
-                    headers={"content-type": "application/json"},
-                    timeout=60,
-                )
+            target=lambda: queued.update(
+                response=httpx.post(f"{strained.url}/predict", json=body, timeout=60)
             )
         )
         thread.start()
-        return thread
+        poll(lambda: waiting(strained) == 1, "the request waits for a turn")
+        with pytest.raises(grpc.RpcError) as refused:
+            strained.stub().ModelInfer(iris_request(name, 2), timeout=10)
+        assert thread.is_alive()  # still waiting, neither refused nor served
+    thread.join(60)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "waiting (the most)" in refused.value.details()
+    assert retry_hint(refused.value) == {"retry-after": "1", "grpc-retry-pushback-ms": "1000"}
+    assert held["response"].status_code == 200, held["response"].text
+    answer = queued["response"]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["keys"] == ["q1", "q2"] and len(answer.json()["predictions"]) == 2
+    assert waiting(strained) == 0
+    served = strained.stub().ModelInfer(iris_request(name, 2), timeout=10)
+    assert served.outputs[0].name == "key" and served.parameters["predicted"].int64_param == 2
 
-    stub = strained.stub()
-    refusal = None
-    for _ in range(20):
-        release, held = threading.Event(), {}
-        thread = hold(release, held)
-        holding = False
-        try:
-            # Until the slow request holds the one slot: another HTTP request is then a 429
-            # (while that probe is in flight, the slow one may be refused instead: again).
-            for _ in range(300):
-                if not thread.is_alive():
-                    break
-                if httpx.get(f"{strained.url}/model_info", timeout=10).status_code == 429:
-                    holding = thread.is_alive()
-                    break
-                threading.Event().wait(0.05)
-            if holding:
-                try:
-                    stub.ModelInfer(iris_request(name, 2), timeout=10)
-                except grpc.RpcError as error:
-                    refusal = error
-        finally:
-            release.set()
-            thread.join(60)
-        if holding:
-            break
-    assert refusal is not None, held
-    assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-    assert "requests in flight" in refusal.details()  # type: ignore[attr-defined]
-    assert retry_hint(refusal) == {"retry-after": "1", "grpc-retry-pushback-ms": "1000"}
-    assert held["response"].status_code == 200
-    answer = stub.ModelInfer(iris_request(name, 2), timeout=10)
-    assert answer.outputs[0].name == "key" and answer.parameters["predicted"].int64_param == 2
+
+def test_a_call_that_waited_until_its_deadline_is_unavailable_with_a_retry_hint(
+    strained: GrpcServer,
+) -> None:
+    """KEYED_REQUEST_DEADLINE_S=4 and the turn held longer: the waiting call is answered
+    UNAVAILABLE (HTTP's 503) at its deadline, without being predicted, and nothing hangs."""
+    name = strained.tag.split(":")[0]
+    with turn_held(strained), pytest.raises(grpc.RpcError) as expired:
+        strained.stub().ModelInfer(iris_request(name, 2), timeout=30)
+    assert expired.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "could not be answered in time" in expired.value.details()
+    assert retry_hint(expired.value) == {"retry-after": "1", "grpc-retry-pushback-ms": "1000"}
+    assert waiting(strained) == 0
 
 
 def test_a_message_past_the_body_limit_is_resource_exhausted_without_a_retry_hint(

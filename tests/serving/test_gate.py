@@ -18,6 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from keyed_serving.serving.admission import InFlight
 from keyed_serving.serving.http import AnswerStamp, EntryGate
 
 TOKEN = "s3cret-token-value"
@@ -48,12 +49,21 @@ def app_behind_gate(**options: Any) -> tuple[Stamped, asyncio.Event]:
     settings = {
         "api_token": None,
         "max_body_bytes": 1000,
-        "max_concurrency": 4,
         "retry_after_s": 2,
+        "deadline_s": 30.0,
         **options,
     }
-    gate = EntryGate(inner, **settings)
+    gate = EntryGate(inner, **gated(settings))
     return Stamped(gate, retry_after_s=settings["retry_after_s"]), release
+
+
+def gated(settings: dict[str, Any]) -> dict[str, Any]:
+    """The gate's options, its admission (``counts``) built from ``max_concurrency`` (4
+    unless said) and ``max_queue`` (none unless said)."""
+    options = dict(settings)
+    limit, queue = options.pop("max_concurrency", 4), options.pop("max_queue", 0)
+    options.setdefault("counts", InFlight(limit, queue))
+    return options
 
 
 class Stamped(AnswerStamp):
@@ -65,7 +75,7 @@ class Stamped(AnswerStamp):
 
     @property
     def in_flight(self) -> int:
-        return self.gate.in_flight
+        return self.gate.counts.requests
 
 
 async def call(app: Any, method: str = "POST", path: str = "/predict", **kwargs: Any) -> Any:
@@ -138,8 +148,8 @@ def test_json_with_a_charset_and_bodyless_gets_pass() -> None:
     assert run(app, "GET").status_code == 200
 
 
-def test_past_the_concurrency_limit_requests_get_429_with_retry_after() -> None:
-    app, release = app_behind_gate(max_concurrency=3)
+def test_past_the_concurrency_limit_with_no_queue_requests_get_429_with_retry_after() -> None:
+    app, release = app_behind_gate(max_concurrency=3, max_queue=0)
 
     async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
         held = [asyncio.create_task(call(app, params={"wait": 1}, json={})) for _ in range(3)]
@@ -155,6 +165,113 @@ def test_past_the_concurrency_limit_requests_get_429_with_retry_after() -> None:
     assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
     assert probe.status_code == 200
     assert app.in_flight == 0
+
+
+def queued_app(**options: Any) -> tuple[Stamped, asyncio.Event, list[bytes]]:
+    """A gate of two turns before an app that records the bodies it was given and holds
+    requests sent with ?wait=1 until released."""
+    release = asyncio.Event()
+    served: list[bytes] = []
+
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        served.append(body)
+        if request.query_params.get("wait"):
+            await release.wait()
+        return JSONResponse({"bytes": len(body)})
+
+    inner = Starlette(routes=[Route("/predict", echo, methods=["POST"])])
+    settings = {"api_token": None, "max_body_bytes": 10**6, "retry_after_s": 2}
+    settings |= {"deadline_s": 30.0, "max_concurrency": 2, **options}
+    return Stamped(EntryGate(inner, **gated(settings)), retry_after_s=2), release, served
+
+
+async def until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0)
+
+
+def test_a_request_past_the_limit_waits_for_a_turn_and_is_answered_200() -> None:
+    """Issue 18: past max_concurrency a request was refused at once, and clients that retry
+    at once (wrk, proxies, SDKs) spent the CPU on refusals: goodput fell to a sixth."""
+    app, release, served = queued_app(max_queue=4)
+
+    async def scenario() -> list[httpx.Response]:
+        held = [asyncio.create_task(call(app, params={"wait": 1}, json=i)) for i in range(2)]
+        await until(lambda: len(served) == 2)
+        waiting = [asyncio.create_task(call(app, json=10 + i)) for i in range(3)]
+        await until(lambda: app.gate.counts.queued == 3)
+        # Waiting, not refused, and not let in: the app has seen none of their bodies.
+        assert not any(task.done() for task in waiting) and len(served) == 2
+        release.set()
+        return list(await asyncio.gather(*held, *waiting))
+
+    answers = asyncio.run(scenario())
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert served[2:] == [b"10", b"11", b"12"]  # first come, first served
+    assert app.gate.counts.requests == 0 and app.gate.counts.queued == 0
+
+
+def test_a_full_queue_is_a_429_with_retry_after_before_the_body_is_read() -> None:
+    app, release, served = queued_app(max_queue=1)
+    pulled: list[int] = []
+
+    async def chunks() -> Any:
+        for n in range(100):
+            pulled.append(n)
+            yield b" " * 1000
+
+    async def scenario() -> tuple[httpx.Response, list[httpx.Response]]:
+        held = [asyncio.create_task(call(app, params={"wait": 1}, json=i)) for i in range(2)]
+        await until(lambda: len(served) == 2)
+        waiting = asyncio.create_task(call(app, json=2))
+        await until(lambda: app.gate.counts.queued == 1)
+        refused = await call(app, content=chunks(), headers=JSON)
+        release.set()
+        return refused, list(await asyncio.gather(*held, waiting))
+
+    refused, answers = asyncio.run(scenario())
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+    assert "waiting (the most)" in refused.json()["error"]
+    assert len(pulled) < 100
+    assert [answer.status_code for answer in answers] == [200] * 3
+
+
+def test_a_request_whose_wait_would_pass_its_deadline_is_a_429_at_once() -> None:
+    app, release, served = queued_app(max_queue=10)
+
+    async def scenario() -> httpx.Response:
+        held = [asyncio.create_task(call(app, params={"wait": 1}, json=i)) for i in range(2)]
+        await until(lambda: len(served) == 2)
+        # The worker's measured pace: a turn every 20 s, so a wait alone passes 30 s.
+        app.gate.counts.turn_gap_s = 20.0
+        refused = await call(app, json=2)
+        release.set()
+        await asyncio.gather(*held)
+        return refused
+
+    refused = asyncio.run(scenario())
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+    assert "would pass the request's deadline" in refused.json()["error"]
+    assert len(served) == 2
+
+
+def test_a_request_that_waited_until_its_deadline_is_a_503_and_never_served() -> None:
+    app, release, served = queued_app(max_queue=10, deadline_s=0.2)
+
+    async def scenario() -> httpx.Response:
+        held = [asyncio.create_task(call(app, params={"wait": 1}, json=i)) for i in range(2)]
+        await until(lambda: len(served) == 2)
+        expired = await call(app, json=2)  # nothing leaves before its deadline
+        release.set()
+        await asyncio.gather(*held)
+        return expired
+
+    expired = asyncio.run(scenario())
+    assert expired.status_code == 503 and expired.headers["retry-after"] == "2"
+    assert "could not be answered in time" in expired.json()["error"]
+    assert served == [b"0", b"1"]
+    assert app.gate.counts.queued == 0 and app.gate.counts.requests == 0
 
 
 def test_every_overload_answer_carries_retry_after() -> None:
@@ -196,10 +313,8 @@ def test_a_cors_preflight_passes_the_token_check_and_nothing_else_does() -> None
             CORSMiddleware(
                 inner.gate.app, allow_origins=["https://ui.example"], allow_methods=["*"]
             ),
-            api_token=TOKEN,
-            max_body_bytes=1000,
-            max_concurrency=4,
-            retry_after_s=2,
+            **gated({"api_token": TOKEN, "max_body_bytes": 1000, "retry_after_s": 2}),
+            deadline_s=30.0,
         ),
         retry_after_s=2,
     )
@@ -219,10 +334,8 @@ def test_a_websocket_without_the_token_is_refused() -> None:
 
     gate = EntryGate(
         Starlette(routes=[WebSocketRoute("/ws", echo)]),
-        api_token=TOKEN,
-        max_body_bytes=1000,
-        max_concurrency=4,
-        retry_after_s=2,
+        **gated({"api_token": TOKEN, "max_body_bytes": 1000, "retry_after_s": 2}),
+        deadline_s=30.0,
     )
     client = TestClient(Stamped(gate, retry_after_s=2))
     for headers in ({}, {"authorization": "Bearer wrong"}):
@@ -270,7 +383,7 @@ def test_bodies_past_the_memory_budget_get_429_with_retry_after() -> None:
     fits, spent = held_bodies(app, [1000, 1000], more)
     assert fits.status_code == 200
     assert spent.status_code == 429 and spent.headers["retry-after"] == "2"
-    assert app[0].gate.bytes_in_flight == 0
+    assert app[0].gate.counts.bytes == 0
 
 
 def test_a_body_of_undeclared_length_is_counted_as_it_arrives() -> None:
@@ -285,7 +398,7 @@ def test_a_body_of_undeclared_length_is_counted_as_it_arrives() -> None:
 
     refused = held_bodies(app, [1000, 1000], streamed)
     assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
-    assert app[0].gate.bytes_in_flight == 0
+    assert app[0].gate.counts.bytes == 0
 
 
 def test_a_body_larger_than_the_whole_budget_is_413_not_429() -> None:
@@ -325,9 +438,10 @@ def task_app(**options: Any) -> tuple[Stamped, asyncio.Event]:
         "task_paths": ["/task/submit", "/task/retry", "/task/get"],
         "max_tasks": 1,
         "max_task_file_bytes": 3000,
+        "deadline_s": 30.0,
         **options,
     }
-    return Stamped(EntryGate(inner, **settings), retry_after_s=2), finish
+    return Stamped(EntryGate(inner, **gated(settings)), retry_after_s=2), finish
 
 
 def form(size: int) -> dict[str, Any]:
@@ -356,7 +470,7 @@ async def scenario_with_running_task(app: Stamped, finish: asyncio.Event) -> lis
     finish.set()
     statuses.insert(0, (await first).status_code)
     statuses.append((await call(app, "GET", "/task/get")).status_code)
-    assert app.gate.tasks_in_flight == 0 and app.gate.bytes_in_flight == 0
+    assert app.gate.tasks_in_flight == 0 and app.gate.counts.bytes == 0
     return statuses
 
 
