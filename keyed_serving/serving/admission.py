@@ -69,7 +69,14 @@ class InFlight:
     # p of them, and then to hold its turn about ``limit`` of them (Little's law).
     turn_gap_s: float = 0.0
     _last_turn: float | None = field(default=None, repr=False)
-    _turns: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
+    # Those waiting, first come first: the last moment a turn is of use to each, and where
+    # it learns the outcome (True: a turn; False: too late).
+    _waiting: deque[tuple[float, asyncio.Future[bool]]] = field(default_factory=deque, repr=False)
+    # One timer for the whole queue (a timer per waiter cost 15% of the worker at 1,024
+    # connections): due when the first of them is too late.
+    _timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = field(
+        default=None, repr=False
+    )
 
     async def enter(self, ends: float) -> NoTurn | None:
         """Takes a turn for a request whose deadline is ``ends`` (``time.monotonic()``),
@@ -84,54 +91,77 @@ class InFlight:
                 429, f"{self.requests} requests in flight and {self.queued} waiting (the most)"
             )
         # Waiting helps only if the request can still be answered once it has its turn.
-        usable = ends - time.monotonic() - self.limit * self.turn_gap_s
+        until = ends - self.limit * self.turn_gap_s
         expected = (self.queued + 1) * self.turn_gap_s
-        if expected > usable:
+        if time.monotonic() + expected > until:
             self.observe("past_deadline")
             return NoTurn(
                 429,
                 f"{self.requests} requests in flight and {self.queued} waiting: the wait "
                 f"(about {expected:.1f} s) would pass the request's deadline",
             )
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._turns.append(turn)
+        turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((until, turn))
         self.queued += 1
         self.observe("queued")
-        outcome = "gave_up"
+        self._watch()
         try:
-            async with asyncio.timeout(usable):
-                await turn
-        except BaseException as exc:
-            if turn.done() and not turn.cancelled():  # handed over as the time ran out
-                self.leave()
-            else:
-                turn.cancel()  # passed over by ``leave``
-            if not isinstance(exc, TimeoutError):
-                raise
-            outcome = "expired"
-            return NoTurn(503, "waited for a turn until it could not be answered in time")
-        else:
-            outcome = "waited"
-            return None
-        finally:
+            has_turn = await turn
+        except BaseException:  # the caller went away
+            if turn.done() and not turn.cancelled() and turn.result():
+                self.leave()  # the turn it was just handed passes on
+            turn.cancel()  # else it is passed over
             self.queued -= 1
-            self.observe(outcome)
+            self.observe("gave_up")
+            raise
+        self.queued -= 1
+        if not has_turn:
+            self.observe("expired")
+            return NoTurn(503, "waited for a turn until it could not be answered in time")
+        self.observe("waited")
+        return None
 
     def leave(self) -> None:
-        """Gives a turn back, to the request waiting longest if any."""
+        """Gives a turn back, to the request waiting longest that can still use it."""
+        now = time.monotonic()
         if self.queued:
-            now = time.monotonic()
             if self._last_turn is not None:
                 self.turn_gap_s += _GAP_WEIGHT * (now - self._last_turn - self.turn_gap_s)
             self._last_turn = now
         else:  # not saturated: the next gap would measure idleness, not pace
             self._last_turn = None
-        while self._turns:
-            turn = self._turns.popleft()
-            if not turn.done():  # not given up
-                turn.set_result(None)  # the turn passes on: ``requests`` stays
-                return
+        while self._waiting:
+            until, turn = self._waiting.popleft()
+            if turn.done():  # gave up
+                continue
+            if until < now:
+                turn.set_result(False)
+                continue
+            turn.set_result(True)  # the turn passes on: ``requests`` stays
+            return
         self.requests -= 1
+
+    def _watch(self) -> None:
+        """Has the timer due when the first one waiting is too late, unless it is set."""
+        loop = asyncio.get_running_loop()
+        if self._waiting and (self._timer is None or self._timer[0] is not loop):
+            delay = self._waiting[0][0] - time.monotonic()
+            self._timer = loop, loop.call_later(max(0.0, delay), self._too_late)
+
+    def _too_late(self) -> None:
+        """Answers those at the head of the queue whose time has passed (one with a
+        deadline of its own shorter than those before it is answered when it reaches the
+        head, or gives up with its caller)."""
+        self._timer = None
+        now = time.monotonic()
+        while self._waiting:
+            until, turn = self._waiting[0]
+            if not turn.done():
+                if until > now:
+                    break
+                turn.set_result(False)
+            self._waiting.popleft()
+        self._watch()
 
     def reserve(self, size: int, budget: int) -> bool:
         """Holds ``size`` more bytes of bodies, if they fit in ``budget`` (else see

@@ -77,6 +77,7 @@ class Metrics:
         # Labelled children resolved once: .labels() costs more than the increment.
         self.predicted = self.instances.labels("predicted")
         self.answered_with_error = self.instances.labels("answered_with_error")
+        self.admitted: dict[str, Any] = {}
 
     def count_admission(self, outcome: str) -> None:
         """What admission (keyed_serving.serving.admission.InFlight) says of a request
@@ -86,7 +87,9 @@ class Metrics:
             return
         if outcome in ("waited", "expired", "gave_up"):
             self.waiting.dec()
-        self.admissions.labels(outcome).inc()
+        if outcome not in self.admitted:  # .labels() costs more than the increment
+            self.admitted[outcome] = self.admissions.labels(outcome)
+        self.admitted[outcome].inc()
 
     def count_rejected(self, instances: int, details: Sequence[ErrorDetail]) -> None:
         self.instances.labels("rejected").inc(instances)

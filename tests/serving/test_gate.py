@@ -206,7 +206,7 @@ def test_a_request_past_the_limit_waits_for_a_turn_and_is_answered_200() -> None
         release.set()
         return list(await asyncio.gather(*held, *waiting))
 
-    answers = asyncio.run(scenario())
+    answers = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert [answer.status_code for answer in answers] == [200] * 5
     assert served[2:] == [b"10", b"11", b"12"]  # first come, first served
     assert app.gate.counts.requests == 0 and app.gate.counts.queued == 0
@@ -230,7 +230,7 @@ def test_a_full_queue_is_a_429_with_retry_after_before_the_body_is_read() -> Non
         release.set()
         return refused, list(await asyncio.gather(*held, waiting))
 
-    refused, answers = asyncio.run(scenario())
+    refused, answers = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
     assert "waiting (the most)" in refused.json()["error"]
     assert len(pulled) < 100
@@ -250,7 +250,7 @@ def test_a_request_whose_wait_would_pass_its_deadline_is_a_429_at_once() -> None
         await asyncio.gather(*held)
         return refused
 
-    refused = asyncio.run(scenario())
+    refused = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
     assert "would pass the request's deadline" in refused.json()["error"]
     assert len(served) == 2
@@ -267,7 +267,7 @@ def test_a_request_that_waited_until_its_deadline_is_a_503_and_never_served() ->
         await asyncio.gather(*held)
         return expired
 
-    expired = asyncio.run(scenario())
+    expired = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert expired.status_code == 503 and expired.headers["retry-after"] == "2"
     assert "could not be answered in time" in expired.json()["error"]
     assert served == [b"0", b"1"]
