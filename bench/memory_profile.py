@@ -34,10 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from load import WORKLOADS, wrk, write_workload  # noqa: E402
-from servers import (  # noqa: E402
+from load import WORKLOADS, write_workload, wrk
+from servers import (
     BENCH,
     MLSERVER_VENV,
     ROOT,

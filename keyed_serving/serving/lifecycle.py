@@ -89,7 +89,7 @@ async def _timeout_then_cancel(self: Any, scope: Any, receive: Any, send: Any) -
     answering = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
     try:
         await waiter
-    except asyncio.TimeoutError:
+    except TimeoutError:
         if answering.cancel():
             late = {"error": f"Not able to process the request in {self.timeout} seconds"}
             await JSONResponse(late, status_code=504)(scope, receive, send)
