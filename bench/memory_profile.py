@@ -12,8 +12,9 @@ each shared page between the processes that map it, USS counts only a process's 
 a sum of PSS is what the server costs the machine. The peak of a sum is taken at one
 instant (samples every 0.2 s), so it is not the sum of the per-process peaks.
 
-Writes bench/memory_profile.md (or --out). Numbers move between runs on a shared machine;
-compare the servers and variants of one run.
+Writes bench/memory_profile.md (or --out), keeping the section of it written by hand
+(from FINDINGS on). Numbers move between runs on a shared machine; compare the servers and
+variants of one run.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from servers import (
 )
 
 MB = 2**20
+FINDINGS = "## What the profile showed"  # the report's part written by hand, kept on a re-run
 PHASES = ("idle", "W1", "W2", "W3", "after")
 
 
@@ -332,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=VAR=VALUE[,VAR=VALUE]",
-        help="our server once more with these environment settings (repeatable)",
+        help='our server once more with these environment settings, e.g. "arenas 2='
+        'MALLOC_ARENA_MAX=2" (repeatable)',
     )
     parser.add_argument("--before", metavar="REVISION", help="ours at this git revision too")
     parser.add_argument("--no-default", action="store_true", help="skip ours as configured")
@@ -384,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             with sampled(start()) as (server, sampler):
                 load_phases(server, sampler, files, args, setup.work, peer)
                 profiles.append(Profile(name, sampler.phases, mappings(server.process.pid)))
-    args.out.write_text(report(profiles, args))
+    kept = args.out.read_text() if args.out.exists() else ""
+    kept = kept[kept.index(FINDINGS) :] if FINDINGS in kept else ""
+    args.out.write_text(report(profiles, args) + ("\n" + kept if kept else ""))
     print(args.out.read_text())
     return 0
 
