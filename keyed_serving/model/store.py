@@ -354,7 +354,9 @@ def spec_of(stored: Any) -> ModelSpec:
         return ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
     tag = str(stored.tag)
     if tag not in _plain_specs:  # a version's spec never changes: unpickle it once
-        _plain_specs[tag] = load_stored(stored).spec
+        # pyarrow left as it is: this is the entry (or the server's start), whose file routes
+        # read and write tables with it.
+        _plain_specs[tag] = _load_stored(stored, None).spec
     return _plain_specs[tag]
 
 

@@ -46,7 +46,32 @@ def predicted_in_a_child(tag: str, columns: dict[str, list[Any]], hide: str) -> 
     return dict(json.loads(out.stdout.splitlines()[-1]))
 
 
-@pytest.mark.parametrize("model", ["default_model", "customer_model"])
+@pytest.fixture(scope="module")
+def native_categorical_model() -> str:
+    """LightGBM on pandas categoricals: the runner builds its frame with pd.Categorical."""
+    lightgbm = pytest.importorskip("lightgbm")
+    import numpy as np
+    import pandas as pd
+
+    import keyed_serving
+
+    rng = np.random.default_rng(5)
+    colours = rng.choice(["red", "green", "blue"], 600)
+    table = pd.DataFrame(
+        {
+            "spend": rng.gamma(2.0, 30.0, 600),
+            "colour": pd.Categorical(colours, categories=["red", "green", "blue"]),
+            "zone": pd.Categorical(rng.choice([10, 20, 30, 40], 600)),
+        }
+    )
+    table.loc[::23, "colour"] = np.nan
+    table["label"] = (table["spend"] / 60 + (table["colour"] == "green") * 1.5 > 1).astype(int)
+    model = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1)
+    model.fit(table[["spend", "colour", "zone"]], table["label"])
+    return str(keyed_serving.save_model("native_lgbm_store", model, table, target="label"))
+
+
+@pytest.mark.parametrize("model", ["default_model", "customer_model", "native_categorical_model"])
 def test_without_pyarrow_the_runner_predicts_the_same_bits(
     model: str, request: pytest.FixtureRequest
 ) -> None:
@@ -58,6 +83,12 @@ def test_without_pyarrow_the_runner_predicts_the_same_bits(
             "sepal_width_cm": [2.0 + i % 24 / 10 for i in range(300)],
             "petal_length_cm": [1.0 + i % 59 / 10 for i in range(300)],
             "petal_width_cm": [0.1 + i % 24 / 10 for i in range(300)],
+        }
+    elif model == "native_categorical_model":  # text on the wire, a gap and unseen values
+        columns = {
+            "spend": table["monthly_spend"].fillna(0).tolist(),
+            "colour": [["red", "green", "blue", None, "purple"][i % 5] for i in range(300)],
+            "zone": [["10", "20", "30", "40", "50"][i % 5] for i in range(300)],
         }
     else:  # categories with gaps, numbers with gaps
         columns = {
