@@ -5,13 +5,14 @@ stored model of any kind (trained by train.py, imported by keyed-import, or save
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ PORTABLE_PACKAGES = frozenset({"numpy"})
 EXTRAS = {"lightgbm": "lightgbm", "xgboost": "xgboost", "mlflow-skinny": "mlflow"}
 # Where a server's start hands the version it resolved to its workers (see served_model_tag).
 PIN_VARIABLE = "KEYED_SERVED_MODEL"
+# Where a server's start tells its workers that the model loads without pyarrow ("1") or
+# needs it ("0"); see without_pyarrow.
+PYARROW_VARIABLE = "KEYED_MODEL_WITHOUT_PYARROW"
 
 
 class ModelNotServable(ModelRefused, BentoMLException):
@@ -205,6 +209,32 @@ def load_stored(stored: Any, budget: IsolationBudget | None = None) -> LoadedMod
     """Any model the service serves, from the model store (``bentoml.models.get(tag)`` or a
     service's ``BentoModel``): one trained by train.py, one imported by keyed-import, or a
     plain ``bentoml.sklearn`` model. Refuses (``ModelRefused``) what it cannot serve."""
+    with without_pyarrow(os.environ.get(PYARROW_VARIABLE) == "1"):
+        return _load_stored(stored, budget)
+
+
+@contextlib.contextmanager
+def without_pyarrow(hide: bool) -> Iterator[None]:
+    """pandas 3 imports pyarrow whenever it is installed (``pandas.compat.pyarrow``), for a
+    string storage the runner never uses: its frames are float64 and object columns
+    (``spec.to_frame``). Its libraries cost the runner worker about 60 MB of RSS (measured,
+    bench/memory_profile.md). With ``hide``, pandas imported here finds no pyarrow and keeps
+    strings in Python objects. Only where the server's start found the model loads that way
+    (``load_apart``): a pipeline holding a pyarrow-backed pandas object (a ColumnTransformer
+    given ``frame.columns``, say) needs it. Nothing changes once pandas or pyarrow is
+    imported (a test process, the file routes), and later imports of pyarrow still work."""
+    if not hide or "pandas" in sys.modules or "pyarrow" in sys.modules:
+        yield
+        return
+    sys.modules["pyarrow"] = None  # type: ignore[assignment]  # `import pyarrow` fails
+    try:
+        yield
+    finally:
+        if "pyarrow" in sys.modules and sys.modules["pyarrow"] is None:
+            del sys.modules["pyarrow"]
+
+
+def _load_stored(stored: Any, budget: IsolationBudget | None) -> LoadedModel:
     check_versions(stored)
     tag = str(stored.tag)
     metadata = stored.info.metadata
@@ -258,22 +288,34 @@ def load_apart(stored: Any) -> None:
     process's working directory first, as ``bentoml serve`` puts it on a worker's path):
     ``ModelRefused`` with the child's reason when it cannot. Costs each start the child's
     run (about 2.5 s of CPU for the iris forest: Python, pandas, scikit-learn, BentoML, the
-    pickle), never memory here: the parent's RSS stayed at 93 MB (measured)."""
+    pickle), never memory here: the parent's RSS stayed at 93 MB (measured).
+
+    The child first loads it without pyarrow (``without_pyarrow``); when that fails, once
+    more with it. Which one worked is left in this process's environment
+    (``PYARROW_VARIABLE``) for the workers it spawns, as ``served_model_tag`` leaves the
+    version."""
+    os.environ.pop(PYARROW_VARIABLE, None)  # never hand down what another start found
+    for hide in ("1", "0"):
+        out = _load_in_child(stored, hide)
+        if out.returncode == 0:
+            os.environ[PYARROW_VARIABLE] = hide
+            return
+    said = [line for line in out.stdout.splitlines() if line.startswith(_REASON)]
+    reason = said[-1].removeprefix(_REASON) if said else _last_line(out.stderr, out.returncode)
+    raise ModelRefused(f"model {stored.tag} cannot be loaded: {reason}")
+
+
+def _load_in_child(stored: Any, hide_pyarrow: str) -> subprocess.CompletedProcess[str]:
     package_root = str(Path(__file__).resolve().parents[2])
     path = [os.getcwd(), package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
     store = Path(stored.path).parent.parent
-    out = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", _LOAD_APART, str(store), str(stored.tag)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(path), PYARROW_VARIABLE: hide_pyarrow},
         capture_output=True,
         text=True,
         check=False,
     )
-    if out.returncode == 0:
-        return
-    said = [line for line in out.stdout.splitlines() if line.startswith(_REASON)]
-    reason = said[-1].removeprefix(_REASON) if said else _last_line(out.stderr, out.returncode)
-    raise ModelRefused(f"model {stored.tag} cannot be loaded: {reason}")
 
 
 # The child of load_apart: loads with the code a runner worker loads with.
@@ -312,7 +354,9 @@ def spec_of(stored: Any) -> ModelSpec:
         return ModelSpec.from_metadata(str(stored.tag), stored.info.metadata)
     tag = str(stored.tag)
     if tag not in _plain_specs:  # a version's spec never changes: unpickle it once
-        _plain_specs[tag] = load_stored(stored).spec
+        # pyarrow left as it is: this is the entry (or the server's start), whose file routes
+        # read and write tables with it.
+        _plain_specs[tag] = _load_stored(stored, None).spec
     return _plain_specs[tag]
 
 

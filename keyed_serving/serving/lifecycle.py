@@ -1,4 +1,15 @@
-"""Shutdown order for the two services: the runner outlives the entry.
+"""What a worker does as it starts and stops: the heap settled after start-up, BentoML's
+timeout timers kept from holding memory, and the shutdown order of the two services.
+
+Start-up (``settle_the_heap``, both workers). BentoML's ``TimeoutMiddleware`` schedules a
+timer for every request (``loop.call_later(traffic.timeout, ...)``) and never cancels it:
+the timer, its future and the copy of the request's context it holds stay alive for the
+whole timeout after the answer went out. At 2,500 requests/s and the entry's 35 s that
+was some 80,000 pending timers, 20-25 MB of live Python objects the entry could not give
+back (measured, bench/memory_profile.md). Its ``__call__`` is replaced by the same code that
+cancels the timer once the request is over.
+
+Shutdown: the runner outlives the entry.
 
 ``bentoml serve`` (circus) sends SIGTERM to the entry and the runner workers at the same
 moment. The entry then finishes its in-flight requests, but those need the runner, which
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -37,6 +49,55 @@ logger = logging.getLogger("keyed_serving.serving.lifecycle")
 # The runner holds the lock exclusively only for the moment it checks; anything longer
 # is someone else's doing.
 LOCK_WAIT_S = 5.0
+
+
+def settle_the_heap() -> None:
+    """At a worker's start: BentoML's timeout timers cancelled once a request is over (see
+    above), and everything alive after start-up (BentoML, pydantic, the model: hundreds of
+    thousands of objects) moved out of the garbage collector's sight: its full collections
+    otherwise walk them all, pausing the worker in the middle of requests. Measured at W1,
+    A/B in turn: p99 178-184 ms without the freeze, 115-133 ms with."""
+    cancel_timeout_timers()
+    gc.collect()
+    gc.freeze()
+
+
+def cancel_timeout_timers() -> None:
+    """Makes BentoML's ``TimeoutMiddleware`` cancel its timer when the request is over: the
+    same 504 past the timeout, no timer left behind (idempotent)."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    TimeoutMiddleware.__call__ = _timeout_then_cancel  # type: ignore[method-assign]
+
+
+async def _timeout_then_cancel(self: Any, scope: Any, receive: Any, send: Any) -> None:
+    # BentoML 1.4's TimeoutMiddleware.__call__ (bentoml/_internal/server/http/traffic.py),
+    # with the timer kept and cancelled in `finally`.
+    if scope["type"] not in ("http", "websocket"):
+        return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+    from starlette.responses import JSONResponse
+
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+    async def _send(message: Any) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+        await send(message)
+
+    answering = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+    try:
+        await waiter
+    except TimeoutError:
+        if answering.cancel():
+            late = {"error": f"Not able to process the request in {self.timeout} seconds"}
+            await JSONResponse(late, status_code=504)(scope, receive, send)
+    else:
+        await answering
+    finally:
+        timer.cancel()
+    return None
 
 
 def _in_server() -> bool:

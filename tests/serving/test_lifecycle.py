@@ -1,8 +1,11 @@
-"""The drain lock: private, never followed through a symlink, never a reason not to start."""
+"""The start and stop of a worker: the drain lock (private, never followed through a symlink,
+never a reason not to start) and BentoML's timeout timers cancelled once a request is over."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import json
 import logging
 import os
 import tempfile
@@ -113,3 +116,61 @@ def test_the_private_directory_is_made_for_this_user_only(in_a_server: Path) -> 
     entry.close()
     made = lifecycle.lock_path(SERVER_PID, in_a_server).parent.stat()
     assert made.st_mode & 0o777 == 0o700 and made.st_uid == os.getuid()
+
+
+# ---- BentoML's timeout timers (settle_the_heap) ------------------------------------------
+
+
+@pytest.fixture
+def timers_cancelled(monkeypatch: pytest.MonkeyPatch) -> type:
+    """BentoML's TimeoutMiddleware as a started worker has it; put back after the test."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    monkeypatch.setattr(TimeoutMiddleware, "__call__", TimeoutMiddleware.__call__)
+    lifecycle.cancel_timeout_timers()
+    return TimeoutMiddleware
+
+
+def through_the_timeout(middleware_class: type, app: Any, timeout: float) -> tuple[list, int]:
+    """One HTTP request through the middleware: (the messages sent, the timers still pending
+    on the loop once the request is over)."""
+    sent: list[Any] = []
+
+    async def request() -> int:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+        await middleware_class(app, timeout=timeout)(scope, receive, send)
+        # asyncio's own list of scheduled timers: a cancelled one no longer counts.
+        return sum(not h.cancelled() for h in asyncio.get_running_loop()._scheduled)  # type: ignore[attr-defined]
+
+    pending = asyncio.run(request())
+    return sent, pending
+
+
+async def answer_ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_request_leaves_no_timeout_timer_behind(timers_cancelled: type) -> None:
+    # BentoML's own left one per request for the whole timeout: 80,000 at W1 (35 s).
+    sent, pending = through_the_timeout(timers_cancelled, answer_ok, timeout=35.0)
+    assert [m.get("status") for m in sent][:1] == [200] and sent[-1]["body"] == b"ok"
+    assert pending == 0
+
+
+def test_a_request_past_the_timeout_is_still_answered_504(timers_cancelled: type) -> None:
+    async def never_answers(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.Event().wait()
+
+    sent, pending = through_the_timeout(timers_cancelled, never_answers, timeout=0.01)
+    assert sent[0]["status"] == 504
+    assert json.loads(sent[1]["body"]) == {
+        "error": "Not able to process the request in 0.01 seconds"
+    }
+    assert pending == 0
