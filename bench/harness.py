@@ -65,6 +65,7 @@ from servers import (
     BENCH,
     MLSERVER_VENV,
     PEERS,
+    HeldConnections,
     Server,
     bench_setup,
     bentoml_server,
@@ -104,7 +105,11 @@ def sweep(
     sweep_args = argparse.Namespace(warmup=args.sweep_warmup, seconds=args.sweep_seconds)
     for n in connections:
         load = Workload("sweep", n, 1, 2000, "rows")
-        run.sweep.append(measure(server, load, files, fmt, sweep_args, work))
+        with HeldConnections(server) as held:
+            result = measure(server, load, files, fmt, sweep_args, work)
+        result.summary["held_connections"] = held.peak
+        result.summary["accept_queue"] = held.peak_queued
+        run.sweep.append(result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -413,16 +413,22 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
             "second and by status. Connection errors: connect, read and write errors and wrk's",
             "30 s timeouts (answers that never came). p99 of the 200s as above († where it is",
             "wrk's p99 of every answer); beside it wrk's own p99 of every answer, refusals",
-            "included. ‡: the p99 passes a quarter of the run (or nothing was answered), so",
+            "included. Connections held / in accept queue: the most TCP connections the",
+            "server's processes held open at once, and the most that waited, established but",
+            "not yet accepted, in its listening socket's accept queue (sampled every 0.5 s).",
+            "‡: the p99 passes a quarter of the run (or nothing was answered), so",
             "the answers still in flight when wrk stopped weigh on the goodput: undercounted.",
             "",
             "| server | connections | goodput (200s/s) | non-2xx/s | non-2xx by status "
-            "| connection errors | wrong keys | p99 of the 200s ms | p99 of every answer ms "
-            "| peak RSS MB |",
-            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+            "| connection errors | connections held / in accept queue | wrong keys "
+            "| p99 of the 200s ms "
+            "| p99 of every answer ms | peak RSS MB |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
             *(
                 f"| {r.server} | {r.connections:,} | {goodput_text(r)} | "
                 f"{r.non_2xx / r.seconds:,.0f} | {r.statuses} | {r.connection_errors} | "
+                f"{r.summary.get('held_connections', '?')} / "
+                f"{r.summary.get('accept_queue', '?')} | "
                 f"{int(r.summary['mismatched'])} | {p99_text(r)} | "
                 f"{r.summary['p99_ms']:,.1f} | {r.peak_rss_mb:,.0f} |"
                 for r in run.sweep

@@ -96,6 +96,62 @@ def _role(cmdline: str) -> str:
     return "other"
 
 
+class HeldConnections:
+    """The most TCP connections on ``port`` that the server's processes held open at once,
+    and the longest its listening socket's accept queue grew, sampled every 0.5 s.
+    Connections in the accept queue are established (the client has sent its request) but
+    not yet accepted by the server: together they show whether a server really takes
+    1,024 connections, and how many wait in the kernel before it sees them."""
+
+    def __init__(self, server: Server) -> None:
+        import psutil
+
+        self.root = psutil.Process(server.process.pid)
+        self.port = int(server.url.rsplit(":", 1)[1])
+        self.peak = 0
+        self.peak_queued = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> HeldConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.5):
+            held = 0
+            try:
+                family = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for process in family:
+                with contextlib.suppress(psutil.Error):
+                    held += sum(
+                        1
+                        for c in process.net_connections(kind="tcp")
+                        if c.status == psutil.CONN_ESTABLISHED
+                        and c.laddr
+                        and c.laddr.port == self.port
+                    )
+            self.peak = max(self.peak, held)
+            self.peak_queued = max(self.peak_queued, accept_queue(self.port) or 0)
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections waiting in the accept queue of the socket listening on ``port`` now
+    (``ss``'s Recv-Q of a listening socket)."""
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return int(out[1]) if len(out) > 1 and out[1].isdigit() else None
+
+
 def raise_open_files_limit() -> int:
     """The soft limit on open files raised to the hard one, for this process and the wrk
     and servers it starts: 1,024 connections need more than the usual soft 1,024
