@@ -70,6 +70,7 @@ from servers import (
     bench_setup,
     bentoml_server,
     mlserver,
+    wait_until_drained,
 )
 
 PATHS = ("predict", "v2", "v2bin", "grpc", "sweep", "w4")
@@ -99,16 +100,46 @@ def probe_binary(server: Server, files: Path) -> tuple[bool, str]:
         return False, f"no answer ({error})"
 
 
+def caught_up(server: Server, files: Path) -> float:
+    """After a warm-up: until the server owes nothing to the warm-up's closed connections.
+    Its sockets first (``wait_until_drained``), then one request of the same body, answered
+    whatever its status: a server that queues (MLServer) keeps working through requests
+    whose clients are gone after it has closed their sockets, and this one waits behind
+    them. Returns the seconds waited."""
+    started = time.monotonic()
+    wait_until_drained(server)
+    body = Path(f"{files}.bodies").read_text().split("\n", 1)[0].encode()
+    request = urllib.request.Request(
+        server.url + server.path, data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            answer.read()
+    except urllib.error.HTTPError:
+        pass  # a refusal is an answer: nothing is queued ahead of it
+    return time.monotonic() - started
+
+
 def sweep(
     run: Run, server: Server, files: Path, fmt: str, connections: list[int], args: Any, work: Path
 ) -> None:
     sweep_args = argparse.Namespace(warmup=args.sweep_warmup, seconds=args.sweep_seconds)
     for n in connections:
         load = Workload("sweep", n, 1, 2000, "rows")
+        drained: list[float] = []
         with HeldConnections(server) as held:
-            result = measure(server, load, files, fmt, sweep_args, work)
+            result = measure(
+                server,
+                load,
+                files,
+                fmt,
+                sweep_args,
+                work,
+                after_warmup=lambda drained=drained: drained.append(caught_up(server, files)),
+            )
         result.summary["held_connections"] = held.peak
         result.summary["accept_queue"] = held.peak_queued
+        result.summary["drained_s"] = drained[0] if drained else 0.0
         run.sweep.append(result)
 
 

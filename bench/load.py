@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,8 +243,18 @@ def wrk(
     return json.loads(summary.read_text()), cpu
 
 
-def measure(server: Server, load: Workload, files: Path, fmt: str, args: Any, work: Path) -> Result:
+def measure(
+    server: Server,
+    load: Workload,
+    files: Path,
+    fmt: str,
+    args: Any,
+    work: Path,
+    after_warmup: Callable[[], Any] | None = None,
+) -> Result:
     wrk(server, files, fmt, load.connections, args.warmup, work)
+    if after_warmup is not None:
+        after_warmup()
     server.rss.reset()
     summary, cpu = wrk(server, files, fmt, load.connections, args.seconds, work)
     result = Result(

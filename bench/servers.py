@@ -143,6 +143,34 @@ class HeldConnections:
             self.peak_queued = max(self.peak_queued, accept_queue(self.port) or 0)
 
 
+def wait_until_drained(server: Server, timeout_s: float = 60.0) -> float:
+    """Until the server holds no connection on its HTTP port (established or closed by the
+    client with the answer still owed: CLOSE_WAIT) and its accept queue is empty, at most
+    ``timeout_s``; returns the seconds waited. After a warm-up at 1,024 connections wrk has
+    closed them all, but a server that queues still works through their requests: without
+    this, the measured run would start behind that work for clients who are gone."""
+    import psutil
+
+    root = psutil.Process(server.process.pid)
+    port = int(server.url.rsplit(":", 1)[1])
+    busy = {psutil.CONN_ESTABLISHED, psutil.CONN_CLOSE_WAIT}
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        owed = accept_queue(port) or 0
+        with contextlib.suppress(psutil.Error):
+            for process in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    owed += sum(
+                        1
+                        for c in process.net_connections(kind="tcp")
+                        if c.status in busy and c.laddr and c.laddr.port == port
+                    )
+        if owed == 0:
+            break
+        time.sleep(0.2)  # polling the server's sockets until it has caught up
+    return time.monotonic() - started
+
+
 def accept_queue(port: int) -> int | None:
     """Connections waiting in the accept queue of the socket listening on ``port`` now
     (``ss``'s Recv-Q of a listening socket)."""
