@@ -80,7 +80,7 @@ $(MLSERVER): | $(BIN)/python
 		"numpy==$$($(BIN)/python -c 'import numpy; print(numpy.__version__)')"
 
 # BENCH_ARGS reruns a part, e.g. BENCH_ARGS="--servers keyed,mlserver --only sweep --out /tmp/s.md"
-# (bench/harness.py --help). The whole default run takes about 25-30 minutes on 2 cores.
+# (bench/harness.py --help). The whole default run takes about 22-25 minutes on 2 cores.
 bench: install wrk ## the benchmark: real servers under wrk, answers checked, baselines in the same run (bench/results.md)
 	$(BIN)/python bench/harness.py $(BENCH_ARGS)
 

@@ -25,7 +25,7 @@ mlserver-5ms, issue 18's 5 ms batching) and --only predict,v2,v2bin,grpc,sweep,w
 
 Writes bench/results.md and bench/throughput.png (or --out and a .png beside it). Wall-clock
 numbers are noisy on a shared 2-core machine: read the ratios, measured minutes apart in one
-run. With the defaults the whole run takes about 25-30 minutes on 2 cores.
+run. With the defaults the whole run takes about 22-25 minutes on 2 cores.
 """
 
 from __future__ import annotations
