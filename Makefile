@@ -79,11 +79,13 @@ $(MLSERVER): | $(BIN)/python
 		"pandas==$$($(BIN)/python -c 'import pandas; print(pandas.__version__)')" \
 		"numpy==$$($(BIN)/python -c 'import numpy; print(numpy.__version__)')"
 
+# BENCH_ARGS reruns a part, e.g. BENCH_ARGS="--servers keyed,mlserver --only sweep --out /tmp/s.md"
+# (bench/harness.py --help). The whole default run takes about 22-25 minutes on 2 cores.
 bench: install wrk ## the benchmark: real servers under wrk, answers checked, baselines in the same run (bench/results.md)
-	$(BIN)/python bench/harness.py
+	$(BIN)/python bench/harness.py $(BENCH_ARGS)
 
 bench-peers: install wrk $(MLSERVER) ## install MLServer 1.7 (bench/.venv-mlserver), then run the benchmark with it
-	$(BIN)/python bench/harness.py
+	$(BIN)/python bench/harness.py $(BENCH_ARGS)
 
 bench-sweep: install wrk ## the sweep behind the default workers and batching bounds (bench/sweep.md)
 	$(BIN)/python bench/sweep.py

@@ -1,39 +1,92 @@
 -- wrk script: sends prepared bodies and checks every answer's keys and predictions.
 --
---   wrk -s keyed.lua URL -- BODIES EXPECTED FORMAT SUMMARY_JSON
+--   wrk -s keyed.lua URL -- BODIES EXPECTED FORMAT      (WRK_SUMMARY names the summary file)
 --
 -- BODIES has one request body per line; line i of EXPECTED is the signature a correct
 -- answer to body i has. FORMAT says how to read an answer:
 --   rows     {"predictions": [{"key", "prediction", ...}]}   signature: key=prediction;...
 --   columns  {"keys": [...], "predictions": [...]}          signature: keys|predictions
 --   v2       V2: outputs "key" and "predict" (MLServer) or "prediction" (ours)  signature: keys|predictions
+--   v2bin    the same V2 request with the binary tensor data extension (tritonclient's
+--            default): BODIES is framed, "<json header length> <body length>\n<body>" per
+--            body, sent with Inference-Header-Content-Length; the answer's binary outputs
+--            (BYTES, INT64, FP64) are decoded into the same signature as v2's
 --   *_unkeyed  predictions only, the body told by the echoed X-Request-ID
 -- Keys are "b<body>-<row>", so an answer says which body it answers. Counts of checked,
--- mismatched and failed (non-200) answers go to SUMMARY_JSON with wrk's own numbers.
+-- mismatched and failed (non-200) answers go to the summary with wrk's own numbers.
+--
+-- wrk's own latency statistics count every answer, refusals included, and its Lua API does
+-- not say which connection an answer arrived on. So each request carries an X-Request-ID of
+-- its own ("b<body>.<thread>.<n>"); where the server echoes it (ours does, MLServer does
+-- not), the time from request() to response() of every checked 200 goes into a histogram
+-- of 0.1 ms buckets, and the summary's p50_200_ms / p99_200_ms come from it
+-- (latency_200_count says how many it holds; 0 where the server echoes no id).
 
-local bodies, expected, threads = {}, {}, {}
-local format, counter
+local ffi = require("ffi")
+ffi.cdef [[
+  typedef struct { long tv_sec; long tv_nsec; } keyed_timespec;
+  int clock_gettime(int clock, keyed_timespec *ts);
+]]
+local now_ts = ffi.new("keyed_timespec")
+local function now_us()
+  ffi.C.clock_gettime(1, now_ts)  -- CLOCK_MONOTONIC
+  return tonumber(now_ts.tv_sec) * 1e6 + tonumber(now_ts.tv_nsec) / 1e3
+end
+
+local bodies, header_lengths, expected, threads = {}, {}, {}, {}
+local format, counter, content_type
+local started, started_count = {}, 0
 checked, mismatched, failed, statuses = 0, 0, 0, {}
+latency_200, latency_200_count = {}, 0  -- 0.1 ms bucket -> count; how many
 
 function setup(thread)
   table.insert(threads, thread)
   thread:set("thread_index", #threads)
 end
 
+local function read_framed(path)
+  local handle = assert(io.open(path, "rb"))
+  local data = handle:read("*a")
+  handle:close()
+  local at = 1
+  while at <= #data do
+    local newline = string.find(data, "\n", at, true)
+    local header_length, length = string.match(string.sub(data, at, newline - 1), "(%d+) (%d+)")
+    length = tonumber(length)
+    bodies[#bodies + 1] = string.sub(data, newline + 1, newline + length)
+    header_lengths[#header_lengths + 1] = header_length
+    at = newline + 1 + length
+  end
+end
+
 function init(args)
-  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-  for line in io.lines(args[2]) do expected[#expected + 1] = line end
   format = args[3]
+  if format == "v2bin" then
+    read_framed(args[1])
+    content_type = "application/octet-stream"
+  else
+    for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+    content_type = "application/json"
+  end
+  for line in io.lines(args[2]) do expected[#expected + 1] = line end
   counter = (thread_index or 1) * 7919
   wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Content-Type"] = content_type
 end
 
 function request()
   counter = counter + 1
   local i = counter % #bodies + 1
+  local id = "b" .. (i - 1) .. "." .. (thread_index or 1) .. "." .. counter
   -- Headers given here replace wrk.headers: the content type goes with them.
-  local headers = {["Content-Type"] = "application/json", ["X-Request-ID"] = "b" .. (i - 1)}
+  local headers = {["Content-Type"] = content_type, ["X-Request-ID"] = id}
+  if header_lengths[i] then headers["Inference-Header-Content-Length"] = header_lengths[i] end
+  if started_count > 200000 then
+    -- Ids of answers that never named them (a server that echoes none) would pile up.
+    started, started_count = {}, 0
+  end
+  started[id] = now_us()
+  started_count = started_count + 1
   return wrk.format(nil, nil, headers, bodies[i])
 end
 
@@ -43,6 +96,68 @@ local function array_after(body, marker)
   local open = string.find(body, "[", start + #marker - 1, true)
   local close = string.find(body, "]", open, true)
   return (string.gsub(string.sub(body, open, close), "%s", ""))
+end
+
+local function u32le(data, at)
+  local a, b, c, d = string.byte(data, at, at + 3)
+  return a + b * 256 + c * 65536 + d * 16777216
+end
+
+-- One binary output's elements as the JSON array text the expected signature holds.
+local function binary_json(data, first, size, datatype)
+  local parts, at, last = {}, first, first + size - 1
+  if datatype == "BYTES" then
+    while at <= last do
+      local length = u32le(data, at)
+      parts[#parts + 1] = '"' .. string.sub(data, at + 4, at + 3 + length) .. '"'
+      at = at + 4 + length
+    end
+  elseif datatype == "INT64" or datatype == "FP64" then
+    local buffer = ffi.new("uint8_t[?]", size)
+    ffi.copy(buffer, string.sub(data, first, last), size)
+    local ctype = datatype == "INT64" and "int64_t*" or "double*"
+    local values = ffi.cast(ctype, buffer)
+    for n = 0, size / 8 - 1 do
+      local value = values[n]
+      if datatype == "INT64" then
+        parts[#parts + 1] = string.format("%d", tonumber(value))
+      else
+        parts[#parts + 1] = string.format("%.17g", value)
+      end
+    end
+  else
+    return nil
+  end
+  return "[" .. table.concat(parts, ",") .. "]"
+end
+
+-- The v2bin answer: the JSON header's outputs in order, each binary one's bytes after it.
+local function binary_signature(body, headers)
+  local header_length = tonumber(
+    headers["inference-header-content-length"] or headers["Inference-Header-Content-Length"] or ""
+  )
+  if not header_length then return "", nil end
+  local header = string.sub(body, 1, header_length)
+  local outputs = string.sub(header, (string.find(header, '"outputs"', 1, true) or 1))
+  local found, at, offset = {}, 1, header_length + 1
+  while true do
+    local name_at, name_end, name = string.find(outputs, '"name":%s*"([^"]*)"', at)
+    if not name_at then break end
+    local next_at = string.find(outputs, '"name":', name_end + 1, true) or (#outputs + 1)
+    local output = string.sub(outputs, name_end + 1, next_at - 1)
+    local datatype = string.match(output, '"datatype":%s*"([^"]*)"')
+    local size = tonumber(string.match(output, '"binary_data_size":%s*(%d+)'))
+    if size then
+      found[name] = {offset, size, datatype}
+      offset = offset + size
+    end
+    at = next_at
+  end
+  local key, prediction = found["key"], found["prediction"] or found["predict"]
+  if not key or not prediction then return "", nil end
+  local keys = binary_json(body, key[1], key[2], key[3]) or ""
+  local predictions = binary_json(body, prediction[1], prediction[2], prediction[3]) or ""
+  return keys .. "|" .. predictions, string.match(keys, '"b(%d+)%-')
 end
 
 local function signature(body, headers)
@@ -66,6 +181,8 @@ local function signature(body, headers)
     local predictions = pat and array_after(string.sub(body, pat), '"data":')
     index = keys and string.match(keys, '"b(%d+)%-')
     return (keys or "") .. "|" .. (predictions or ""), index
+  elseif format == "v2bin" then
+    return binary_signature(body, headers)
   else  -- rows_unkeyed, columns_unkeyed
     local id = headers["x-request-id"] or headers["X-Request-ID"] or ""
     index = string.match(id, "b(%d+)")
@@ -79,6 +196,13 @@ local function signature(body, headers)
 end
 
 function response(status, headers, body)
+  local finished = now_us()
+  local id = headers["x-request-id"] or headers["X-Request-ID"]
+  local sent = id and started[id]
+  if sent then
+    started[id] = nil
+    started_count = started_count - 1
+  end
   if status ~= 200 then
     failed = failed + 1
     statuses[tostring(status)] = (statuses[tostring(status)] or 0) + 1
@@ -87,13 +211,31 @@ function response(status, headers, body)
   local sig, index = signature(body, headers)
   if index and expected[tonumber(index) + 1] == sig then
     checked = checked + 1
+    if sent then
+      local bucket = math.floor((finished - sent) / 100)
+      latency_200[bucket] = (latency_200[bucket] or 0) + 1
+      latency_200_count = latency_200_count + 1
+    end
   else
     mismatched = mismatched + 1
   end
 end
 
+local function percentile_ms(histogram, count, q)
+  if count == 0 then return 0 end
+  local buckets = {}
+  for bucket in pairs(histogram) do buckets[#buckets + 1] = bucket end
+  table.sort(buckets)
+  local rank, seen = math.ceil(q / 100 * count), 0
+  for _, bucket in ipairs(buckets) do
+    seen = seen + histogram[bucket]
+    if seen >= rank then return (bucket + 1) / 10 end  -- the bucket's upper edge
+  end
+  return (buckets[#buckets] + 1) / 10
+end
+
 function done(summary, latency, requests)
-  local c, m, f, by_status = 0, 0, 0, {}
+  local c, m, f, by_status, histogram, n200 = 0, 0, 0, {}, {}, 0
   for _, thread in ipairs(threads) do
     c = c + thread:get("checked")
     m = m + thread:get("mismatched")
@@ -101,6 +243,10 @@ function done(summary, latency, requests)
     for status, n in pairs(thread:get("statuses")) do
       by_status[status] = (by_status[status] or 0) + n
     end
+    for bucket, n in pairs(thread:get("latency_200")) do
+      histogram[bucket] = (histogram[bucket] or 0) + n
+    end
+    n200 = n200 + thread:get("latency_200_count")
   end
   local s = ""
   for status, n in pairs(by_status) do s = s .. status .. ":" .. n .. " " end
@@ -109,9 +255,11 @@ function done(summary, latency, requests)
   out:write(string.format(
     '{"requests": %d, "duration_s": %.3f, "p50_ms": %.2f, "p90_ms": %.2f, "p99_ms": %.2f, ' ..
     '"max_ms": %.2f, "connect_errors": %d, "read_errors": %d, "write_errors": %d, ' ..
-    '"timeouts": %d, "checked": %d, "mismatched": %d, "failed": %d, "statuses": "%s"}\n',
+    '"timeouts": %d, "checked": %d, "mismatched": %d, "failed": %d, "statuses": "%s", ' ..
+    '"latency_200_count": %d, "p50_200_ms": %.1f, "p99_200_ms": %.1f}\n',
     summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000,
     latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000,
-    e.connect, e.read, e.write, e.timeout, c, m, f, s))
+    e.connect, e.read, e.write, e.timeout, c, m, f, s,
+    n200, percentile_ms(histogram, n200, 50), percentile_ms(histogram, n200, 99)))
   out:close()
 end
