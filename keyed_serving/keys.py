@@ -155,3 +155,124 @@ def key_from_cell(value: Any) -> Any:
     ):
         return int(value)
     return value
+
+
+class KeyColumn:
+    """Keys as the runner hop carries them: one buffer, not a Python object per key.
+
+    The hop pickles what it sends (BentoML's own format); an object array of 10,000 keys
+    pickles an object per key there and back (measured 3.5 ms of a W3 request, with the
+    array's making). Here integer keys are one int64 array, string keys one UTF-8 buffer
+    with the end of each key in it; keys of both kinds in one block stay an object array.
+    A key's type survives: ``tolist()`` gives back ``1`` and ``"1"`` as they were sent.
+
+    ``same_as`` compares two columns key by key and type by type, in C where both hold the
+    same kind."""
+
+    __slots__ = ("_ends", "_integers", "_objects", "_text")
+
+    def __init__(
+        self,
+        *,
+        integers: np.ndarray | None = None,
+        text: bytes | None = None,
+        ends: np.ndarray | None = None,
+        objects: np.ndarray | None = None,
+    ) -> None:
+        self._integers, self._text, self._ends, self._objects = integers, text, ends, objects
+
+    @classmethod
+    def of(cls, keys: Any) -> KeyColumn:
+        """Keys as a column: a ``KeyColumn`` as it is, or a list or array of keys packed."""
+        if isinstance(keys, KeyColumn):
+            return keys
+        return cls.pack(keys.tolist() if isinstance(keys, np.ndarray) else list(keys))
+
+    @classmethod
+    def pack(cls, keys: Sequence[Any]) -> KeyColumn:
+        kinds = set(map(type, keys))
+        if kinds == {int} and min(keys) >= MIN_INTEGER_KEY and max(keys) <= MAX_INTEGER_KEY:
+            return cls(integers=np.array(keys, dtype=np.int64))
+        if kinds == {str}:
+            text = "".join(keys)
+            try:
+                encoded = text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: not a key, but kept as sent
+                encoded = None
+            if encoded is not None:
+                if len(encoded) == len(text):  # ASCII: a character is a byte
+                    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+                else:
+                    lengths = np.fromiter(
+                        (len(key.encode("utf-8")) for key in keys), dtype=np.int64, count=len(keys)
+                    )
+                return cls(text=encoded, ends=np.cumsum(lengths))
+        objects = np.empty(len(keys), dtype=object)
+        objects[:] = keys
+        return cls(objects=objects)
+
+    @property
+    def kind(self) -> str:
+        """int, str or object (keys of several types, each as sent)."""
+        return (
+            "int" if self._integers is not None else "str" if self._text is not None else "object"
+        )
+
+    def __len__(self) -> int:
+        if self._integers is not None:
+            return len(self._integers)
+        if self._ends is not None:
+            return len(self._ends)
+        return len(self._objects)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: Any) -> Any:
+        """One key (as sent) at an integer position; a column of the keys at a slice or an
+        array of positions."""
+        if isinstance(index, int | np.integer):
+            index = int(index)
+            if self._integers is not None:
+                return int(self._integers[index])
+            if self._text is not None and self._ends is not None:
+                index = range(len(self._ends))[index]  # negative positions, bounds
+                start = int(self._ends[index - 1]) if index else 0
+                return self._text[start : int(self._ends[index])].decode("utf-8")
+            return self._objects[index]  # type: ignore[index]
+        return KeyColumn.pack(np.asarray(self.tolist(), dtype=object)[index].tolist())
+
+    def tolist(self) -> list[Any]:
+        if self._integers is not None:
+            return list(self._integers.tolist())
+        if self._text is not None and self._ends is not None:
+            ends = self._ends.tolist()
+            starts = [0, *ends][: len(ends)]
+            text = self._text
+            if len(self._ends) and ends[-1] == len(text):
+                decoded = text.decode("utf-8")
+                if len(decoded) == len(text):  # ASCII: slices of one decoded string
+                    return [decoded[a:b] for a, b in zip(starts, ends, strict=True)]
+            return [text[a:b].decode("utf-8") for a, b in zip(starts, ends, strict=True)]
+        return list(self._objects.tolist())  # type: ignore[union-attr]
+
+    def same_as(self, other: KeyColumn) -> bool:
+        """The same keys, of the same types, in the same order."""
+        if self._integers is not None and other._integers is not None:
+            return bool(np.array_equal(self._integers, other._integers))
+        if self._text is not None and other._text is not None:
+            return self._text == other._text and bool(np.array_equal(self._ends, other._ends))
+        mine, theirs = self.tolist(), other.tolist()
+        return mine == theirs and list(map(type, mine)) == list(map(type, theirs))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_key_column, (self._integers, self._text, self._ends, self._objects))
+
+    def __repr__(self) -> str:
+        return f"KeyColumn({self.kind}, {len(self)} keys)"
+
+
+def _key_column(
+    integers: np.ndarray | None,
+    text: bytes | None,
+    ends: np.ndarray | None,
+    objects: np.ndarray | None,
+) -> KeyColumn:
+    return KeyColumn(integers=integers, text=text, ends=ends, objects=objects)
