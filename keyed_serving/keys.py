@@ -158,28 +158,21 @@ def key_from_cell(value: Any) -> Any:
 
 
 class KeyColumn:
-    """Keys as the runner hop carries them: one buffer, not a Python object per key.
+    """Keys as the runner hop carries them: a few buffers, not a Python object per key.
 
     The hop pickles what it sends (BentoML's own format); an object array of 10,000 keys
     pickles an object per key there and back (measured 3.5 ms of a W3 request, with the
-    array's making). Here integer keys are one int64 array, string keys one UTF-8 buffer
-    with the end of each key in it; keys of both kinds in one block stay an object array.
-    A key's type survives: ``tolist()`` gives back ``1`` and ``"1"`` as they were sent.
+    array's making). Here integer keys are one buffer of int64, string keys one buffer of
+    UTF-8 text and one of int64 ends (where each key ends in it); keys of both kinds in one
+    block stay an object array. A key's type survives: ``tolist()`` gives back ``1`` and
+    ``"1"`` as they were sent. ``same_as`` compares two columns key by key and type by type:
+    one comparison of bytes where both hold keys of one kind."""
 
-    ``same_as`` compares two columns key by key and type by type, in C where both hold the
-    same kind."""
+    __slots__ = ("_data", "_ends", "_kind", "_size")
 
-    __slots__ = ("_ends", "_integers", "_objects", "_text")
-
-    def __init__(
-        self,
-        *,
-        integers: np.ndarray | None = None,
-        text: bytes | None = None,
-        ends: np.ndarray | None = None,
-        objects: np.ndarray | None = None,
-    ) -> None:
-        self._integers, self._text, self._ends, self._objects = integers, text, ends, objects
+    def __init__(self, kind: str, data: Any, ends: bytes | None = None) -> None:
+        self._kind, self._data, self._ends = kind, data, ends
+        self._size = len(data) // 8 if kind == "int" else len(ends) // 8 if ends else len(data)
 
     @classmethod
     def of(cls, keys: Any) -> KeyColumn:
@@ -191,9 +184,12 @@ class KeyColumn:
     @classmethod
     def pack(cls, keys: Sequence[Any]) -> KeyColumn:
         kinds = set(map(type, keys))
-        if kinds == {int} and min(keys) >= MIN_INTEGER_KEY and max(keys) <= MAX_INTEGER_KEY:
-            return cls(integers=np.array(keys, dtype=np.int64))
-        if kinds == {str}:
+        if kinds == {int}:
+            try:
+                return cls("int", np.array(keys, dtype=np.int64).tobytes())
+            except OverflowError:  # beyond 64 bits: not a key, but kept as sent
+                pass
+        elif kinds == {str}:
             text = "".join(keys)
             try:
                 encoded = text.encode("utf-8")
@@ -201,78 +197,52 @@ class KeyColumn:
                 encoded = None
             if encoded is not None:
                 if len(encoded) == len(text):  # ASCII: a character is a byte
-                    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+                    lengths: Any = map(len, keys)
                 else:
-                    lengths = np.fromiter(
-                        (len(key.encode("utf-8")) for key in keys), dtype=np.int64, count=len(keys)
-                    )
-                return cls(text=encoded, ends=np.cumsum(lengths))
+                    lengths = (len(key.encode("utf-8")) for key in keys)
+                ends = np.cumsum(np.fromiter(lengths, np.int64, count=len(keys))).tobytes()
+                return cls("str", encoded, ends)
         objects = np.empty(len(keys), dtype=object)
         objects[:] = keys
-        return cls(objects=objects)
+        return cls("object", objects)
 
     @property
     def kind(self) -> str:
         """int, str or object (keys of several types, each as sent)."""
-        return (
-            "int" if self._integers is not None else "str" if self._text is not None else "object"
-        )
+        return self._kind
 
     def __len__(self) -> int:
-        if self._integers is not None:
-            return len(self._integers)
-        if self._ends is not None:
-            return len(self._ends)
-        return len(self._objects)  # type: ignore[arg-type]
+        return self._size
 
     def __getitem__(self, index: Any) -> Any:
         """One key (as sent) at an integer position; a column of the keys at a slice or an
         array of positions."""
         if isinstance(index, int | np.integer):
-            index = int(index)
-            if self._integers is not None:
-                return int(self._integers[index])
-            if self._text is not None and self._ends is not None:
-                index = range(len(self._ends))[index]  # negative positions, bounds
-                start = int(self._ends[index - 1]) if index else 0
-                return self._text[start : int(self._ends[index])].decode("utf-8")
-            return self._objects[index]  # type: ignore[index]
+            return self.tolist()[int(index)]
         return KeyColumn.pack(np.asarray(self.tolist(), dtype=object)[index].tolist())
 
     def tolist(self) -> list[Any]:
-        if self._integers is not None:
-            return list(self._integers.tolist())
-        if self._text is not None and self._ends is not None:
-            ends = self._ends.tolist()
+        if self._kind == "int":
+            return list(np.frombuffer(self._data, dtype=np.int64).tolist())
+        if self._kind == "str":
+            ends = np.frombuffer(self._ends, dtype=np.int64).tolist()  # type: ignore[arg-type]
             starts = [0, *ends][: len(ends)]
-            text = self._text
-            if len(self._ends) and ends[-1] == len(text):
-                decoded = text.decode("utf-8")
-                if len(decoded) == len(text):  # ASCII: slices of one decoded string
-                    return [decoded[a:b] for a, b in zip(starts, ends, strict=True)]
+            text: bytes = self._data
+            decoded = text.decode("utf-8")
+            if len(decoded) == len(text):  # ASCII: slices of one decoded string
+                return [decoded[a:b] for a, b in zip(starts, ends, strict=True)]
             return [text[a:b].decode("utf-8") for a, b in zip(starts, ends, strict=True)]
-        return list(self._objects.tolist())  # type: ignore[union-attr]
+        return list(self._data.tolist())
 
     def same_as(self, other: KeyColumn) -> bool:
         """The same keys, of the same types, in the same order."""
-        if self._integers is not None and other._integers is not None:
-            return bool(np.array_equal(self._integers, other._integers))
-        if self._text is not None and other._text is not None:
-            return self._text == other._text and bool(np.array_equal(self._ends, other._ends))
+        if self._kind == other._kind != "object":
+            return self._data == other._data and self._ends == other._ends
         mine, theirs = self.tolist(), other.tolist()
         return mine == theirs and list(map(type, mine)) == list(map(type, theirs))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_key_column, (self._integers, self._text, self._ends, self._objects))
+        return (KeyColumn, (self._kind, self._data, self._ends))
 
     def __repr__(self) -> str:
-        return f"KeyColumn({self.kind}, {len(self)} keys)"
-
-
-def _key_column(
-    integers: np.ndarray | None,
-    text: bytes | None,
-    ends: np.ndarray | None,
-    objects: np.ndarray | None,
-) -> KeyColumn:
-    return KeyColumn(integers=integers, text=text, ends=ends, objects=objects)
+        return f"KeyColumn({self._kind}, {self._size} keys)"
