@@ -124,9 +124,9 @@ def _well_formed(result: BlockResult) -> bool:
     prediction."""
     n = len(result.keys)
     predictions = np.asarray(result.predictions)
-    missing = (
-        int(np.count_nonzero(np.equal(predictions, None))) if predictions.dtype == object else 0
-    )
+    missing = 0
+    if predictions.dtype == object:  # None where the model raised on a row: counted in C
+        missing = int(np.count_nonzero(np.equal(predictions, None)))  # type: ignore[call-overload]
     rows = {failed.row for failed in result.errors}
     return (
         len(predictions) == n

@@ -355,8 +355,8 @@ def _check_column(
     without a Python value per element) holds NaN for its missing values, as the protocol
     says; only the infinities and magnitudes the model cannot take are looked for."""
     if isinstance(column, np.ndarray):
-        suspect = np.flatnonzero(~(np.abs(column) <= LARGEST_MAGNITUDE) & ~np.isnan(column))
-        for index in suspect.tolist():
+        beyond = np.flatnonzero(~(np.abs(column) <= LARGEST_MAGNITUDE) & ~np.isnan(column))
+        for index in beyond.tolist():
             problem = _value_problem(column[index].item(), feature)
             if problem:
                 _add(problems, keys, index, feature.name, *problem, loc)
