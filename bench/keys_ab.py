@@ -48,7 +48,7 @@ def measure(server: Server, load: Any, files: Path, fmt: str, args: Any, work: P
     cpu_us = server_cpu / instances * 1e6 if instances else float("nan")
     print(
         f"  {server.name:8} {load.name:4} {result.instances_per_s:>10,.0f} inst/s  "
-        f"server CPU {cpu_us:,.1f} us/instance  errors {result.errors}",
+        f"server CPU {cpu_us:,.2f} us/instance  errors {result.errors}",
         flush=True,
     )
     return result, cpu_us
@@ -113,7 +113,7 @@ def main() -> int:
                 f"| {load.name} ({load.connections} x {load.instances:,}) | "
                 f"{statistics.median(k):,.0f} | {statistics.median(u):,.0f} | "
                 f"{statistics.median(k) / statistics.median(u):.2f} | {ratios} | "
-                f"{kc:,.1f} / {uc:,.1f} | {kc / uc:.2f} |"
+                f"{kc:,.2f} / {uc:,.2f} | {kc / uc:.2f} |"
             )
         args.out.write_text("\n".join(lines) + "\n")
         print("\n".join(lines))

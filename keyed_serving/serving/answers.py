@@ -76,9 +76,25 @@ def row_answer(
 ) -> list[dict[str, Any]]:
     """Row format: one entry per instance received, in request order, with its key."""
     labels = [str(label) for label in classes] if classes is not None else None
+    probabilities = None if scored.probabilities is None else scored.probabilities.tolist()
+    if not batch.failures and not scored.errors and batch.positions is None:
+        # Every key predicted, in request order (the usual answer): written in one pass.
+        keys, predictions = batch.keys, scored.predictions
+        if probabilities is not None and labels is not None:
+            return [
+                {
+                    "key": key,
+                    "prediction": prediction,
+                    "probabilities": dict(zip(labels, row, strict=True)),
+                }
+                for key, prediction, row in zip(keys, predictions, probabilities, strict=True)
+            ]
+        return [
+            {"key": key, "prediction": prediction}
+            for key, prediction in zip(keys, predictions, strict=True)
+        ]
     entries: list[dict[str, Any] | None] = [None] * batch.received
     positions = batch.request_positions
-    probabilities = None if scored.probabilities is None else scored.probabilities.tolist()
     for row, (position, key, prediction) in enumerate(
         zip(positions, batch.keys, scored.predictions, strict=True)
     ):
