@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=BENCH / "keys_ab.md")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with bench_setup("keyed-ab") as setup:
         home, work, tag, pipeline = setup.home, setup.work, setup.tag, setup.pipeline
         loads = [w for w in WORKLOADS if w.name in ("W1", "W2", "W3")]
@@ -97,7 +99,10 @@ def main() -> int:
             "# What keys cost (A/B, interleaved)",
             "",
             f"Written by `bench/keys_ab.py`: {args.rounds} rounds of {args.seconds:g} s per "
-            "load and server, keyed and unkeyed loaded in turn; every answer checked.",
+            "load and server, keyed and unkeyed loaded in turn; every answer checked. "
+            f"Load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+            f"({os.cpu_count()} CPUs): above the CPUs, other work shared the machine, and the "
+            "throughput ratios move with it; the CPU per instance much less.",
             "",
             "| load | keyed inst/s (median) | unkeyed inst/s (median) | keyed / unkeyed "
             "| per-round ratios | server CPU per instance, keyed / unkeyed (us) "

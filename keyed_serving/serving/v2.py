@@ -409,7 +409,7 @@ _LENGTH = struct.Struct("<I")
 @dataclass(frozen=True)
 class BytesElements:
     """A BYTES tensor's elements as they came in the binary framing: the framed bytes and
-    where each element starts and ends in them. ``framed`` is also how the element are
+    where each element starts and ends in them. ``framed`` is also how the elements are
     answered again (an echoed key output is these very bytes)."""
 
     framed: bytes
@@ -431,7 +431,8 @@ class BytesElements:
         except UnicodeDecodeError:
             decoded = None
         if decoded is not None and len(decoded) == len(framed):
-            # ASCII, as keys mostly are: slices of one decoded string
+            # ASCII, as keys mostly are (and their lengths, each under 128): slices of one
+            # decoded string, at the same offsets as in the bytes
             return [decoded[a:b] for a, b in zip(starts, ends, strict=True)]
         return [_text(framed[a:b], name) for a, b in zip(starts, ends, strict=True)]
 
