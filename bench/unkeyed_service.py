@@ -1,9 +1,10 @@
 """An unkeyed variant of /predict, served only by the benchmark: the cost of keys.
 
-The same stack as the keyed service (the lean route, orjson, validation, coalescing, the same
-ModelRunner and model), except that the caller sends no keys and gets predictions by
-position: rows are numbered where they arrive (an int64 range, one buffer over the hop) and
-results are taken by position, with no key check. What keys cost is the difference.
+The same stack as the keyed service (its middlewares on /predict's way, the lean route,
+orjson, validation, coalescing, the instance counts, the same ModelRunner and model), except
+that the caller sends no keys and gets predictions by position: rows are numbered where they
+arrive (an int64 range, one buffer over the hop) and results are taken by position, with no
+key check. What keys cost is the difference.
 
     bentoml serve bench.unkeyed_service:UnkeyedPrediction
 """
@@ -19,14 +20,17 @@ from starlette.responses import Response
 
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.serving.chunking import cut
+from keyed_serving.serving.compression import AnswerCompression
 from keyed_serving.serving.dispatch import Coalescer, send_blocks
 from keyed_serving.serving.http import (
     AnswerStamp,
     EntryGate,
+    ErrorsAnswered,
     add_outermost,
     bind_apis_once,
     error_response,
 )
+from keyed_serving.serving.metrics import get_metrics
 from keyed_serving.serving.routes import EntrySlot, LeanRoutes
 from keyed_serving.serving.validate import InvalidRequest, validate_request
 from service import (
@@ -56,6 +60,7 @@ class UnkeyedPrediction:
             max_rows=settings.coalesce_rows,
             linger_s=settings.coalesce_linger_ms / 1000,
         )
+        self.metrics = get_metrics()
         bind_apis_once(self, "predict")
 
     @bentoml.on_startup
@@ -88,6 +93,7 @@ class UnkeyedPrediction:
             initial_backoff_s=settings.retry_initial_backoff_s,
             max_backoff_s=settings.retry_max_backoff_s,
         )
+        self.metrics.count_answered(len(batch.keys), batch.failures, {})
         predictions = np.concatenate([np.asarray(r.predictions) for r in results]).tolist()
         probabilities = np.concatenate([np.asarray(r.probabilities) for r in results])
         labels = [str(label) for label in self.spec.classes or ()]
@@ -110,8 +116,16 @@ class UnkeyedPrediction:
         )
 
 
-# The same gate and lean route as the keyed entry (request ids, limits): the variants differ
-# in keys only.
+# The same middlewares on /predict's way as the keyed entry's, in the same order (request
+# ids, errors, compression, limits, the lean route) and the same instance counts: the
+# variants differ in keys only. (The keyed entry's other routes sit inside the lean route:
+# /predict never passes them.)
 add_outermost(UnkeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
+UnkeyedPrediction.add_asgi_middleware(ErrorsAnswered)  # type: ignore[attr-defined]
+UnkeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
+    AnswerCompression,
+    enabled=settings.answer_compression,
+    minimum_bytes=settings.answer_compression_min_bytes,
+)
 UnkeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
 UnkeyedPrediction.add_asgi_middleware(LeanRoutes, slot=ENTRY, cors=cors_enabled())  # type: ignore[attr-defined]

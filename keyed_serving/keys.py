@@ -155,3 +155,94 @@ def key_from_cell(value: Any) -> Any:
     ):
         return int(value)
     return value
+
+
+class KeyColumn:
+    """Keys as the runner hop carries them: a few buffers, not a Python object per key.
+
+    The hop pickles what it sends (BentoML's own format); an object array of 10,000 keys
+    pickles an object per key there and back (measured 3.5 ms of a W3 request, with the
+    array's making). Here integer keys are one buffer of int64, string keys one buffer of
+    UTF-8 text and one of int64 ends (where each key ends in it); keys of both kinds in one
+    block stay an object array. A key's type survives: ``tolist()`` gives back ``1`` and
+    ``"1"`` as they were sent. ``same_as`` compares two columns key by key and type by type:
+    one comparison of bytes where both hold keys of one kind."""
+
+    __slots__ = ("_data", "_ends", "_kind", "_size")
+
+    def __init__(self, kind: str, data: Any, ends: bytes | None = None) -> None:
+        self._kind, self._data, self._ends = kind, data, ends
+        self._size = len(data) // 8 if kind == "int" else len(ends) // 8 if ends else len(data)
+
+    @classmethod
+    def of(cls, keys: Any) -> KeyColumn:
+        """Keys as a column: a ``KeyColumn`` as it is, or a list or array of keys packed."""
+        if isinstance(keys, KeyColumn):
+            return keys
+        return cls.pack(keys.tolist() if isinstance(keys, np.ndarray) else list(keys))
+
+    @classmethod
+    def pack(cls, keys: Sequence[Any]) -> KeyColumn:
+        kinds = set(map(type, keys))
+        if kinds == {int}:
+            try:
+                return cls("int", np.array(keys, dtype=np.int64).tobytes())
+            except OverflowError:  # beyond 64 bits: not a key, but kept as sent
+                pass
+        elif kinds == {str}:
+            text = "".join(keys)
+            try:
+                encoded = text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: not a key, but kept as sent
+                encoded = None
+            if encoded is not None:
+                if len(encoded) == len(text):  # ASCII: a character is a byte
+                    lengths: Any = map(len, keys)
+                else:
+                    lengths = (len(key.encode("utf-8")) for key in keys)
+                ends = np.cumsum(np.fromiter(lengths, np.int64, count=len(keys))).tobytes()
+                return cls("str", encoded, ends)
+        objects = np.empty(len(keys), dtype=object)
+        objects[:] = keys
+        return cls("object", objects)
+
+    @property
+    def kind(self) -> str:
+        """int, str or object (keys of several types, each as sent)."""
+        return self._kind
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: Any) -> Any:
+        """One key (as sent) at an integer position; a column of the keys at a slice or an
+        array of positions."""
+        if isinstance(index, int | np.integer):
+            return self.tolist()[int(index)]
+        return KeyColumn.pack(np.asarray(self.tolist(), dtype=object)[index].tolist())
+
+    def tolist(self) -> list[Any]:
+        if self._kind == "int":
+            return list(np.frombuffer(self._data, dtype=np.int64).tolist())
+        if self._kind == "str":
+            ends = np.frombuffer(self._ends, dtype=np.int64).tolist()  # type: ignore[arg-type]
+            starts = [0, *ends][: len(ends)]
+            text: bytes = self._data
+            decoded = text.decode("utf-8")
+            if len(decoded) == len(text):  # ASCII: slices of one decoded string
+                return [decoded[a:b] for a, b in zip(starts, ends, strict=True)]
+            return [text[a:b].decode("utf-8") for a, b in zip(starts, ends, strict=True)]
+        return list(self._data.tolist())
+
+    def same_as(self, other: KeyColumn) -> bool:
+        """The same keys, of the same types, in the same order."""
+        if self._kind == other._kind != "object":
+            return self._data == other._data and self._ends == other._ends
+        mine, theirs = self.tolist(), other.tolist()
+        return mine == theirs and list(map(type, mine)) == list(map(type, theirs))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (KeyColumn, (self._kind, self._data, self._ends))
+
+    def __repr__(self) -> str:
+        return f"KeyColumn({self._kind}, {self._size} keys)"

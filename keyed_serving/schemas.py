@@ -293,7 +293,8 @@ Array = Annotated[Any, WithJsonSchema({"type": "array"})]
 
 
 class KeyedBlock(BaseModel):
-    """One chunk of one request inside a runner micro-batch: its keys (an object array) and
+    """One chunk of one request inside a runner micro-batch: its keys (a
+    ``keyed_serving.keys.KeyColumn``: one buffer over the hop, each key's type kept) and
     one array per feature in the model's feature order (float64 for numbers, object for
     categories). ``chunk`` is unique to this chunk, so equal keys of different requests in
     one micro-batch stay apart. ``model`` is the version (name:version) the entry answers

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import decimal
+import pickle
+import pickletools
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from keyed_serving.keys import (
     MAX_INTEGER_KEY,
     MIN_INTEGER_KEY,
+    KeyColumn,
     find_key_problems,
     key_from_cell,
     key_problem,
@@ -78,3 +81,42 @@ def test_table_cells_become_the_keys_they_stand_for(cell: object, key: object) -
 @pytest.mark.parametrize("cell", [float(2**53 + 2), decimal.Decimal("4.5"), float("nan"), 2.5])
 def test_cells_that_may_stand_for_another_key_are_not_taken(cell: object) -> None:
     assert key_problem(key_from_cell(cell)) is not None
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [0, 1, MAX_INTEGER_KEY, MIN_INTEGER_KEY],
+        ["a", "b-17", "x" * 256],
+        ["\u00e9", "\U0001f600 smile", "plain", "a\x00", "\x00"],
+        ["1", 1, "2", 2],
+    ],
+    ids=["integers", "ascii", "unicode-and-nul", "mixed"],
+)
+def test_a_key_column_gives_back_every_key_with_its_type_after_the_hop(keys: list) -> None:
+    column = pickle.loads(pickle.dumps(KeyColumn.pack(keys), protocol=5))
+    back = column.tolist()
+    assert back == keys and [type(k) for k in back] == [type(k) for k in keys]
+    assert [column[i] for i in range(len(keys))] == keys
+    assert [type(column[i]) for i in range(len(keys))] == [type(k) for k in keys]
+    assert len(column) == len(keys)
+    assert column.same_as(KeyColumn.pack(list(keys)))
+
+
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_a_key_column_of_one_type_pickles_as_a_few_buffers_not_an_object_per_key(
+    kind: str,
+) -> None:
+    keys = list(range(10_000)) if kind == "int" else [f"b0-{i}" for i in range(10_000)]
+    column = KeyColumn.pack(keys)
+    assert column.kind == kind
+    opcodes = sum(1 for _ in pickletools.genops(pickle.dumps(column, protocol=5)))
+    assert opcodes < 100  # an object array pickles an opcode or more per key
+
+
+def test_key_columns_of_equal_digits_but_other_types_are_not_the_same() -> None:
+    assert not KeyColumn.pack([1, 2]).same_as(KeyColumn.pack(["1", "2"]))
+    assert not KeyColumn.pack(["1", "2"]).same_as(KeyColumn.pack([1, 2]))
+    assert not KeyColumn.pack(["a", "bc"]).same_as(KeyColumn.pack(["ab", "c"]))
+    assert not KeyColumn.pack(["a", 1]).same_as(KeyColumn.pack(["a", True]))
+    assert KeyColumn.pack(["a", 1]).same_as(KeyColumn.of(np.array(["a", 1], dtype=object)))

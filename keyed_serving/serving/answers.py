@@ -26,6 +26,7 @@ from keyed_serving.serving.v2 import (
     V2Error,
     V2Request,
     encode_bytes,
+    encode_texts,
     json_text,
     model_name,
     model_version,
@@ -75,9 +76,25 @@ def row_answer(
 ) -> list[dict[str, Any]]:
     """Row format: one entry per instance received, in request order, with its key."""
     labels = [str(label) for label in classes] if classes is not None else None
+    probabilities = None if scored.probabilities is None else scored.probabilities.tolist()
+    if not batch.failures and not scored.errors and batch.positions is None:
+        # Every key predicted, in request order (the usual answer): written in one pass.
+        keys, predictions = batch.keys, scored.predictions
+        if probabilities is not None and labels is not None:
+            return [
+                {
+                    "key": key,
+                    "prediction": prediction,
+                    "probabilities": dict(zip(labels, row, strict=True)),
+                }
+                for key, prediction, row in zip(keys, predictions, probabilities, strict=True)
+            ]
+        return [
+            {"key": key, "prediction": prediction}
+            for key, prediction in zip(keys, predictions, strict=True)
+        ]
     entries: list[dict[str, Any] | None] = [None] * batch.received
     positions = batch.request_positions
-    probabilities = None if scored.probabilities is None else scored.probabilities.tolist()
     for row, (position, key, prediction) in enumerate(
         zip(positions, batch.keys, scored.predictions, strict=True)
     ):
@@ -125,9 +142,12 @@ class OutputTensor:
     values: Any  # a NumPy array, or a list of str (BYTES)
     parameters: dict[str, Any]
     binary: bool | None  # as asked for (None: as the request's binary_data_output says)
+    written: bytes | None = None  # the values' bytes already, where they came in so (keys)
 
     def raw(self) -> bytes:
         """The binary tensor data extension's bytes (and gRPC's raw_output_contents)."""
+        if self.written is not None:
+            return self.written
         return _binary(self.values, self.datatype)
 
 
@@ -162,7 +182,13 @@ def v2_outputs(
     missing = [output.name for output in wanted if output.name not in tensors]
     if missing:
         raise V2Error(400, f"output(s) {missing} do not apply to this model or request mode")
-    return [OutputTensor(output.name, *tensors[output.name], output.binary) for output in wanted]
+    # The keys are answered as sent, in request order: where they came in binary, their
+    # bytes are the key output's, written again by no one.
+    written = {"key": request.key_raw}
+    return [
+        OutputTensor(output.name, *tensors[output.name], output.binary, written.get(output.name))
+        for output in wanted
+    ]
 
 
 def v2_answer(request: V2Request, batch: ValidBatch, scored: Scored, spec: ModelSpec) -> Answer:
@@ -208,16 +234,25 @@ def _predictions(predictions: list[Any], datatype: str) -> Any:
     """Predictions in the output's datatype; a key without one gets "", 0, False or NaN
     (its ``error`` element says why)."""
     if datatype == "BYTES":
+        if all(type(p) is str for p in set(predictions)):  # labels: a few distinct objects
+            return predictions
         return ["" if p is None else str(p) for p in predictions]
+    complete = type(None) not in set(map(type, predictions))  # every key predicted
     if datatype == "FP64":
+        if complete:
+            return np.array(predictions, dtype=np.float64)
         return np.array([np.nan if p is None else p for p in predictions], dtype=np.float64)
     if datatype == "BOOL":
         return np.array([bool(p) for p in predictions], dtype=bool)
+    if complete:
+        return np.array(predictions, dtype=np.int64)
     return np.array([0 if p is None else p for p in predictions], dtype=np.int64)
 
 
 def _binary(values: Any, datatype: str) -> bytes:
     if datatype == "BYTES":
+        if all(type(value) is str for value in set(values)):
+            return encode_texts(values)
         return encode_bytes([str(value).encode("utf-8") for value in values])
     if datatype == "BOOL":
         return np.asarray(values, dtype=bool).tobytes()

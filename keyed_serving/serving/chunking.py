@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
-
+from keyed_serving.keys import KeyColumn
 from keyed_serving.schemas import Key, KeyedBlock
 from keyed_serving.serving.validate import ValidBatch
 
@@ -35,8 +34,7 @@ def cut(batch: ValidBatch, chunk_rows: int, model: str) -> list[KeyedBlock]:
     return blocks
 
 
-def key_array(keys: list[Key]) -> np.ndarray:
-    """Keys as a 1-d object array, each key the very object sent (1 and "1" stay apart)."""
-    array = np.empty(len(keys), dtype=object)
-    array[:] = keys
-    return array
+def key_array(keys: list[Key]) -> KeyColumn:
+    """Keys as the hop carries them: one buffer (``KeyColumn``), each key's type kept (1 and
+    "1" stay apart)."""
+    return KeyColumn.pack(keys)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from keyed_serving.keys import KeyColumn
 from keyed_serving.schemas import BlockResult, InstanceError, Key, KeyedBlock
 
 # (chunk id, type of key, key): 1 and "1" are different keys.
@@ -123,7 +124,9 @@ def _well_formed(result: BlockResult) -> bool:
     prediction."""
     n = len(result.keys)
     predictions = np.asarray(result.predictions)
-    missing = sum(p is None for p in predictions) if predictions.dtype == object else 0
+    missing = 0
+    if predictions.dtype == object:  # None where the model raised on a row: counted in C
+        missing = int(np.count_nonzero(np.equal(predictions, None)))  # type: ignore[call-overload]
     rows = {failed.row for failed in result.errors}
     return (
         len(predictions) == n
@@ -136,9 +139,9 @@ def _well_formed(result: BlockResult) -> bool:
 def _row_order(block: KeyedBlock, result: BlockResult) -> list[int] | bool | None:
     """None: the result has the block's keys in the block's order. A list: the result's row
     for each of the block's rows. False: the keys differ."""
-    sent, got = _as_list(block.keys), _as_list(result.keys)
-    if got == sent and list(map(type, got)) == list(map(type, sent)):
+    if KeyColumn.of(block.keys).same_as(KeyColumn.of(result.keys)):
         return None
+    sent, got = _as_list(block.keys), _as_list(result.keys)
     where = {(type(key), key): row for row, key in enumerate(got)}
     if len(where) != len(got) or len(got) != len(sent):
         return False
@@ -147,7 +150,7 @@ def _row_order(block: KeyedBlock, result: BlockResult) -> list[int] | bool | Non
 
 
 def _as_list(values: Any) -> list[Any]:
-    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+    return values.tolist() if isinstance(values, np.ndarray | KeyColumn) else list(values)
 
 
 def _mismatch(blocks: Sequence[KeyedBlock], results: Sequence[BlockResult]) -> KeyMismatch:

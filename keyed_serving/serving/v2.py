@@ -83,6 +83,9 @@ class V2Request:
     body: dict[str, Any]  # {"keys", "columns", "errors"}, for keyed_serving.serving.validate
     outputs: list[RequestedOutput] | None  # None: every output the mode has
     binary_output: bool  # the request's binary_data_output: the default for every output
+    # The key input's elements as they came in binary (BYTES framing, or little-endian
+    # numbers of its datatype): the key output's bytes are these, in the same order.
+    key_raw: bytes | None = None
 
 
 def decode_infer_request(
@@ -161,6 +164,7 @@ def infer_request(
         body={"keys": key_tensor.keys(), "columns": columns, "errors": errors},
         outputs=_requested_outputs(outputs, spec, errors),
         binary_output=bool(_flag(parameters, "binary_data_output", "the request's parameters")),
+        key_raw=key_tensor.raw(),
     )
 
 
@@ -197,7 +201,15 @@ class Tensor:
     name: str
     datatype: str
     count: int
-    data: Any  # a NumPy array (binary numbers), a list of bytes (binary BYTES) or JSON data
+    data: Any  # a NumPy array (binary numbers), BytesElements (binary BYTES) or JSON data
+
+    def raw(self) -> bytes | None:
+        """The elements' bytes as the binary extension frames them, where they came so."""
+        if isinstance(self.data, BytesElements):
+            return self.data.framed
+        if isinstance(self.data, np.ndarray):
+            return self.data.tobytes()
+        return None
 
     def keys(self) -> list[Any]:
         if self.datatype != "BYTES":
@@ -206,19 +218,31 @@ class Tensor:
             # JSON: each key is echoed in this datatype, so it must be one of its integers
             # (a "1" in an INT64 tensor would come back as 1, another key).
             bounds = np.iinfo(NUMBER_DTYPES[self.datatype])
-            if not all(type(k) is int and bounds.min <= k <= bounds.max for k in self.data):
+            kinds = set(map(type, self.data))
+            if not kinds <= {int} or (
+                self.data and (min(self.data) < bounds.min or max(self.data) > bounds.max)
+            ):
                 raise V2Error(
                     400,
                     f"input {self.name!r} is {self.datatype}: its elements must be integers "
                     f"from {bounds.min} to {bounds.max} (send other keys as BYTES)",
                 )
             return list(self.data)
+        if isinstance(self.data, BytesElements):
+            return self.data.texts(self.name)
+        kinds = set(map(type, self.data))
+        if kinds <= {str}:  # JSON strings: the keys as they are
+            return list(self.data)
         keys = [_text(value, self.name) for value in self.data]
         if any(not isinstance(key, str) for key in keys if key is not None):
             raise V2Error(400, f"input {self.name!r} is BYTES: its elements must be strings")
         return keys
 
-    def numbers(self, feature: str) -> list[Any]:
+    def numbers(self, feature: str) -> np.ndarray:
+        """A number input as the float64 column the model frame takes, NaN where missing
+        (the protocol's missing value, and a JSON null); validation refuses the infinities
+        and magnitudes the model cannot take, by key. An array from the body to the frame:
+        no Python float per element."""
         if self.datatype not in NUMBER_DTYPES:
             raise V2Error(
                 400,
@@ -226,17 +250,17 @@ class Tensor:
                 f"not {self.datatype}",
             )
         if isinstance(self.data, np.ndarray):  # binary: of its datatype already
-            values = self.data.tolist()
-        else:
-            values = _as_datatype_all(self.data, self.datatype, self.name)
-        # NaN is the protocol's missing value; validation refuses the infinities by key.
-        return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+            return self.data.astype(np.float64)
+        values = _as_datatype_all(self.data, self.datatype, self.name)
+        return np.array(values, dtype=np.float64)  # None -> NaN
 
     def strings(self) -> list[str | None]:
         if self.datatype != "BYTES":
             raise V2Error(
                 400, f"input {self.name!r} is a category feature: send BYTES, not {self.datatype}"
             )
+        if isinstance(self.data, BytesElements):
+            return [text or None for text in self.data.texts(self.name)]
         return [_text(value, self.name) or None for value in self.data]
 
 
@@ -379,26 +403,59 @@ def _count(shape: Any, name: str) -> int:
     return int(shape[0])
 
 
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class BytesElements:
+    """A BYTES tensor's elements as they came in the binary framing: the framed bytes and
+    where each element starts and ends in them. ``framed`` is also how the elements are
+    answered again (an echoed key output is these very bytes)."""
+
+    framed: bytes
+    starts: list[int]
+    ends: list[int]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __iter__(self) -> Any:
+        framed = self.framed
+        return (framed[a:b] for a, b in zip(self.starts, self.ends, strict=True))
+
+    def texts(self, name: str) -> list[str]:
+        """The elements as text (UTF-8); a 400 naming the input where one is not."""
+        framed, starts, ends = self.framed, self.starts, self.ends
+        try:
+            decoded = framed.decode("utf-8")
+        except UnicodeDecodeError:
+            decoded = None
+        if decoded is not None and len(decoded) == len(framed):
+            # ASCII, as keys mostly are (and their lengths, each under 128): slices of one
+            # decoded string, at the same offsets as in the bytes
+            return [decoded[a:b] for a, b in zip(starts, ends, strict=True)]
+        return [_text(framed[a:b], name) for a, b in zip(starts, ends, strict=True)]
+
+
 def binary_elements(raw: bytes, datatype: str, count: int, name: str) -> Any:
     if datatype == "BYTES":
-        elements: list[bytes] = []
-        offset = 0
-        while offset < len(raw):
-            if offset + 4 > len(raw):
-                break
-            (length,) = struct.unpack_from("<I", raw, offset)
-            offset += 4
-            if offset + length > len(raw):
-                break
-            elements.append(raw[offset : offset + length])
-            offset += length
-        if offset != len(raw) or len(elements) != count:
+        # One pass, each element's length read where the one before it ends: a sequential
+        # scan, kept to a few operations per element.
+        starts: list[int] = []
+        ends: list[int] = []
+        unpack, size, offset = _LENGTH.unpack_from, len(raw), 0
+        while offset + 4 <= size:
+            start = offset + 4
+            offset = start + unpack(raw, offset)[0]
+            starts.append(start)
+            ends.append(offset)
+        if offset != size or len(starts) != count:
             raise V2Error(
                 400,
                 f"input {name!r}: its {len(raw)} binary bytes are not {count} BYTES elements "
                 "(each a 4-byte little-endian length, then that many bytes)",
             )
-        return elements
+        return BytesElements(bytes(raw), starts, ends)
     dtype = np.dtype(NUMBER_DTYPES[datatype])
     if len(raw) != count * dtype.itemsize:
         raise V2Error(
@@ -413,7 +470,7 @@ def _json_elements(data: Any, count: int, name: str) -> list[Any]:
     if not isinstance(data, list):
         raise V2Error(400, f"input {name!r}: data must be a list")
     flat = data
-    if any(isinstance(item, list) for item in data):  # [[a], [b]] for a [N, 1] tensor
+    if list in set(map(type, data)):  # [[a], [b]] for a [N, 1] tensor
         if not all(isinstance(item, list) and len(item) == 1 for item in data):
             raise V2Error(400, f"input {name!r}: data must be [a, b, ...] or [[a], [b], ...]")
         flat = [item[0] for item in data]
@@ -561,4 +618,33 @@ def json_text(values: list[str]) -> str:
 
 def encode_bytes(values: Sequence[bytes]) -> bytes:
     """BYTES elements in the binary extension's framing."""
-    return b"".join(struct.pack("<I", len(value)) + value for value in values)
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    return frame(b"".join(values), np.cumsum(lengths))
+
+
+def encode_texts(values: Sequence[str]) -> bytes:
+    """Text elements (UTF-8) in the binary extension's framing: ASCII text, as keys and
+    labels mostly are, in a few passes over the whole column rather than one per element."""
+    text = "".join(values)
+    encoded = text.encode("utf-8")
+    if len(encoded) != len(text):
+        return encode_bytes([value.encode("utf-8") for value in values])
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    return frame(encoded, np.cumsum(lengths))
+
+
+def frame(payload: bytes, ends: np.ndarray) -> bytes:
+    """Elements held end to end in ``payload`` (element i ends at ``ends[i]``), each put
+    after its 4-byte little-endian length."""
+    n = len(ends)
+    lengths = np.diff(ends, prepend=0)
+    if n and (lengths.min() < 0 or ends[-1] != len(payload) or lengths.max() >= 2**32):
+        raise ValueError("element ends do not fit the payload")
+    out = np.empty(len(payload) + 4 * n, dtype=np.uint8)
+    headers = ends - lengths + 4 * np.arange(n)  # where each element's length goes
+    where = (headers[:, None] + np.arange(4)).reshape(-1)
+    out[where] = lengths.astype("<u4").view(np.uint8)
+    kept = np.ones(len(out), dtype=bool)
+    kept[where] = False
+    out[kept] = np.frombuffer(payload, dtype=np.uint8)
+    return out.tobytes()

@@ -319,7 +319,7 @@ def _from_columns(
         name
         for name in names
         if name in columns
-        and (not isinstance(columns[name], list) or len(columns[name]) != len(keys))
+        and (not isinstance(columns[name], list | np.ndarray) or len(columns[name]) != len(keys))
     ]
     length = f"must be a list of {len(keys)} values, one per key"
     faults = [(n, "unknown_feature", "the model has no such feature") for n in unknown]
@@ -341,7 +341,7 @@ def _from_columns(
 
 
 def _check_column(
-    column: list[Any],
+    column: list[Any] | np.ndarray,
     feature: FeatureInfo,
     keys: Sequence[Key],
     problems: dict[int, list[ErrorDetail]],
@@ -349,7 +349,18 @@ def _check_column(
 ) -> np.ndarray | None:
     """Adds the column's bad values to ``problems`` by row. One pass over the types in C for
     a clean column; a row-by-row look only where that pass finds something. A number column
-    found clean comes back as float64, to be used as it is."""
+    found clean comes back as float64, to be used as it is.
+
+    A column that is a float64 array already (an Open Inference Protocol input, decoded
+    without a Python value per element) holds NaN for its missing values, as the protocol
+    says; only the infinities and magnitudes the model cannot take are looked for."""
+    if isinstance(column, np.ndarray):
+        beyond = np.flatnonzero(~(np.abs(column) <= LARGEST_MAGNITUDE) & ~np.isnan(column))
+        for index in beyond.tolist():
+            problem = _value_problem(column[index].item(), feature)
+            if problem:
+                _add(problems, keys, index, feature.name, *problem, loc)
+        return column
     kinds = set(map(type, column))
     if feature.type == "number":
         if kinds <= _NUMBER_TYPES and len(column) <= _SMALL:

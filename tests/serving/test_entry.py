@@ -16,6 +16,7 @@ import pytest
 from bentoml.exceptions import InternalServerError, ServiceUnavailable
 from prometheus_client import REGISTRY
 
+from keyed_serving.keys import KeyColumn
 from keyed_serving.schemas import BlockResult, KeyedBlock
 from keyed_serving.settings import get_settings
 
@@ -185,9 +186,9 @@ def drop_last_row(results: list[BlockResult]) -> list[BlockResult]:
 
 
 def repeat_a_key(results: list[BlockResult]) -> list[BlockResult]:
-    keys = results[0].keys.copy()
+    keys = results[0].keys.tolist()
     keys[-1] = keys[0]
-    results[0] = results[0].model_copy(update={"keys": keys})
+    results[0] = results[0].model_copy(update={"keys": KeyColumn.pack(keys)})
     return results
 
 
