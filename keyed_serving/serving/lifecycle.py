@@ -32,9 +32,11 @@ is better than no start.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import fcntl
 import gc
+import hashlib
 import logging
 import os
 import signal
@@ -62,12 +64,41 @@ def settle_the_heap() -> None:
     gc.freeze()
 
 
+# The SHA-256 of the source of BentoML's TimeoutMiddleware.__call__ that
+# _timeout_then_cancel copies (bentoml 1.4.39 to 1.4.40): another BentoML's is left alone.
+TIMEOUT_MIDDLEWARE_COPIED = "12e0d26839288a4659bf2b0974eb464e041393a8578d90b2d3c335699cc5b0f7"
+
+
 def cancel_timeout_timers() -> None:
     """Makes BentoML's ``TimeoutMiddleware`` cancel its timer when the request is over: the
-    same 504 past the timeout, no timer left behind (idempotent)."""
+    same 504 past the timeout, no timer left behind (idempotent). Only where its code is
+    the one copied here; else it is left as it is, and a warning says so."""
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
+    if TimeoutMiddleware.__call__ is _timeout_then_cancel:  # type: ignore[comparison-overlap]
+        return
+    if timeout_middleware_digest() != TIMEOUT_MIDDLEWARE_COPIED:
+        logger.warning(
+            "BentoML's TimeoutMiddleware is not the one keyed_serving copied: its timers are "
+            "left as they are (each request's lives on for the whole traffic timeout)"
+        )
+        return
     TimeoutMiddleware.__call__ = _timeout_then_cancel  # type: ignore[method-assign]
+
+
+def timeout_middleware_digest() -> str:
+    """The SHA-256 of the source of BentoML's ``TimeoutMiddleware.__call__``, as its module
+    file has it (whether or not it was replaced since)."""
+    from bentoml._internal.server.http import traffic
+
+    source = Path(traffic.__file__).read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == "TimeoutMiddleware":
+            for method in node.body:
+                if isinstance(method, ast.AsyncFunctionDef) and method.name == "__call__":
+                    code = ast.get_source_segment(source, method) or ""
+                    return hashlib.sha256(code.encode()).hexdigest()
+    return ""
 
 
 async def _timeout_then_cancel(self: Any, scope: Any, receive: Any, send: Any) -> None:

@@ -174,3 +174,25 @@ def test_a_request_past_the_timeout_is_still_answered_504(timers_cancelled: type
         "error": "Not able to process the request in 0.01 seconds"
     }
     assert pending == 0
+
+
+def test_the_timeout_middleware_copied_is_bentomls_own() -> None:
+    """lifecycle._timeout_then_cancel is BentoML's TimeoutMiddleware.__call__ with its timer
+    cancelled. This fails when the pinned BentoML changes that code: read the new one, copy
+    it again, and set TIMEOUT_MIDDLEWARE_COPIED (a server would otherwise leave BentoML's
+    in place, with a warning)."""
+    assert lifecycle.timeout_middleware_digest() == lifecycle.TIMEOUT_MIDDLEWARE_COPIED
+
+
+def test_another_timeout_middleware_is_left_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    monkeypatch.setattr(TimeoutMiddleware, "__call__", TimeoutMiddleware.__call__)
+    monkeypatch.setattr(lifecycle, "TIMEOUT_MIDDLEWARE_COPIED", "0" * 64)
+    own = TimeoutMiddleware.__call__
+    with caplog.at_level(logging.WARNING):
+        lifecycle.cancel_timeout_timers()
+    assert TimeoutMiddleware.__call__ is own
+    assert "left as they are" in caplog.text
