@@ -196,3 +196,19 @@ def test_another_timeout_middleware_is_left_as_it_is(
         lifecycle.cancel_timeout_timers()
     assert TimeoutMiddleware.__call__ is own
     assert "left as they are" in caplog.text
+
+
+def test_a_settled_worker_collects_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    monkeypatch.setattr(TimeoutMiddleware, "__call__", TimeoutMiddleware.__call__)
+    before = gc.get_threshold()
+    try:
+        lifecycle.settle_the_heap()
+        assert gc.get_threshold() == lifecycle.GC_THRESHOLDS != before
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
