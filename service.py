@@ -215,7 +215,7 @@ class KeyedPrediction:
     def serve_the_lean_routes(self) -> None:
         # Only the instance BentoML serves (not one a test makes) answers the lean routes.
         ENTRY.instance = self
-        settle_the_heap()
+        settle_the_heap(many_requests=True)
 
     @bentoml.on_startup
     async def serve_grpc(self) -> None:

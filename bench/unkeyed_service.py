@@ -66,7 +66,7 @@ class UnkeyedPrediction:
     @bentoml.on_startup
     def serve_the_lean_routes(self) -> None:
         ENTRY.instance = self
-        settle_the_heap()
+        settle_the_heap(many_requests=True)
 
     @bentoml.api(input_spec=PredictRequest)
     async def predict(self, ctx: bentoml.Context, **_: Any) -> Any:

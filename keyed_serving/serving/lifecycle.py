@@ -61,20 +61,23 @@ LOCK_WAIT_S = 5.0
 # at 1,024 (before BentoML's timers were cancelled, which removed most of the rest).
 # Measured A/B in turn (3 rounds, wrk, one instance per request): 1.06x the requests/s at
 # 64 connections and 1.10x at 1,024 with these, the entry's peak RSS the same (129 MB).
+# The entry's only: the runner (a call per micro-batch, its work in NumPy) gained nothing
+# and held 14-15 MB more (peak RSS 239 vs 224 MB, twice each).
 GC_THRESHOLDS = (50_000, 50, 1000)
 
 
-def settle_the_heap() -> None:
+def settle_the_heap(*, many_requests: bool = False) -> None:
     """At a worker's start: BentoML's timeout timers cancelled once a request is over (see
     above), and everything alive after start-up (BentoML, pydantic, the model: hundreds of
     thousands of objects) moved out of the garbage collector's sight: its full collections
     otherwise walk them all, pausing the worker in the middle of requests. Measured at W1,
-    A/B in turn: p99 178-184 ms without the freeze, 115-133 ms with. Then the collector
-    runs less often (``GC_THRESHOLDS``)."""
+    A/B in turn: p99 178-184 ms without the freeze, 115-133 ms with. ``many_requests``
+    (the entry): then the collector runs less often (``GC_THRESHOLDS``)."""
     cancel_timeout_timers()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    if many_requests:
+        gc.set_threshold(*GC_THRESHOLDS)
 
 
 # The SHA-256 of the source of BentoML's TimeoutMiddleware.__call__ that

@@ -198,7 +198,7 @@ def test_another_timeout_middleware_is_left_as_it_is(
     assert "left as they are" in caplog.text
 
 
-def test_a_settled_worker_collects_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_settled_entry_collects_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
 
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
@@ -207,6 +207,8 @@ def test_a_settled_worker_collects_less_often(monkeypatch: pytest.MonkeyPatch) -
     before = gc.get_threshold()
     try:
         lifecycle.settle_the_heap()
+        assert gc.get_threshold() == before  # a runner's
+        lifecycle.settle_the_heap(many_requests=True)
         assert gc.get_threshold() == lifecycle.GC_THRESHOLDS != before
         assert gc.get_freeze_count() > 0
     finally:
