@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,6 +40,7 @@ from servers import (
     ROOT,
     Server,
     bench_setup,
+    bentoml_server,
     mlserver,
 )
 
@@ -212,44 +211,6 @@ def checkout(revision: str | None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def keyed_server(code: Path, home: str, work: Path, **env: str) -> Iterator[Server]:
-    """`bentoml serve service:KeyedPrediction` of the code in ``code``, in a session of its
-    own (as bench/servers.py starts it, there from this checkout only)."""
-    from support import free_port, stop_server, wait_until_ready
-
-    port = free_port()
-    log = work / f"keyed-{port}.log"
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("bentoml")),
-            "serve",
-            "service:KeyedPrediction",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=code,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(code),
-            "BENTOML_HOME": home,
-            "BENTOML_DO_NOT_TRACK": "True",
-            **env,
-        },
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, process, timeout_s=180)
-        yield Server("keyed", url, "/predict", process, None, log)  # type: ignore[arg-type]
-    finally:
-        stop_server(process)
-
-
-@contextlib.contextmanager
 def sampled(server_cm: Any) -> Iterator[tuple[Server, Sampler]]:
     with server_cm as server:
         sampler = Sampler(server.process.pid)
@@ -366,10 +327,12 @@ def main(argv: list[str] | None = None) -> int:
             stack = contextlib.ExitStack()
             code = stack.enter_context(checkout(revision))
             # as the harness runs it: with the gRPC endpoint on
-            server = keyed_server(
-                code,
+            server = bentoml_server(
+                "keyed",
+                "service:KeyedPrediction",
                 setup.home,
                 setup.work,
+                code=code,
                 MODEL_TAG=str(setup.tag),
                 KEYED_GRPC_PORT=str(free_port()),
                 **env,

@@ -214,7 +214,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def bentoml_server(name: str, target: str, home: str, work: Path, **env: str) -> Iterator[Server]:
+def bentoml_server(
+    name: str, target: str, home: str, work: Path, code: Path = ROOT, **env: str
+) -> Iterator[Server]:
+    """``bentoml serve target`` of the code in ``code`` (this checkout unless said), in a
+    session of its own."""
     from support import free_port, stop_server, wait_until_ready
 
     port = free_port()
@@ -230,8 +234,14 @@ def bentoml_server(name: str, target: str, home: str, work: Path, **env: str) ->
             "--port",
             str(port),
         ],
-        cwd=ROOT,
-        env={**os.environ, "BENTOML_HOME": home, "BENTOML_DO_NOT_TRACK": "True", **env},
+        cwd=code,
+        env={
+            **os.environ,
+            **({} if code == ROOT else {"PYTHONPATH": str(code)}),
+            "BENTOML_HOME": home,
+            "BENTOML_DO_NOT_TRACK": "True",
+            **env,
+        },
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
