@@ -191,14 +191,21 @@ async def until(condition: Any) -> None:
         await asyncio.sleep(0)
 
 
+async def hold_turns(app: Stamped, served: list[bytes]) -> list[asyncio.Task[httpx.Response]]:
+    """queued_app's two turns held by requests inside the app (bodies 0 and 1) until it is
+    released: their answers to come."""
+    held = [asyncio.create_task(call(app, params={"wait": 1}, json=i)) for i in range(2)]
+    await until(lambda: len(served) == 2)
+    return held
+
+
 def test_a_request_past_the_limit_waits_for_a_turn_and_is_answered_200() -> None:
     """Issue 18: past max_concurrency a request was refused at once, and clients that retry
     at once (wrk, proxies, SDKs) spent the CPU on refusals: goodput fell to a sixth."""
     app, release, served = queued_app(max_queue=4)
 
     async def scenario() -> list[httpx.Response]:
-        held = [asyncio.create_task(call(app, params={"wait": 1}, json=i)) for i in range(2)]
-        await until(lambda: len(served) == 2)
+        held = await hold_turns(app, served)
         waiting = [asyncio.create_task(call(app, json=10 + i)) for i in range(3)]
         await until(lambda: app.gate.counts.queued == 3)
         # Waiting, not refused, and not let in: the app has seen none of their bodies.
@@ -222,8 +229,7 @@ def test_a_full_queue_is_a_429_with_retry_after_before_the_body_is_read() -> Non
             yield b" " * 1000
 
     async def scenario() -> tuple[httpx.Response, list[httpx.Response]]:
-        held = [asyncio.create_task(call(app, params={"wait": 1}, json=i)) for i in range(2)]
-        await until(lambda: len(served) == 2)
+        held = await hold_turns(app, served)
         waiting = asyncio.create_task(call(app, json=2))
         await until(lambda: app.gate.counts.queued == 1)
         refused = await call(app, content=chunks(), headers=JSON)
@@ -241,8 +247,7 @@ def test_a_request_whose_wait_would_pass_its_deadline_is_a_429_at_once() -> None
     app, release, served = queued_app(max_queue=10)
 
     async def scenario() -> httpx.Response:
-        held = [asyncio.create_task(call(app, params={"wait": 1}, json=i)) for i in range(2)]
-        await until(lambda: len(served) == 2)
+        held = await hold_turns(app, served)
         # The worker's measured pace: a turn every 20 s, so a wait alone passes 30 s.
         app.gate.counts.turn_gap_s = 20.0
         refused = await call(app, json=2)
@@ -260,8 +265,7 @@ def test_a_request_that_waited_until_its_deadline_is_a_503_and_never_served() ->
     app, release, served = queued_app(max_queue=10, deadline_s=0.2)
 
     async def scenario() -> httpx.Response:
-        held = [asyncio.create_task(call(app, params={"wait": 1}, json=i)) for i in range(2)]
-        await until(lambda: len(served) == 2)
+        held = await hold_turns(app, served)
         expired = await call(app, json=2)  # nothing leaves before its deadline
         release.set()
         await asyncio.gather(*held)
