@@ -218,8 +218,23 @@ class KeyColumn:
         """One key (as sent) at an integer position; a column of the keys at a slice or an
         array of positions."""
         if isinstance(index, int | np.integer):
-            return self.tolist()[int(index)]
+            return self._key(int(index))
         return KeyColumn.pack(np.asarray(self.tolist(), dtype=object)[index].tolist())
+
+    def _key(self, index: int) -> Any:
+        """One key, read where it lies (a model error names its key: a block of 5,000 rows
+        all raising must not decode the whole column 5,000 times)."""
+        if not -self._size <= index < self._size:
+            raise IndexError(f"key {index} of {self._size}")
+        index %= self._size
+        if self._kind == "int":
+            return int(np.frombuffer(self._data, dtype=np.int64)[index])
+        if self._kind == "str":
+            ends = np.frombuffer(self._ends, dtype=np.int64)  # type: ignore[arg-type]
+            start = int(ends[index - 1]) if index else 0
+            text: bytes = self._data
+            return text[start : int(ends[index])].decode("utf-8")
+        return self._data[index]
 
     def tolist(self) -> list[Any]:
         if self._kind == "int":

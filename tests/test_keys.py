@@ -5,6 +5,7 @@ from __future__ import annotations
 import decimal
 import pickle
 import pickletools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,3 +121,17 @@ def test_key_columns_of_equal_digits_but_other_types_are_not_the_same() -> None:
     assert not KeyColumn.pack(["a", "bc"]).same_as(KeyColumn.pack(["ab", "c"]))
     assert not KeyColumn.pack(["a", 1]).same_as(KeyColumn.pack(["a", True]))
     assert KeyColumn.pack(["a", 1]).same_as(KeyColumn.of(np.array(["a", 1], dtype=object)))
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [[7, -2, 2**63 - 1], ["a", "é€", "", "z"], [1, "1", 2], [2**70, 3]],
+    ids=["int", "str", "mixed", "beyond 64 bits"],
+)
+def test_a_key_column_gives_each_key_as_sent_at_its_position(keys: list[Any]) -> None:
+    column = KeyColumn.pack(keys)
+    for index in [*range(len(keys)), -1, -len(keys)]:
+        key = column[index]
+        assert key == keys[index] and type(key) is type(keys[index])
+    with pytest.raises(IndexError):
+        column[len(keys)]
