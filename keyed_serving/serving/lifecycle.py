@@ -7,7 +7,8 @@ the timer, its future and the copy of the request's context it holds stay alive 
 whole timeout after the answer went out. At 2,500 requests/s and the entry's 35 s that
 was some 80,000 pending timers, 20-25 MB of live Python objects the entry could not give
 back (measured, bench/memory_profile.md). Its ``__call__`` is replaced by the same code that
-cancels the timer once the request is over.
+cancels the timer once the request is over, and that stops waiting for an answer once the
+app has ended without one (a client gone while its request waited for a turn).
 
 Shutdown: the runner outlives the entry.
 
@@ -119,7 +120,7 @@ def timeout_middleware_digest() -> str:
 
 async def _timeout_then_cancel(self: Any, scope: Any, receive: Any, send: Any) -> None:
     # BentoML 1.4's TimeoutMiddleware.__call__ (bentoml/_internal/server/http/traffic.py),
-    # with the timer kept and cancelled in `finally`.
+    # with the timer kept and cancelled in `finally`, and not waiting past the app's end.
     if scope["type"] not in ("http", "websocket"):
         return await self.app(scope, receive, send)  # type: ignore[no-any-return]
     from starlette.responses import JSONResponse
@@ -134,6 +135,15 @@ async def _timeout_then_cancel(self: Any, scope: Any, receive: Any, send: Any) -
         await send(message)
 
     answering = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+
+    # An app that ends without answering (its client went away while the request waited
+    # or was read) is not waited for until the timeout: BentoML's held each such request,
+    # and a worker's shutdown, for the whole 35 s.
+    def ended(_: Any) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    answering.add_done_callback(ended)
     try:
         await waiter
     except TimeoutError:

@@ -177,6 +177,31 @@ def test_a_request_leaves_no_timeout_timer_behind(timers_cancelled: type) -> Non
     assert pending == 0
 
 
+def test_an_app_that_ends_without_answering_is_not_waited_for(timers_cancelled: type) -> None:
+    """The gate ends a request whose client went away (it reads http.disconnect) without an
+    answer. BentoML's middleware then waited for one until its timeout: each such request,
+    and the worker's shutdown after a load generator stopped, was held 35 s (seen)."""
+
+    async def client_gone(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    async def request() -> list[Any]:
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+        middleware = timers_cancelled(client_gone, timeout=35.0)
+        await asyncio.wait_for(middleware(scope, receive, send), 5)
+        return sent
+
+    assert asyncio.run(request()) == []
+
+
 def test_a_request_past_the_timeout_is_still_answered_504(timers_cancelled: type) -> None:
     async def never_answers(scope: Any, receive: Any, send: Any) -> None:
         await asyncio.Event().wait()
