@@ -19,7 +19,7 @@ $(BIN)/python:
 
 # Reinstalls when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,spark,lightgbm,xgboost,mlflow]'
+	$(BIN)/pip install --quiet -e '.[dev,evaluate,spark,lightgbm,xgboost,mlflow]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the project with its dev tools

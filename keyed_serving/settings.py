@@ -7,6 +7,7 @@ configuration; these are the ones this project adds.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -109,6 +110,19 @@ class Settings(BaseSettings):
     # if at least this long. See bench/compression.md for the default and its cost.
     answer_compression: bool = True
     answer_compression_min_bytes: int = Field(default=1024, ge=0)
+    # Capture of every answered instance, by key, to Parquet under this directory (see
+    # keyed_serving.capture): off when unset. Written off the request path from a bounded
+    # buffer per worker, every capture_flush_s and on SIGTERM; a SIGKILL loses at most one
+    # interval. Rows past capture_buffer_rows waiting, or past capture_max_bytes on disk, or
+    # that cannot be written are dropped and counted (keyed_capture_dropped_total), never
+    # failing or slowing an answer. capture_sample keeps that share of keys, chosen by a
+    # hash of the key (a key is captured always or never).
+    capture_dir: Path | None = None
+    capture_features: bool = True
+    capture_flush_s: float = Field(default=5.0, gt=0)
+    capture_buffer_rows: int = Field(default=500_000, ge=1)
+    capture_max_bytes: int | None = Field(default=None, ge=0)
+    capture_sample: float = Field(default=1.0, ge=0, le=1)
     api_token: str | None = Field(
         default=None,
         validation_alias=AliasChoices("API_TOKEN", "KEYED_API_TOKEN"),
