@@ -1,0 +1,237 @@
+"""keyed-evaluate: captured predictions joined with their labels by key, scored per model
+version and window of time.
+
+    keyed-evaluate CAPTURE_DIR --out report.html [--json report.json] [--joined pairs.parquet]
+        [--labels FILE --key COL --label COL [--time COL] [--request-id COL]]
+        [--window hour|day|week] [--since ISO] [--until ISO] [--max-delay 30d]
+        [--policy last|first|all] [--engine duckdb|spark] [--min-count 30] [--model NAME]
+
+Labels come from CAPTURE_DIR/labels/ (POST /labels) and from --labels (CSV, Parquet or
+JSON Lines; --key a,b for a key of several parts, as keyed-score takes it). The join
+rules are in keyed_serving.evaluation.join. Exit status 0, or 2 with a one-line message
+when there is nothing to evaluate or the labels cannot be read as the model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from keyed_serving.capture import layout
+from keyed_serving.evaluation import report as reporting
+from keyed_serving.evaluation.engines import ENGINES, engine_named
+from keyed_serving.evaluation.join import POLICIES, WINDOWS, Joined, Rules, evaluate
+from keyed_serving.evaluation.read import (
+    MICROSECONDS,
+    Capture,
+    LabelFile,
+    Unusable,
+    empty_labels,
+    from_microseconds,
+    open_capture,
+    read_label_file,
+    to_microseconds,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def duration_us(text: str) -> int:
+    """``30d``, ``12h``, ``90m``, ``3600s`` or seconds -> microseconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise Unusable(f"--max-delay {text!r}: a duration such as 30d, 12h, 90m or 3600s")
+    return round(float(match[1]) * _UNIT_S[match[2]] * MICROSECONDS)
+
+
+def moment_us(text: str, option: str) -> int:
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise Unusable(f"{option} {text!r}: an ISO 8601 date or date-time") from None
+    return to_microseconds(moment)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="keyed-evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("capture_dir", help="the capture directory (KEYED_CAPTURE_DIR)")
+    p.add_argument("--out", required=True, help="the HTML report")
+    p.add_argument("--json", help="report.json")
+    p.add_argument("--joined", help="the joined pairs, as Parquet")
+    p.add_argument("--labels", help="a label table: CSV, Parquet or JSON Lines")
+    p.add_argument("--key", help="its key column; several as a,b")
+    p.add_argument("--label", help="its label column")
+    p.add_argument("--time", help="its column of label times (ISO 8601; without a zone, UTC)")
+    p.add_argument("--request-id", help="its column of request ids (X-Request-ID)")
+    p.add_argument("--window", default="day", help="hour, day (default) or week, in UTC")
+    p.add_argument("--since", help="first prediction time (ISO 8601)")
+    p.add_argument("--until", help="last prediction time (ISO 8601; default now)")
+    p.add_argument("--max-delay", default="30d", help="how long a label may come after (30d)")
+    p.add_argument("--policy", default="last", help="last (default), first or all")
+    p.add_argument("--engine", default="duckdb", help="duckdb (default) or spark")
+    p.add_argument(
+        "--min-count", type=int, default=30, help="pairs below which a metric is too few"
+    )
+    p.add_argument("--model", help="the model, when the capture holds several")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except Unusable as exc:
+        print(f"keyed-evaluate: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    for option, value, allowed in (
+        ("--engine", args.engine, ENGINES),
+        ("--window", args.window, tuple(WINDOWS)),
+        ("--policy", args.policy, POLICIES),
+    ):
+        if value not in allowed:
+            raise Unusable(f"{option} {value!r}: one of {', '.join(allowed)}")
+    if args.min_count < 1:
+        raise Unusable(f"--min-count {args.min_count}: at least 1")
+    named = [o for o in ("key", "label", "time", "request_id") if getattr(args, o)]
+    if args.labels and not {"key", "label"} <= set(named):
+        raise Unusable("--labels needs --key and --label (the columns of the key and the label)")
+    if named and not args.labels:
+        raise Unusable(
+            f"--{named[0].replace('_', '-')} names a column of --labels, which is not given"
+        )
+    until = (
+        moment_us(args.until, "--until")
+        if args.until
+        else to_microseconds(datetime.datetime.now(datetime.UTC))
+    )
+    rules = Rules(
+        until_us=until,
+        since_us=moment_us(args.since, "--since") if args.since else None,
+        policy=args.policy,
+        max_delay_us=duration_us(args.max_delay),
+        window=args.window,
+    )
+    capture = open_capture(args.capture_dir, args.model)
+    if args.labels:
+        if not Path(args.labels).is_file():
+            raise Unusable(f"--labels {args.labels}: no such file")
+        spec = LabelFile(Path(args.labels), args.key, args.label, args.time, args.request_id)
+        file_labels = read_label_file(spec, capture.task)
+    else:
+        file_labels = empty_labels(capture.task)
+    engine = engine_named(args.engine)
+    try:
+        joined = evaluate(engine, capture, file_labels, rules)
+    finally:
+        engine.close()
+    if joined.windows.empty:
+        raise Unusable(
+            f"{args.capture_dir} holds no predictions of {capture.model!r} in the time asked"
+        )
+    built = reporting.build(capture, rules, joined, engine=args.engine, min_count=args.min_count)
+    show(built)
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(built, option=orjson.OPT_INDENT_2))
+    if args.joined:
+        write_joined(Path(args.joined), capture, joined)
+    from keyed_serving.evaluation.html import render
+
+    Path(args.out).write_text(render(built), encoding="utf-8")
+    return 0
+
+
+def write_joined(path: Path, capture: Capture, joined: Joined) -> None:
+    """The joined pairs as Parquet: the prediction's columns as captured, then the label's."""
+    pairs = joined.pairs
+
+    def times(column: str) -> pa.Array:
+        values = [None if pd.isna(v) else from_microseconds(int(v)) for v in pairs[column]]
+        return pa.array(values, pa.timestamp("us", tz="UTC"))
+
+    kind = pa.string() if capture.task == "classification" else pa.float64()
+    columns: dict[str, pa.Array] = {
+        "version": pa.array(pairs["version"].astype(str).tolist(), pa.string()),
+        layout.REQUEST_ID: pa.array(pairs["request_id"].tolist(), pa.string()),
+        layout.KEY: pa.array(pairs["key"].tolist(), pa.string()),
+        layout.KEY_TYPE: pa.array(pairs["key_type"].tolist(), pa.string()),
+        layout.TS: times("ts_us"),
+        "window": times("window_us"),
+        layout.PREDICTION: pa.array(_values(pairs["prediction"]), kind),
+    }
+    for i, name in enumerate(capture.classes or []):
+        columns[layout.PROBABILITY_PREFIX + name] = pa.array(_values(pairs[f"p{i}"]), pa.float64())
+    columns[layout.ERROR] = pa.array(_values(pairs["error"]), pa.string())
+    columns["label"] = pa.array(_values(pairs["label"]), kind)
+    columns["label_time"] = times("label_time_us")
+    columns["label_received"] = times("label_received_us")
+    columns["label_request_id"] = pa.array(_values(pairs["label_request_id"]), pa.string())
+    pq.write_table(pa.table(columns), path)
+
+
+def _values(column: pd.Series) -> list[Any]:
+    return [None if pd.isna(v) else v for v in column.tolist()]
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def show(built: dict[str, Any]) -> None:
+    """A table per version in the terminal, then the diagnostics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    rules = built["rules"]
+    console.print(
+        f"[bold]{built['model']}[/] ({built['task']}), {rules['policy']} label within "
+        f"{rules['max_delay_s']:g} s, until {rules['until']}, on {built['engine']}"
+    )
+    for version, entry in built["versions"].items():
+        table = Table(
+            title=(
+                f"version {version}: {entry['predictions']} predictions, {entry['failed']} "
+                f"failed, {entry['labelled']} labelled, coverage {_number(entry['coverage'], 3)}"
+            ),
+            title_justify="left",
+        )
+        for column in ("metric", "value", "interval", "n"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for name, metric in entry["metrics"].items():
+            if name == "confusion_matrix":
+                continue
+            interval = (
+                "too few"
+                if metric["too_few"]
+                else f"{_number(metric['low'])} .. {_number(metric['high'])}"
+            )
+            table.add_row(name, _number(metric["value"]), interval, str(metric["n"]))
+        console.print(table)
+    diagnostics = Table(title="diagnostics", title_justify="left")
+    diagnostics.add_column("count")
+    diagnostics.add_column("n", justify="right")
+    for name, value in built["diagnostics"].items():
+        diagnostics.add_row(name, str(value))
+    console.print(diagnostics)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
