@@ -218,8 +218,13 @@ class SparkEngine(Engine):
         return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     def keep(self, name: str, query: str) -> None:
+        self._forget(name)  # a shared session may hold one of an earlier run
         self.session.sql(f"CACHE TABLE {name} AS {query}")
         self._kept.append(name)
+
+    def _forget(self, name: str) -> None:
+        self.session.sql(f"UNCACHE TABLE IF EXISTS {name}")
+        self.session.sql(f"DROP VIEW IF EXISTS {name}")
 
     def view(self, name: str, query: str) -> None:
         self.session.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS {query}")
@@ -259,8 +264,8 @@ class SparkEngine(Engine):
         return view
 
     def close(self) -> None:
-        for name in self._kept:
-            self.session.sql(f"UNCACHE TABLE IF EXISTS {name}")
+        for name in reversed(self._kept):  # a kept table before those it was made from
+            self._forget(name)
         if self.owned:
             self.session.stop()
 
