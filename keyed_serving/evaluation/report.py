@@ -111,6 +111,9 @@ def _version(
     answered = predictions - failed
 
     def quality(rows: pd.DataFrame) -> dict[str, Any]:
+        if rows.empty:  # a version or window without labels yet: nothing to resample
+            nothing = {"value": None, "low": None, "high": None, "n": 0, "too_few": True}
+            return {name: dict(nothing) for name in measure.METRICS[capture.task]}
         y_true, y_pred, proba = _arrays(capture, classes, rows)
         return dict(
             measure.quality(
@@ -135,13 +138,20 @@ def _version(
     }
     y_true, y_pred, proba = _arrays(capture, classes, scored)
     if capture.task == "classification":
-        entry["metrics"]["confusion_matrix"] = measure.confusion_matrix(
-            classes or [], y_true, y_pred
-        )
-        if proba is not None:
+        if len(scored):
+            matrix = measure.confusion_matrix(classes or [], y_true, y_pred)
+        else:
+            matrix = {
+                "labels": classes or [],
+                "counts": [[0] * len(classes or [])] * len(classes or []),
+            }
+        entry["metrics"]["confusion_matrix"] = matrix
+        if proba is not None and len(scored):
             entry["calibration"] = measure.calibration(classes or [], y_true, proba)
     else:
-        entry["residuals"] = measure.residuals(y_true, y_pred)
+        entry["residuals"] = (
+            measure.residuals(y_true, y_pred) if len(scored) else {"edges": [], "counts": []}
+        )
     entry["label_delay_s"] = _delays(measure, scored)
     width = WINDOWS[rules.window]
     entry["windows"] = [

@@ -219,6 +219,17 @@ def _stand_in_metrics() -> types.ModuleType:
             else {"edges": [], "counts": []}
         )
 
+    module.METRICS = {  # type: ignore[attr-defined]
+        "classification": (
+            "accuracy",
+            "balanced_accuracy",
+            "f1_macro",
+            "log_loss",
+            "roc_auc",
+            "brier",
+        ),
+        "regression": ("mae", "rmse", "r2", "bias"),
+    }
     module.quality = quality  # type: ignore[attr-defined]
     module.confusion_matrix = confusion_matrix  # type: ignore[attr-defined]
     module.calibration = calibration  # type: ignore[attr-defined]

@@ -343,3 +343,43 @@ def test_windows_are_utc_hours_days_and_weeks_from_monday(
     got = [w["start"] for w in built["versions"]["v1"]["windows"]]
     assert got[0] == starts[0]
     assert starts[1] in got
+
+
+def test_a_version_without_labels_yet_is_reported_as_too_few(tmp_path: Path) -> None:
+    write_predictions(tmp_path, [prediction("a", 0, "yes"), prediction("b", 1, "no")])
+    capture = open_capture(tmp_path)
+
+    built = report.build(
+        capture, Rules(until_us=to_microseconds(at(100))), join(tmp_path), engine="duckdb"
+    )
+
+    version = built["versions"]["v1"]
+    assert (version["labelled"], version["coverage"]) == (0, 0.0)
+    assert version["metrics"]["accuracy"] == {
+        "value": None,
+        "low": None,
+        "high": None,
+        "n": 0,
+        "too_few": True,
+    }
+    assert version["metrics"]["confusion_matrix"]["counts"] == [[0, 0], [0, 0]]
+    assert "calibration" not in version
+    assert version["label_delay_s"] == {"edges": [], "counts": [], "median": None}
+    assert version["windows"][0]["distribution"]["share"] == {"no": 0.5, "yes": 0.5}
+
+
+def test_label_delay_is_the_label_time_or_else_its_arrival_after_the_prediction(
+    tmp_path: Path,
+) -> None:
+    write_predictions(tmp_path, [prediction("a", 0, "yes"), prediction("b", 0, "no")])
+    # a: labelled for 3 hours after; b: no time, received 10 hours after
+    write_labels(tmp_path, [label("a", "yes", 3), label("b", "no", received=10)])
+    capture = open_capture(tmp_path)
+
+    built = report.build(
+        capture, Rules(until_us=to_microseconds(at(100))), join(tmp_path), engine="duckdb"
+    )
+
+    delays = built["versions"]["v1"]["label_delay_s"]
+    assert delays["median"] == (3 + 10) / 2 * 3600
+    assert sum(delays["counts"]) == 2
