@@ -13,6 +13,7 @@ from random_capture import random_capture
 from test_report_matches_pandas import evaluated
 
 from keyed_serving.evaluation.engines import DuckDBEngine, SparkEngine, local_session
+from keyed_serving.evaluation.read import LabelFile, read_label_file
 
 pytest.importorskip("pyspark")
 pytestmark = pytest.mark.slow  # a Spark session takes 5-10 s to start
@@ -58,14 +59,37 @@ def test_duckdb_and_spark_give_the_same_report(
     same(on_spark, on_duckdb)
 
 
-def test_spark_reads_versions_as_text_not_numbers(tmp_path: Path, spark: Any) -> None:
+def test_spark_reads_versions_as_text_and_a_label_file_as_duckdb_does(
+    tmp_path: Path, spark: Any
+) -> None:
     from captures import label, prediction, write_labels, write_predictions
 
     write_predictions(tmp_path, [prediction("a", 0, "yes")], version="007")
-    write_predictions(tmp_path, [prediction("a", 5, "no")], version="1.10")
+    write_predictions(
+        tmp_path,
+        [prediction("a", 5, "no"), prediction("b", 5, "no", request_id="q")],
+        version="1.10",
+    )
     write_labels(tmp_path, [label("a", "no", 6)])
+    file = tmp_path / "truth.csv"
+    # b: by request id, then a later "yes" without one; c: an orphan; a: a conflict
+    file.write_text(
+        "id,truth,when,request\n"
+        "b,no,,q\n"
+        "b,yes,2026-03-02T20:00:00Z,\n"
+        "c,no,,\n"
+        "a,yes,2026-03-02T18:00:00,\n"
+    )
+    labels = read_label_file(LabelFile(file, "id", "truth", "when", "request"), "classification")
 
-    built = evaluated(tmp_path, SparkEngine(spark), "last")
+    on_spark = evaluated(tmp_path, SparkEngine(spark), "last", labels=labels)
+    on_duckdb = evaluated(tmp_path, DuckDBEngine(), "last", labels=labels)
 
-    assert list(built["versions"]) == ["007", "1.10"]
-    assert built["versions"]["1.10"]["labelled"] == 1
+    assert list(on_spark["versions"]) == ["007", "1.10"]
+    assert on_spark["versions"]["1.10"]["labelled"] == 3
+    assert on_spark["diagnostics"]["orphan_labels"] == 1
+    assert on_spark["diagnostics"]["conflicting_labels"] == 1
+    for report in (on_spark, on_duckdb):
+        report.pop("engine")
+        report.pop("generated")
+    same(on_spark, on_duckdb)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from captures import ensure_metrics
 from random_capture import MAX_DELAY, UNTIL, random_capture, reference
@@ -23,11 +24,18 @@ RULES = {
 }
 
 
-def evaluated(root: Path, engine: Engine, policy: str, window: str = "day") -> dict[str, Any]:
+def evaluated(
+    root: Path,
+    engine: Engine,
+    policy: str,
+    window: str = "day",
+    labels: pd.DataFrame | None = None,
+) -> dict[str, Any]:
     capture = open_capture(root)
     rules = Rules(policy=policy, window=window, **RULES)
     try:
-        joined = evaluate(engine, capture, empty_labels(capture.task), rules)
+        file_labels = empty_labels(capture.task) if labels is None else labels
+        joined = evaluate(engine, capture, file_labels, rules)
     finally:
         engine.close()
     return report.build(capture, rules, joined, engine=engine.name, min_count=5)
