@@ -64,11 +64,13 @@ def open_capture(root: str | Path, model: str | None = None) -> Capture:
     classes, from the key-value metadata of the first file of each version."""
     root = Path(root)
     first: dict[tuple[str, str], Path] = {}
-    for path in sorted((root / layout.PREDICTIONS).glob(f"**/*{layout.SUFFIX}")):
-        name = _partition(path.relative_to(root), "model")
-        version = _partition(path.relative_to(root), "version")
-        if name is not None and version is not None:
-            first.setdefault((name, version), path)
+    # One file per version is enough (a store may hold many thousands): the first found.
+    for directory in sorted((root / layout.PREDICTIONS).glob("model=*/version=*")):
+        path = next(directory.glob(f"date=*/*{layout.SUFFIX}"), None)
+        name = _partition(directory.relative_to(root), "model")
+        version = _partition(directory.relative_to(root), "version")
+        if path is not None and name is not None and version is not None:
+            first[name, version] = path
     if not first:
         raise Unusable(f"{root} holds no predictions ({layout.glob_of(root, layout.PREDICTIONS)})")
     models = sorted({name for name, _ in first})
