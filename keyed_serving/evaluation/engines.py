@@ -11,10 +11,10 @@ comparison and window is integer arithmetic, exact and free of session time zone
   p0 .. pN`` (``p<i>`` the probability of the ``i``-th class of the model's classes, null
   where a version lacks it), the rows of one model.
 - ``captured_labels``: ``key, key_type, label, time_us, received_us, request_id, source (0),
-  file_name, file_row``: ``labels/`` of labels posted to that model or to none; ``file_name,
-  file_row`` the file order
-  (DuckDB: the file's name and the row's number in it; Spark: the file's name and
-  ``monotonically_increasing_id()``, increasing within a file read in one piece).
+  file_name, file_row``: ``labels/`` of labels posted to that model (its name, or
+  name:version) or to none; ``file_name, file_row`` the file order (DuckDB: the file's name
+  and the row's number in it; Spark: the file's name and ``monotonically_increasing_id()``,
+  increasing within a file read in one piece).
 - ``drop_source``: ``ts_us, dropped``.
 """
 
@@ -115,7 +115,11 @@ class Engine:
                 f"SELECT key, key_type, {label} AS label, {self.micros('time')} AS time_us, "
                 f"{self.micros('received')} AS received_us, request_id, "
                 "CAST(0 AS BIGINT) AS source, file_name, file_row "
-                f"FROM {labels} WHERE model IS NULL OR model = {self.literal(capture.model)}",
+                f"FROM {labels} WHERE model IS NULL OR model = {self.literal(capture.model)} "
+                # POST /labels keeps the tag it was posted to (name:version); a label is
+                # about the key, whichever version will be scored with it
+                f"OR substr(model, 1, {len(capture.model) + 1}) = "
+                f"{self.literal(capture.model + ':')}",
             )
         else:
             self.view("captured_labels", _empty_labels_sql(label_type))

@@ -202,12 +202,20 @@ def test_a_label_file_comes_after_the_captured_labels_and_a_later_row_after_an_e
 
 def test_labels_posted_to_another_model_are_left_out(tmp_path: Path) -> None:
     write_predictions(tmp_path, [prediction("a", 0, "no")])
-    write_labels(tmp_path, [label("a", "yes", 5, model="other"), label("a", "no", 4, model=None)])
+    write_labels(
+        tmp_path,
+        [
+            label("a", "yes", 5, model="other"),
+            label("a", "yes", 5, model="churner:v1"),
+            label("a", "no", 4, model=None),  # a label file's
+            label("a", "no", 3, model="churn:v1"),  # posted to a server of the model
+        ],
+    )
 
     joined = join(tmp_path)
 
     assert joined.pairs["label"].tolist() == ["no"]
-    assert joined.diagnostics["labels"] == 1
+    assert joined.diagnostics["labels"] == 2
 
 
 def test_orphan_labels_and_unlabelled_predictions_are_counted(tmp_path: Path) -> None:
