@@ -1,0 +1,455 @@
+"""keyed-evaluate's HTML report, opened in a real headless browser (Debian's chromium,
+driven by Playwright) with every network request refused: it must fetch nothing, draw
+each chart with its marks, and show user text (class names, versions) as text."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from keyed_serving.evaluation.html import render
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REPORT_URL = "http://report.invalid/report.html"
+SCRIPT = "<script>alert(1)</script>"
+DAY = datetime.timedelta(days=1)
+START = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
+UNTIL = datetime.datetime(2026, 11, 9, tzinfo=datetime.UTC)
+MAX_DELAY = 2 * DAY
+MIN_COUNT = 30
+
+
+# --- report dicts, in the shape of contract section 4 --------------------------------
+
+
+def iso(moment: datetime.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def metric(value: float | None, n: int) -> dict[str, Any]:
+    too_few = n < MIN_COUNT
+    return {
+        "value": value if n else None,
+        "low": None if too_few or value is None else value - 0.04,
+        "high": None if too_few or value is None else value + 0.03,
+        "n": n,
+        "too_few": too_few,
+    }
+
+
+def window(day: int, predictions: int, labelled: int, metrics: dict[str, Any], distribution: Any):
+    start = START + day * DAY
+    return {
+        "start": iso(start),
+        "end": iso(start + DAY),
+        "predictions": predictions,
+        "failed": 2,
+        "labelled": labelled,
+        "complete": start + DAY + MAX_DELAY <= UNTIL,
+        "metrics": metrics,
+        "distribution": distribution,
+    }
+
+
+def classifier_metrics(labelled: int, shift: float) -> dict[str, Any]:
+    return {
+        "accuracy": metric(0.9 - shift, labelled),
+        "balanced_accuracy": metric(0.85 - shift, labelled),
+        "f1_macro": metric(0.84 - shift, labelled),
+        "log_loss": metric(0.3 + shift, labelled),
+        "roc_auc": metric(0.95 - shift, labelled),
+        "brier": metric(0.15 + shift, labelled),
+    }
+
+
+def regressor_metrics(labelled: int, shift: float) -> dict[str, Any]:
+    return {
+        "mae": metric(1.5 + shift, labelled),
+        "rmse": metric(2.1 + shift, labelled),
+        "r2": metric(0.7 - shift, labelled),
+        "bias": metric(0.1 + shift, labelled),
+    }
+
+
+def version(
+    days: range, labelled: list[int], metrics: Any, distribution: Any, offset: float, **whole: Any
+) -> dict[str, Any]:
+    windows = [
+        window(
+            day,
+            100 + 10 * day,
+            count,
+            metrics(count, offset + 0.01 * day) if count else {},
+            distribution(day),
+        )
+        for day, count in zip(days, labelled, strict=True)
+    ]
+    predictions = sum(w["predictions"] for w in windows)
+    failed = sum(w["failed"] for w in windows)
+    scored = sum(labelled)
+    return {
+        "predictions": predictions,
+        "failed": failed,
+        "labelled": scored,
+        "coverage": scored / (predictions - failed),
+        "first": windows[0]["start"],
+        "last": windows[-1]["end"],
+        "metrics": {**metrics(scored, offset), **whole.pop("matrix", {})},
+        "label_delay_s": {
+            "edges": [0, 3600, 7200, 14400, 86400],
+            "counts": [
+                scored // 2,
+                scored // 4,
+                scored // 8,
+                scored - scored // 2 - scored // 4 - scored // 8,
+            ],
+            "median": 3600.0 if scored else None,
+        },
+        "windows": windows,
+        **whole,
+    }
+
+
+def report_dict(task: str, versions: dict[str, Any], classes: list[str] | None) -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "generated": iso(UNTIL + datetime.timedelta(minutes=5)),
+        "engine": "duckdb",
+        "model": "churn<&>",
+        "task": task,
+        "classes": classes,
+        "rules": {
+            "policy": "last",
+            "max_delay_s": int(MAX_DELAY.total_seconds()),
+            "window": "day",
+            "since": None,
+            "until": iso(UNTIL),
+            "min_count": MIN_COUNT,
+            "confidence": 0.95,
+        },
+        "versions": versions,
+        "diagnostics": {
+            "labels": 700,
+            "matched": 640,
+            "orphan_labels": 60,
+            "duplicate_labels": 5,
+            "conflicting_labels": 3,
+            "unknown_class_labels": 4,
+            "keys_predicted_more_than_once": 41,
+            "unlabelled_past_max_delay": 17,
+            "failed_predictions": 22,
+            "labelled_failed": 1,
+            "capture_drops": 0,
+        },
+    }
+
+
+CLASSES = ["no", "yes", SCRIPT]
+
+
+def shares(day: int) -> dict[str, Any]:
+    yes = 0.2 + 0.03 * day
+    return {
+        "share": {"no": 0.7 - 0.03 * day, "yes": yes, SCRIPT: 0.1},
+        "mean_probability": {"no": 0.65 - 0.03 * day, "yes": yes + 0.02, SCRIPT: 0.13},
+    }
+
+
+def calibration(shift: float) -> dict[str, Any]:
+    return {
+        "positive": "top",
+        "bins": [
+            {"mean_predicted": p, "observed": min(1.0, p + shift), "n": 20}
+            for p in (0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
+        ],
+    }
+
+
+def classifier_report() -> dict[str, Any]:
+    """Two versions: v1 on days 0-5 (one window with too few labels), v2 on days 3-7 (its
+    last two windows still waiting for labels, one of them with none yet), so four windows
+    overlap and two are shaded."""
+    v1 = version(
+        range(6),
+        [80, 75, 12, 90, 85, 60],
+        classifier_metrics,
+        shares,
+        0.0,
+        matrix={
+            "confusion_matrix": {
+                "labels": CLASSES,
+                "counts": [[250, 20, 5], [30, 80, 3], [2, 4, 8]],
+            }
+        },
+        calibration=calibration(0.0),
+    )
+    unknown = [*CLASSES, "maybe"]  # a label class the model does not know, sorted after
+    v2 = version(
+        range(3, 8),
+        [40, 50, 45, 20, 0],
+        classifier_metrics,
+        shares,
+        0.04,
+        matrix={
+            "confusion_matrix": {
+                "labels": unknown,
+                "counts": [[80, 9, 1, 0], [10, 40, 2, 0], [1, 1, 7, 0], [2, 1, 1, 0]],
+            }
+        },
+        calibration=calibration(-0.05),
+    )
+    return report_dict("classification", {"v1": v1, "v2": v2}, CLASSES)
+
+
+def spread(day: int) -> dict[str, Any]:
+    mean = 10 + 0.5 * day
+    return {"mean": mean, "std": 2.0, "p10": mean - 2.5, "p50": mean - 0.2, "p90": mean + 2.6}
+
+
+def regressor_report() -> dict[str, Any]:
+    v1 = version(
+        range(4),
+        [60, 55, 50, 40],
+        regressor_metrics,
+        spread,
+        0.0,
+        residuals={"edges": [-4, -2, 0, 2, 4], "counts": [10, 60, 70, 12]},
+    )
+    v2 = version(
+        range(4, 8),
+        [45, 35, 10, 0],
+        regressor_metrics,
+        spread,
+        0.3,
+        residuals={"edges": [-3, -1, 1, 3, 5], "counts": [5, 30, 40, 15]},
+    )
+    return report_dict("regression", {"1.0": v1, "v$2$": v2}, None)
+
+
+def unlabelled_report() -> dict[str, Any]:
+    """Predictions, and not a single label yet."""
+    v1 = version(range(3), [0, 0, 0], classifier_metrics, shares, 0.0, calibration=None)
+    v1.pop("calibration")
+    v1["coverage"] = 0.0
+    report = report_dict("classification", {"v1": v1}, CLASSES)
+    report["diagnostics"] |= {"labels": 0, "matched": 0, "orphan_labels": 0}
+    return report
+
+
+# --- the browser ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    assert CHROMIUM, "chromium is not installed: `make browser` installs Debian's chromium"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+class Opened:
+    """A rendered report in a browser page that may fetch nothing but itself."""
+
+    def __init__(self, browser: Any, page_html: str) -> None:
+        self.html = page_html
+        self.refused: list[str] = []
+        self.dialogs: list[str] = []
+        # The page's own policy forbids any fetch; bypassed here, so that a fetch the page
+        # would make is seen (and refused) by the route below.
+        self.page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        self.page.route("**/*", self.serve)
+        self.page.on(
+            "dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss())
+        )
+        response = self.page.goto(REPORT_URL, wait_until="load")
+        assert response is not None and response.ok
+
+    def serve(self, route: Any) -> None:
+        if route.request.url == REPORT_URL:
+            route.fulfill(status=200, content_type="text/html; charset=utf-8", body=self.html)
+        else:
+            self.refused.append(route.request.url)
+            route.abort()
+
+    def chart(self, name: str) -> Any:
+        """The chart's SVG, checked to be drawn: visible, with a box, and with marks."""
+        svg = self.page.locator(f"#chart-{name} > svg")
+        assert svg.count() == 1, name
+        assert svg.is_visible(), name
+        box = svg.bounding_box()
+        assert box is not None and box["width"] > 100 and box["height"] > 50, (name, box)
+        assert svg.locator("title").first.text_content().strip(), name
+        assert svg.get_attribute("role") == "img", name
+        assert svg.locator("desc").first.text_content().strip(), name
+        return svg
+
+    def marks(self, name: str, kind: str) -> list[Any]:
+        """The chart's marks of one kind, each one drawn: a path with a box of its own."""
+        found = self.page.locator(f"#chart-{name} .mark-{kind}").all()
+        for mark in found:
+            assert mark.locator("path, use").count() > 0, (name, kind)
+            box = mark.bounding_box()
+            assert box is not None and (box["width"] > 0 or box["height"] > 0), (name, kind)
+        return found
+
+
+@pytest.fixture
+def opened(browser: Any) -> Iterator[Any]:
+    pages: list[Opened] = []
+
+    def open_report(report: dict[str, Any]) -> Opened:
+        one = Opened(browser, render(report))
+        pages.append(one)
+        return one
+
+    yield open_report
+    for one in pages:
+        one.page.close()
+
+
+METRIC_CHARTS = {
+    "classification": ["accuracy", "balanced_accuracy", "f1_macro", "log_loss", "roc_auc", "brier"],
+    "regression": ["mae", "rmse", "r2", "bias"],
+}
+
+
+def chart_names(opened: Opened) -> list[str]:
+    return [
+        figure.get_attribute("id").removeprefix("chart-")
+        for figure in opened.page.locator("figure.chart").all()
+    ]
+
+
+# --- the tests ------------------------------------------------------------------------
+
+
+def test_a_classifiers_report_draws_every_chart_and_fetches_nothing(opened: Any) -> None:
+    page = opened(classifier_report())
+    assert page.refused == []
+    metrics = [f"metric-{name}" for name in METRIC_CHARTS["classification"]]
+    assert chart_names(page) == [
+        *metrics,
+        "calibration",
+        "confusion-0",
+        "confusion-1",
+        "coverage",
+        "delay",
+        "volume",
+        "shares-0",
+        "shares-1",
+    ]
+    for name in metrics:
+        page.chart(name)
+        assert len(page.marks(name, "line")) == 2, name  # one line per version
+        assert len(page.marks(name, "band")) == 2, name  # each with its interval
+        assert len(page.marks(name, "pending")) == 2, name  # days 7 and 8 wait for labels
+        assert len(page.marks(name, "few")) == 2, name  # v1's day 2, v2's day 6
+    for number, classes in ((0, 3), (1, 4)):  # v2 has a label class the model does not know
+        page.chart(f"confusion-{number}")
+        assert len(page.marks(f"confusion-{number}", "cell")) == classes**2
+    page.chart("calibration")
+    assert len(page.marks("calibration", "line")) == 2
+    page.chart("coverage")
+    assert len(page.marks("coverage", "line")) == 2
+    assert len(page.marks("coverage", "pending")) == 2
+    page.chart("delay")
+    assert len(page.marks("delay", "histogram")) == 2
+    assert len(page.marks("delay", "median")) == 2
+    page.chart("volume")
+    assert len(page.marks("volume", "line")) == 2
+    assert len(page.marks("volume", "failed")) == 2
+    for number in (0, 1):
+        page.chart(f"shares-{number}")
+        assert len(page.marks(f"shares-{number}", "share")) == len(CLASSES)
+        assert len(page.marks(f"shares-{number}", "probability")) == len(CLASSES)
+    assert page.refused == []
+
+
+def test_a_regressors_report_draws_its_residuals_and_the_spread_of_its_predictions(
+    opened: Any,
+) -> None:
+    page = opened(regressor_report())
+    assert page.refused == []
+    metrics = [f"metric-{name}" for name in METRIC_CHARTS["regression"]]
+    assert chart_names(page) == [
+        *metrics,
+        "residuals",
+        "coverage",
+        "delay",
+        "volume",
+        "distribution",
+    ]
+    for name in metrics:
+        page.chart(name)
+        assert len(page.marks(name, "line")) == 2, name
+        assert len(page.marks(name, "pending")) == 2, name
+    page.chart("residuals")
+    assert len(page.marks("residuals", "histogram")) == 2
+    page.chart("distribution")
+    for kind in ("line", "band", "median"):  # mean, p10 to p90, p50
+        assert len(page.marks("distribution", kind)) == 2, kind
+    # a version's "$" is drawn as text, not read as mathtext
+    assert "v$2$" in page.page.locator("table.versions").inner_text()
+    assert "v$2$" in page.page.locator("#chart-volume desc").text_content()
+
+
+def test_user_text_is_shown_as_text_and_never_runs(opened: Any) -> None:
+    page = opened(classifier_report())
+    assert page.page.locator("script").count() == 0
+    assert page.dialogs == []
+    assert page.page.locator("h1").inner_text() == "Model quality: churn<&>"
+    assert SCRIPT in page.page.locator("header").inner_text()
+    assert SCRIPT in page.page.locator("#chart-shares-0 desc").text_content()
+    assert page.page.title() == "Model quality: churn<&>"
+
+
+def test_a_report_without_labels_says_so_and_still_shows_the_drift(opened: Any) -> None:
+    page = opened(unlabelled_report())
+    assert page.refused == []
+    quality = page.page.locator("table.quality tbody tr").all()
+    assert len(quality) == len(METRIC_CHARTS["classification"])
+    for row in quality:
+        assert row.locator("td").inner_text() == "no labels yet"
+    assert chart_names(page) == ["coverage", "volume", "shares-0"]
+    page.chart("volume")
+    assert len(page.marks("volume", "line")) == 1
+    page.chart("shares-0")
+    assert len(page.marks("shares-0", "share")) == len(CLASSES)
+    diagnostics = page.page.locator("table.diagnostics tbody tr").all()
+    assert len(diagnostics) == 11
+    for row in diagnostics:
+        count, meaning = row.locator("td").all()
+        assert count.inner_text().strip().isdigit() and meaning.inner_text().strip()
+
+
+def test_too_few_labels_are_said_and_not_given_as_a_number() -> None:
+    report = unlabelled_report()
+    few = version(range(2), [5, 6], classifier_metrics, shares, 0.0)
+    report["versions"] = {"v1": few}
+    page = render(report)
+    quality = page[page.index('<table class="quality">') :]
+    accuracy = re.search(r"<th scope=row>Accuracy</th>(<td[^>]*>[^<]*</td>)", quality)
+    assert accuracy is not None
+    assert "too few (11 &lt; 30)" in accuracy[1]
+    assert "0.900" not in accuracy[1]
+
+
+def test_the_page_refers_to_nothing_outside_itself() -> None:
+    page = render(classifier_report())
+    assert "default-src 'none'" in page  # the browser refuses any fetch, should one slip in
+    for outside in ("<script", "<link", "<img", "<iframe", "@import", "@font-face", "src="):
+        assert outside not in page.lower(), outside
+    assert not re.search(r"(href|url)\(?=?[\"']?(https?:|//)", page)
+
+
+def test_the_same_report_renders_the_same_page() -> None:
+    report = regressor_report()
+    assert render(report) == render(report)
