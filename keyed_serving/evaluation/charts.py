@@ -55,6 +55,7 @@ WIDTH_IN = 7.2
 HEIGHT_IN = 3.0
 PENDING_COLOR = "0.85"
 LONGEST_NAME = 32  # characters of a class or version name drawn in a chart
+MANY_POINTS = 60  # points in a series past which it is drawn without markers
 
 Window = Mapping[str, Any]
 
@@ -67,6 +68,7 @@ class Chart:
     title: str
     description: str
     svg: str
+    wide: bool = False  # wider than a chart beside another (a big confusion matrix)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,11 @@ def start_of(window: Window) -> float:
 
 def end_of(window: Window) -> float:
     return x_of(parse_time(window["end"]))
+
+
+def dot(points: int, size: float = 4) -> float:
+    """The marker size of a series of so many points: none where they would run together."""
+    return size if points <= MANY_POINTS else 0
 
 
 def middle(window: Window) -> float:
@@ -166,7 +173,8 @@ def inline_svg(figure: Figure, name: str, title: str, description: str) -> Chart
         svg,
         count=1,
     )
-    return Chart(name=name, title=title, description=description, svg=svg.strip())
+    wide = figure.get_figwidth() > WIDTH_IN
+    return Chart(name=name, title=title, description=description, svg=svg.strip(), wide=wide)
 
 
 def figure(height: float = HEIGHT_IN, rows: int = 1) -> tuple[Figure, list[Axes]]:
@@ -299,7 +307,7 @@ def metric_over_time(
                 [middle(w) for w, _ in enough],
                 [m["value"] for _, m in enough],
                 marker="o",
-                markersize=4,
+                markersize=dot(len(enough)),
                 color=tint,
                 label=short(one.version),
                 gid=f"mark-line-{one.index}",
@@ -384,7 +392,7 @@ def coverage_over_time(series: Sequence[Series], *, window: str) -> Chart:
             [x for x, _ in points],
             [100 * y for _, y in points],
             marker="o",
-            markersize=4,
+            markersize=dot(len(points)),
             color=color(one.index),
             label=short(one.version),
             gid=f"mark-line-{one.index}",
@@ -418,7 +426,7 @@ def volume_over_time(series: Sequence[Series], *, window: str) -> Chart:
             xs,
             [w["predictions"] for w in one.windows],
             marker="o",
-            markersize=4,
+            markersize=dot(len(one.windows)),
             color=tint,
             label=short(one.version),
             gid=f"mark-line-{one.index}",
@@ -431,7 +439,7 @@ def volume_over_time(series: Sequence[Series], *, window: str) -> Chart:
                 [w["failed"] for w in one.windows],
                 linestyle=":",
                 marker="x",
-                markersize=4,
+                markersize=dot(len(one.windows)),
                 color=tint,
                 gid=f"mark-failed-{one.index}",
             )
@@ -488,7 +496,7 @@ def class_shares(one: Series, classes: Sequence[str], *, window: str) -> Chart:
                 [x for x, _ in points],
                 [100 * p for _, p in points],
                 marker="o",
-                markersize=3,
+                markersize=dot(len(points), 3),
                 color=class_color(number, len(shown)),
                 gid=f"mark-probability-{number}",
             )
@@ -525,7 +533,7 @@ def regression_distribution(series: Sequence[Series], *, window: str) -> Chart:
             xs,
             [d["mean"] for d in spread],
             marker="o",
-            markersize=4,
+            markersize=dot(len(windows)),
             color=tint,
             label=short(one.version),
             gid=f"mark-line-{one.index}",

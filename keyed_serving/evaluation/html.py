@@ -99,6 +99,7 @@ td.time { white-space: nowrap; }
 div.charts { display: grid; gap: 1rem 2rem; align-items: start;
               grid-template-columns: repeat(auto-fill, minmax(min(100%, 620px), 1fr)); }
 figure.chart { margin: 0; }
+figure.chart.wide { grid-column: 1 / -1; max-width: 980px; }
 figure.chart svg { max-width: 100%; height: auto; display: block; }
 .note { color: #555; }
 code { font-size: .95em; }
@@ -313,7 +314,8 @@ def series_of(report: Mapping[str, Any]) -> list[Series]:
 
 def figures(charts_drawn: Sequence[Chart | None]) -> str:
     drawn = "\n".join(
-        f'<figure class="chart" id="chart-{chart.name}">{chart.svg}</figure>'
+        f'<figure class="chart{" wide" if chart.wide else ""}" id="chart-{chart.name}">'
+        f"{chart.svg}</figure>"
         for chart in charts_drawn
         if chart is not None
     )

@@ -5,6 +5,7 @@ each chart with its marks, and show user text (class names, versions) as text.""
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 import shutil
 from collections.abc import Iterator
@@ -241,6 +242,19 @@ def unlabelled_report() -> dict[str, Any]:
     return report
 
 
+REPORTS = {
+    "classifier": classifier_report,
+    "regressor": regressor_report,
+    "unlabelled": unlabelled_report,
+}
+
+
+@functools.cache
+def page_of(kind: str) -> str:
+    """The page of one of the reports above, rendered once for the module."""
+    return render(REPORTS[kind]())
+
+
 # --- the browser ----------------------------------------------------------------------
 
 
@@ -305,8 +319,8 @@ class Opened:
 def opened(browser: Any) -> Iterator[Any]:
     pages: list[Opened] = []
 
-    def open_report(report: dict[str, Any]) -> Opened:
-        one = Opened(browser, render(report))
+    def open_report(kind: str) -> Opened:
+        one = Opened(browser, page_of(kind))
         pages.append(one)
         return one
 
@@ -332,7 +346,7 @@ def chart_names(opened: Opened) -> list[str]:
 
 
 def test_a_classifiers_report_draws_every_chart_and_fetches_nothing(opened: Any) -> None:
-    page = opened(classifier_report())
+    page = opened("classifier")
     assert page.refused == []
     metrics = [f"metric-{name}" for name in METRIC_CHARTS["classification"]]
     assert chart_names(page) == [
@@ -376,7 +390,7 @@ def test_a_classifiers_report_draws_every_chart_and_fetches_nothing(opened: Any)
 def test_a_regressors_report_draws_its_residuals_and_the_spread_of_its_predictions(
     opened: Any,
 ) -> None:
-    page = opened(regressor_report())
+    page = opened("regressor")
     assert page.refused == []
     metrics = [f"metric-{name}" for name in METRIC_CHARTS["regression"]]
     assert chart_names(page) == [
@@ -402,7 +416,7 @@ def test_a_regressors_report_draws_its_residuals_and_the_spread_of_its_predictio
 
 
 def test_user_text_is_shown_as_text_and_never_runs(opened: Any) -> None:
-    page = opened(classifier_report())
+    page = opened("classifier")
     assert page.page.locator("script").count() == 0
     assert page.dialogs == []
     assert page.page.locator("h1").inner_text() == "Model quality: churn<&>"
@@ -412,7 +426,7 @@ def test_user_text_is_shown_as_text_and_never_runs(opened: Any) -> None:
 
 
 def test_a_report_without_labels_says_so_and_still_shows_the_drift(opened: Any) -> None:
-    page = opened(unlabelled_report())
+    page = opened("unlabelled")
     assert page.refused == []
     quality = page.page.locator("table.quality tbody tr").all()
     assert len(quality) == len(METRIC_CHARTS["classification"])
@@ -443,7 +457,7 @@ def test_too_few_labels_are_said_and_not_given_as_a_number() -> None:
 
 
 def test_the_page_refers_to_nothing_outside_itself() -> None:
-    page = render(classifier_report())
+    page = page_of("classifier")
     assert "default-src 'none'" in page  # the browser refuses any fetch, should one slip in
     for outside in ("<script", "<link", "<img", "<iframe", "@import", "@font-face", "src="):
         assert outside not in page.lower(), outside
@@ -451,5 +465,4 @@ def test_the_page_refers_to_nothing_outside_itself() -> None:
 
 
 def test_the_same_report_renders_the_same_page() -> None:
-    report = regressor_report()
-    assert render(report) == render(report)
+    assert render(regressor_report()) == page_of("regressor")
