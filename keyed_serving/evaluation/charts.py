@@ -470,7 +470,7 @@ def class_shares(one: Series, classes: Sequence[str], *, window: str) -> Chart:
     base = [0.0] * len(one.windows)
     for number, name in enumerate(shown):
         share = [
-            ((w.get("distribution") or {}).get("share") or {}).get(name, 0.0) for w in one.windows
+            ((w.get("distribution") or {}).get("share") or {}).get(name) or 0.0 for w in one.windows
         ]
         top = [b + s for b, s in zip(base, share, strict=True)]
         xs, lows, highs = stepped(one.windows, base, top)
@@ -506,12 +506,12 @@ def class_shares(one: Series, classes: Sequence[str], *, window: str) -> Chart:
     time_axes(shares, [one], title, "share of predictions (%)", handles, "class")
     time_axes(probabilities, [one], "", "mean probability (%)", [])
     shares.set_xlabel("")
-    last = one.windows[-1].get("distribution", {}).get("share", {}) if one.windows else {}
+    last = (one.windows[-1].get("distribution") or {}).get("share") or {}
     description = (
         f"Version {one.version}: the share of each class among each {window}'s predictions "
         "(stacked, top) and the mean probability given to each class (bottom), over "
         f"{len(one.windows)} window(s). Last window: "
-        + ", ".join(f"{name} {value:.0%}" for name, value in last.items())
+        + ", ".join(f"{name} {value:.0%}" for name, value in last.items() if value is not None)
         + "."
     )
     return inline_svg(drawn, f"shares-{one.index}", title, description)
@@ -540,7 +540,7 @@ def regression_distribution(series: Sequence[Series], *, window: str) -> Chart:
         )
         axes.plot(
             xs,
-            [d.get("p50") for d in spread],
+            [math.nan if d.get("p50") is None else d["p50"] for d in spread],
             linestyle="--",
             color=tint,
             gid=f"mark-median-{one.index}",

@@ -85,7 +85,7 @@ def version(
             day,
             100 + 10 * day,
             count,
-            metrics(count, offset + 0.01 * day) if count else {},
+            metrics(count, offset + 0.01 * day),
             distribution(day),
         )
         for day, count in zip(days, labelled, strict=True)
@@ -229,14 +229,35 @@ def regressor_report() -> dict[str, Any]:
         0.3,
         residuals={"edges": [-3, -1, 1, 3, 5], "counts": [5, 30, 40, 15]},
     )
+    v2["windows"][-1] |= {  # every prediction of the window failed
+        "failed": v2["windows"][-1]["predictions"],
+        "distribution": dict.fromkeys(("mean", "std", "p10", "p50", "p90")),
+    }
     return report_dict("regression", {"1.0": v1, "v$2$": v2}, None)
 
 
 def unlabelled_report() -> dict[str, Any]:
-    """Predictions, and not a single label yet."""
-    v1 = version(range(3), [0, 0, 0], classifier_metrics, shares, 0.0, calibration=None)
-    v1.pop("calibration")
+    """Predictions and not a single label yet, as report.py writes them: metrics of no
+    pairs, an empty confusion matrix, calibration and delay histogram; and a last window
+    whose every prediction failed, so that it has no shares."""
+    v1 = version(
+        range(4),
+        [0, 0, 0, 0],
+        classifier_metrics,
+        shares,
+        0.0,
+        matrix={"confusion_matrix": {"labels": CLASSES, "counts": [[0] * 3] * 3}},
+        calibration={"positive": "top", "bins": []},
+    )
     v1["coverage"] = 0.0
+    v1["label_delay_s"] = {"edges": [], "counts": [], "median": None}
+    v1["windows"][-1] |= {
+        "failed": v1["windows"][-1]["predictions"],
+        "distribution": {
+            "share": dict.fromkeys(CLASSES),
+            "mean_probability": dict.fromkeys(CLASSES),
+        },
+    }
     report = report_dict("classification", {"v1": v1}, CLASSES)
     report["diagnostics"] |= {"labels": 0, "matched": 0, "orphan_labels": 0}
     return report
