@@ -232,6 +232,24 @@ def stepped(
     return xs, lows, highs
 
 
+def along(
+    windows: Sequence[Window], values: Sequence[float | None]
+) -> tuple[list[float], list[float]]:
+    """A series over windows, at their middles, broken where windows are not next to each
+    other: a window with no predictions is not in the report, so no line crosses it."""
+    xs: list[float] = []
+    ys: list[float] = []
+    previous_end: float | None = None
+    for window, value in zip(windows, values, strict=True):
+        if previous_end is not None and start_of(window) != previous_end:
+            xs.append(previous_end)
+            ys.append(math.nan)
+        xs.append(middle(window))
+        ys.append(math.nan if value is None else value)
+        previous_end = end_of(window)
+    return xs, ys
+
+
 def time_axes(
     axes: Axes,
     series: Sequence[Series],
@@ -381,26 +399,24 @@ def coverage_over_time(series: Sequence[Series], *, window: str) -> Chart:
     shade_pending(axes, spans)
     described = []
     for one in series:
-        points = [
-            (middle(w), w["labelled"] / (w["predictions"] - w["failed"]))
+        shares = [
+            100 * w["labelled"] / (w["predictions"] - w["failed"])
+            if w["predictions"] > w["failed"]
+            else None
             for w in one.windows
-            if w["predictions"] - w["failed"] > 0
         ]
+        points = [share for share in shares if share is not None]
         if not points:
             continue
         axes.plot(
-            [x for x, _ in points],
-            [100 * y for _, y in points],
+            *along(one.windows, shares),
             marker="o",
             markersize=dot(len(points)),
             color=color(one.index),
             label=short(one.version),
             gid=f"mark-line-{one.index}",
         )
-        described.append(
-            f"version {one.version} from {min(y for _, y in points):.0%} "
-            f"to {max(y for _, y in points):.0%}"
-        )
+        described.append(f"version {one.version} from {min(points):.0f}% to {max(points):.0f}%")
     axes.set_ylim(-2, 102)
     title = f"Label coverage per {window}"
     handles, _ = axes.get_legend_handles_labels()
@@ -420,11 +436,9 @@ def volume_over_time(series: Sequence[Series], *, window: str) -> Chart:
     described = []
     any_failed = False
     for one in series:
-        xs = [middle(w) for w in one.windows]
         tint = color(one.index)
         axes.plot(
-            xs,
-            [w["predictions"] for w in one.windows],
+            *along(one.windows, [w["predictions"] for w in one.windows]),
             marker="o",
             markersize=dot(len(one.windows)),
             color=tint,
@@ -435,8 +449,7 @@ def volume_over_time(series: Sequence[Series], *, window: str) -> Chart:
         if failed:
             any_failed = True
             axes.plot(
-                xs,
-                [w["failed"] for w in one.windows],
+                *along(one.windows, [w["failed"] for w in one.windows]),
                 linestyle=":",
                 marker="x",
                 markersize=dot(len(one.windows)),
@@ -488,13 +501,10 @@ def class_shares(one: Series, classes: Sequence[str], *, window: str) -> Chart:
             ((w.get("distribution") or {}).get("mean_probability") or {}).get(name)
             for w in one.windows
         ]
-        points = [
-            (middle(w), p) for w, p in zip(one.windows, probability, strict=True) if p is not None
-        ]
+        points = [100 * p for p in probability if p is not None]
         if points:
             probabilities.plot(
-                [x for x, _ in points],
-                [100 * p for _, p in points],
+                *along(one.windows, [None if p is None else 100 * p for p in probability]),
                 marker="o",
                 markersize=dot(len(points), 3),
                 color=class_color(number, len(shown)),
@@ -523,24 +533,22 @@ def regression_distribution(series: Sequence[Series], *, window: str) -> Chart:
     drawn, (axes,) = figure()
     described = []
     for one in series:
-        windows = [w for w in one.windows if (w.get("distribution") or {}).get("mean") is not None]
-        if not windows:
+        windows = one.windows
+        spread = [w.get("distribution") or {} for w in windows]
+        means = [d["mean"] for d in spread if d.get("mean") is not None]
+        if not means:
             continue
         tint = color(one.index)
-        spread = [w["distribution"] for w in windows]
-        xs = [middle(w) for w in windows]
         axes.plot(
-            xs,
-            [d["mean"] for d in spread],
+            *along(windows, [d.get("mean") for d in spread]),
             marker="o",
-            markersize=dot(len(windows)),
+            markersize=dot(len(means)),
             color=tint,
             label=short(one.version),
             gid=f"mark-line-{one.index}",
         )
         axes.plot(
-            xs,
-            [math.nan if d.get("p50") is None else d["p50"] for d in spread],
+            *along(windows, [d.get("p50") for d in spread]),
             linestyle="--",
             color=tint,
             gid=f"mark-median-{one.index}",
@@ -557,10 +565,7 @@ def regression_distribution(series: Sequence[Series], *, window: str) -> Chart:
             linewidth=0,
             gid=f"mark-band-{one.index}",
         )
-        described.append(
-            f"version {one.version}: mean from {min(d['mean'] for d in spread):.4g} "
-            f"to {max(d['mean'] for d in spread):.4g}"
-        )
+        described.append(f"version {one.version}: mean from {min(means):.4g} to {max(means):.4g}")
     handles, _ = axes.get_legend_handles_labels()
     handles += [
         Line2D([], [], linestyle="--", color="0.3", label="median"),

@@ -17,18 +17,18 @@ from typing import Any
 from keyed_serving.evaluation import charts
 from keyed_serving.evaluation.charts import Chart, Series
 
-# How each metric is named on the page, which way is better, and whether it lies in [0, 1]
-# (shown with three decimals) or on the label's own scale (four significant digits).
+# How each metric is named on the page, which way is better, and whether it is shown with
+# three decimals (a score of no unit) or four significant digits (on the label's own scale).
 METRICS: dict[str, tuple[str, str, bool]] = {
     "accuracy": ("Accuracy", "higher is better", True),
     "balanced_accuracy": ("Balanced accuracy", "higher is better", True),
     "f1_macro": ("Macro F1", "higher is better", True),
-    "log_loss": ("Log loss", "lower is better", False),
+    "log_loss": ("Log loss", "lower is better", True),
     "roc_auc": ("ROC AUC", "higher is better", True),
-    "brier": ("Brier score", "lower is better", False),
+    "brier": ("Brier score", "lower is better", True),
     "mae": ("MAE", "lower is better", False),
     "rmse": ("RMSE", "lower is better", False),
-    "r2": ("R²", "higher is better", False),
+    "r2": ("R²", "higher is better", True),
     "bias": ("Bias", "mean of prediction minus label; 0 is best", False),
 }
 NOT_METRICS = ("confusion_matrix",)
@@ -159,8 +159,8 @@ def duration(seconds: float | None) -> str:
 
 
 def metric_number(name: str, value: float) -> str:
-    bounded = METRICS.get(name, ("", "", False))[2]
-    return f"{value:.3f}" if bounded else f"{value:.4g}"
+    decimals = METRICS.get(name, ("", "", False))[2]
+    return f"{value:.3f}" if decimals else f"{value:.4g}"
 
 
 def metric_cell(name: str, metric: Mapping[str, Any] | None, min_count: int) -> str:
