@@ -238,7 +238,7 @@ def header(report: Mapping[str, Any]) -> str:
         ),
         (
             "Intervals",
-            f"{escape(str(rules.get('confidence', '')))} percentile bootstrap; "
+            f"{float(rules.get('confidence', 0.95)):.0%} percentile bootstrap; "
             f"“too few” under {escape(str(rules.get('min_count', '')))} labelled pairs",
         ),
         ("Engine", escape(str(report.get("engine", "")))),

@@ -465,16 +465,54 @@ def test_a_report_without_labels_says_so_and_still_shows_the_drift(opened: Any) 
         assert count.inner_text().strip().isdigit() and meaning.inner_text().strip()
 
 
+def quality_cell(page: str, metric: str) -> str:
+    """The versions' quality table's cell of one metric (of the first version)."""
+    table = page[page.index('<table class="quality">') :]
+    found = re.search(rf"<th scope=row>{metric}</th><td[^>]*>(.*?)</td>", table)
+    assert found is not None, metric
+    return found[1]
+
+
 def test_too_few_labels_are_said_and_not_given_as_a_number() -> None:
     report = unlabelled_report()
     few = version(range(2), [5, 6], classifier_metrics, shares, 0.0)
+    no_auc = {"value": None, "low": None, "high": None, "n": 11, "too_few": False}
+    few["metrics"]["roc_auc"] = no_auc  # e.g. one class only among the labels
+    for window in few["windows"]:
+        window["metrics"]["roc_auc"] = no_auc
     report["versions"] = {"v1": few}
     page = render(report)
-    quality = page[page.index('<table class="quality">') :]
-    accuracy = re.search(r"<th scope=row>Accuracy</th>(<td[^>]*>[^<]*</td>)", quality)
-    assert accuracy is not None
-    assert "too few (11 &lt; 30)" in accuracy[1]
-    assert "0.900" not in accuracy[1]
+    assert quality_cell(page, "Accuracy") == "too few (11 &lt; 30)"
+    assert quality_cell(page, "ROC AUC") == "n/a (n = 11)"
+    assert "No window has a value for: ROC AUC." in page
+    assert 'id="chart-metric-roc_auc"' not in page
+    assert 'id="chart-metric-accuracy"' in page  # its windows drawn as too few
+
+
+def test_the_header_states_the_rules_and_lists_the_versions_in_order(opened: Any) -> None:
+    page = opened("classifier")
+    header = page.page.locator("header").inner_text()
+    for said in (
+        "Task\nclassification of no, yes, " + SCRIPT,
+        "Join policy\nlast: a label joins the latest prediction of its key",
+        "Max delay\n2 days",
+        "Window\nday",
+        "Predictions from\nthe first capture to 2026-11-09 00:00 UTC",
+        "Intervals\n95% percentile bootstrap; “too few” under 30 labelled pairs",
+        "Engine\nduckdb",
+        "Generated\n2026-11-09 00:05 UTC",
+    ):
+        assert said in header, said
+    versions = page.page.locator("table.versions tbody tr").all()
+    assert [row.locator("th").inner_text() for row in versions] == ["v1", "v2"]
+    first = [cell.inner_text() for cell in versions[0].locator("td").all()]
+    assert first[:4] == ["750", "12", "402", "54.5%"]
+    assert page.page.locator("table.quality thead").inner_text().split() == ["Metric", "v1", "v2"]
+    accuracy = page.page.locator("table.quality tbody tr").first.locator("td").all()
+    assert [cell.inner_text() for cell in accuracy] == [
+        "0.900\n0.860 to 0.930, n = 402",
+        "0.860\n0.820 to 0.890, n = 155",
+    ]
 
 
 def test_the_page_refers_to_nothing_outside_itself() -> None:
