@@ -12,24 +12,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from html import escape
-from typing import Any
+from typing import Any, NamedTuple
 
 from keyed_serving.evaluation import charts
 from keyed_serving.evaluation.charts import Chart, Series
 
-# How each metric is named on the page, which way is better, and whether it is shown with
-# three decimals (a score of no unit) or four significant digits (on the label's own scale).
-METRICS: dict[str, tuple[str, str, bool]] = {
-    "accuracy": ("Accuracy", "higher is better", True),
-    "balanced_accuracy": ("Balanced accuracy", "higher is better", True),
-    "f1_macro": ("Macro F1", "higher is better", True),
-    "log_loss": ("Log loss", "lower is better", True),
-    "roc_auc": ("ROC AUC", "higher is better", True),
-    "brier": ("Brier score", "lower is better", True),
-    "mae": ("MAE", "lower is better", False),
-    "rmse": ("RMSE", "lower is better", False),
-    "r2": ("R²", "higher is better", True),
-    "bias": ("Bias", "mean of prediction minus label; 0 is best", False),
+
+class Shown(NamedTuple):
+    """How a metric is shown: its name, which way is better, and whether with three
+    decimals (a score of no unit) or four significant digits (on the label's own scale)."""
+
+    label: str
+    better: str
+    decimals: bool
+
+
+METRICS: dict[str, Shown] = {
+    "accuracy": Shown("Accuracy", "higher is better", True),
+    "balanced_accuracy": Shown("Balanced accuracy", "higher is better", True),
+    "f1_macro": Shown("Macro F1", "higher is better", True),
+    "log_loss": Shown("Log loss", "lower is better", True),
+    "roc_auc": Shown("ROC AUC", "higher is better", True),
+    "brier": Shown("Brier score", "lower is better", True),
+    "mae": Shown("MAE", "lower is better", False),
+    "rmse": Shown("RMSE", "lower is better", False),
+    "r2": Shown("R²", "higher is better", True),
+    "bias": Shown("Bias", "mean of prediction minus label; 0 is best", False),
 }
 NOT_METRICS = ("confusion_matrix",)
 NONE = "&ndash;"  # a table cell with no value
@@ -41,14 +49,17 @@ TASK_METRICS = {
 
 # One line on what each diagnostic counts, as the join rules define it.
 DIAGNOSTICS: dict[str, str] = {
-    "labels": "Labels read, from the capture's labels/ and the --labels files.",
-    "matched": "Labels (after deduplication) that joined at least one prediction.",
-    "orphan_labels": (
-        "Labels that joined no prediction: none of their key (or request id) within the "
-        "max delay before the label's time."
+    "labels": (
+        "Label rows read (the capture's labels/ and any label file), before grouping by "
+        "key and request id."
     ),
-    "duplicate_labels": "Extra labels with the same value for one key and request: one is kept.",
-    "conflicting_labels": "Keys (per request id) whose labels disagree: the latest one wins.",
+    "matched": "Labels (after grouping) that joined at least one prediction.",
+    "orphan_labels": (
+        "Labels (after grouping) that joined no prediction: no prediction of their request "
+        "id, or none of their key within the max delay before their time."
+    ),
+    "duplicate_labels": "Extra labels equal to another of their group: counted, one is kept.",
+    "conflicting_labels": "Groups (key and request id) whose labels disagree: the latest wins.",
     "unknown_class_labels": (
         "Labels of a class the model does not know: wrong for accuracy and F1, left out of "
         "log loss, ROC AUC and Brier score."
@@ -57,8 +68,8 @@ DIAGNOSTICS: dict[str, str] = {
         "Keys with more than one prediction: the policy picks which one a label joins."
     ),
     "unlabelled_past_max_delay": (
-        "Predictions older than the max delay that no label joined: theirs is not expected "
-        "any more."
+        "Predictions older than the max delay that no label joined: no label is expected "
+        "for them any more."
     ),
     "failed_predictions": "Predictions answered with an error instead of a value.",
     "labelled_failed": "Labels that joined a failed prediction: counted, not scored.",
@@ -159,8 +170,8 @@ def duration(seconds: float | None) -> str:
 
 
 def metric_number(name: str, value: float) -> str:
-    decimals = METRICS.get(name, ("", "", False))[2]
-    return f"{value:.3f}" if decimals else f"{value:.4g}"
+    shown = METRICS.get(name)
+    return f"{value:.3f}" if shown and shown.decimals else f"{value:.4g}"
 
 
 def metric_cell(name: str, metric: Mapping[str, Any] | None, min_count: int) -> str:
@@ -204,7 +215,7 @@ def metric_names(report: Mapping[str, Any]) -> list[str]:
 
 
 def label_of(name: str) -> str:
-    return METRICS[name][0] if name in METRICS else name
+    return METRICS[name].label if name in METRICS else name
 
 
 # --- sections -------------------------------------------------------------------------
@@ -222,12 +233,14 @@ def header(report: Mapping[str, Any]) -> str:
         ("Task", task_text),
         (
             "Join policy",
-            f"<code>{escape(str(policy))}</code>: a label joins "
+            f"<code>{escape(str(policy))}</code>: a label with a request id joins that "
+            "prediction; any other joins "
             + {
-                "last": "the latest prediction of its key at or before its time",
-                "first": "the earliest prediction of its key within the max delay",
-                "all": "every prediction of its key within the max delay",
-            }.get(str(policy), "the predictions its policy picks"),
+                "last": "the latest prediction of its key",
+                "first": "the earliest prediction of its key",
+                "all": "every prediction of its key",
+            }.get(str(policy), "the predictions of its key that the policy picks")
+            + " in the max delay before the label's time",
         ),
         ("Max delay", escape(duration(rules.get("max_delay_s")))),
         ("Window", escape(str(rules.get("window", "")))),
@@ -336,18 +349,18 @@ def quality_section(report: Mapping[str, Any]) -> str:
     drawn = []
     missing = []
     for name in metric_names(report):
-        label, hint, _ = METRICS.get(name, (name, "", False))
+        shown = METRICS.get(name, Shown(name, "", False))
         chart = charts.metric_over_time(
             name,
-            label,
-            hint,
+            shown.label,
+            shown.better,
             series,
             window=window,
             min_count=int(rules.get("min_count", 0)),
             confidence=float(rules.get("confidence", 0.95)),
         )
         if chart is None:
-            missing.append(label)
+            missing.append(shown.label)
         drawn.append(chart)
     note = (
         '<p class="note">Each metric per window of prediction time and per version, with '

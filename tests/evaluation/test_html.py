@@ -494,7 +494,8 @@ def test_the_header_states_the_rules_and_lists_the_versions_in_order(opened: Any
     header = page.page.locator("header").inner_text()
     for said in (
         "Task\nclassification of no, yes, " + SCRIPT,
-        "Join policy\nlast: a label joins the latest prediction of its key",
+        "Join policy\nlast: a label with a request id joins that prediction; any other joins "
+        "the latest prediction of its key in the max delay before the label's time",
         "Max delay\n2 days",
         "Window\nday",
         "Predictions from\nthe first capture to 2026-11-09 00:00 UTC",
