@@ -133,12 +133,13 @@ def middle(window: Window) -> float:
 _MARK = re.compile(r'id="mark-([a-z]+)-(\d+)"')
 
 
-def inline_svg(figure: Figure, name: str, title: str, description: str) -> Chart:
+def inline_svg(drawn: Figure, name: str, title: str, description: str) -> Chart:
     """The figure as an ``<svg>`` element for an HTML page: its ids prefixed with the
     chart's name (several SVGs share one document), marks given their class, and a
     ``<title>`` and ``<desc>`` it is labelled by."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", name)  # a metric's name comes from the report
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    drawn.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg") :]
     svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
@@ -173,11 +174,11 @@ def inline_svg(figure: Figure, name: str, title: str, description: str) -> Chart
         svg,
         count=1,
     )
-    wide = figure.get_figwidth() > WIDTH_IN
+    wide = drawn.get_figwidth() > WIDTH_IN
     return Chart(name=name, title=title, description=description, svg=svg.strip(), wide=wide)
 
 
-def figure(height: float = HEIGHT_IN, rows: int = 1) -> tuple[Figure, list[Axes]]:
+def new_figure(height: float = HEIGHT_IN, rows: int = 1) -> tuple[Figure, list[Axes]]:
     drawn = Figure(figsize=(WIDTH_IN, height), layout="constrained")
     axes = drawn.subplots(rows, 1, sharex=True, squeeze=False)
     return drawn, [row[0] for row in axes]
@@ -298,7 +299,7 @@ def metric_over_time(
 ) -> Chart | None:
     """A metric per window, a line per version, its interval as a band; windows with too
     few labels as hollow points off the line. None when no window has a value."""
-    drawn, (axes,) = figure()
+    drawn, (axes,) = new_figure()
     spans = pending_spans(series)
     shade_pending(axes, spans)
     handles: list[Any] = []
@@ -394,7 +395,7 @@ def metric_over_time(
 
 def coverage_over_time(series: Sequence[Series], *, window: str) -> Chart:
     """Labelled pairs over the predictions that did not fail, per window and version."""
-    drawn, (axes,) = figure()
+    drawn, (axes,) = new_figure()
     spans = pending_spans(series)
     shade_pending(axes, spans)
     described = []
@@ -432,7 +433,7 @@ def coverage_over_time(series: Sequence[Series], *, window: str) -> Chart:
 
 def volume_over_time(series: Sequence[Series], *, window: str) -> Chart:
     """Predictions per window and version, and the failed ones among them."""
-    drawn, (axes,) = figure()
+    drawn, (axes,) = new_figure()
     described = []
     any_failed = False
     for one in series:
@@ -473,7 +474,7 @@ def volume_over_time(series: Sequence[Series], *, window: str) -> Chart:
 def class_shares(one: Series, classes: Sequence[str], *, window: str) -> Chart:
     """A classifier's predictions over time: each class's share of the window's predictions
     (stacked), and the mean probability the model gave each class."""
-    drawn, (shares, probabilities) = figure(height=4.6, rows=2)
+    drawn, (shares, probabilities) = new_figure(height=4.6, rows=2)
     shown = list(classes)
     for w in one.windows:
         distribution = w.get("distribution") or {}
@@ -530,7 +531,7 @@ def class_shares(one: Series, classes: Sequence[str], *, window: str) -> Chart:
 def regression_distribution(series: Sequence[Series], *, window: str) -> Chart:
     """A regressor's predictions over time: mean per window and version, p10 to p90 as a
     band, the median dashed."""
-    drawn, (axes,) = figure()
+    drawn, (axes,) = new_figure()
     described = []
     for one in series:
         windows = one.windows
@@ -640,7 +641,7 @@ def confusion(index: int, version: str, matrix: Mapping[str, Any]) -> Chart:
 def calibration(curves: Sequence[tuple[int, str, Mapping[str, Any]]]) -> Chart | None:
     """Observed frequency against the mean predicted probability, per bin, a line per
     version; the diagonal is a perfectly calibrated model."""
-    drawn, (axes,) = figure(height=3.6)
+    drawn, (axes,) = new_figure(height=3.6)
     axes.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="calibrated")
     positive = None
     described = []
@@ -697,7 +698,7 @@ def histograms(
 ) -> Chart | None:
     """A histogram per version as a step line, each as shares of its own pairs (versions
     with different counts compare); ``scale`` divides the edges (seconds to hours, ...)."""
-    drawn, (axes,) = figure()
+    drawn, (axes,) = new_figure()
     described = []
     for index, version, histogram in series:
         counts = histogram.get("counts") or []

@@ -9,6 +9,7 @@ import functools
 import re
 import shutil
 from collections.abc import Iterator
+from html import escape
 from typing import Any
 
 import pytest
@@ -314,26 +315,50 @@ class Opened:
             self.refused.append(route.request.url)
             route.abort()
 
-    def chart(self, name: str) -> Any:
-        """The chart's SVG, checked to be drawn: visible, with a box, and with marks."""
-        svg = self.page.locator(f"#chart-{name} > svg")
-        assert svg.count() == 1, name
-        assert svg.is_visible(), name
-        box = svg.bounding_box()
-        assert box is not None and box["width"] > 100 and box["height"] > 50, (name, box)
-        assert svg.locator("title").first.text_content().strip(), name
-        assert svg.get_attribute("role") == "img", name
-        assert svg.locator("desc").first.text_content().strip(), name
-        return svg
+    def charts(self) -> dict[str, dict[str, int]]:
+        """Each chart of the page, in order, by name: its drawn marks counted by kind.
+        Every chart is checked to be drawn: a visible SVG with a box, an accessible name
+        and description; and every mark counted is drawn: paths with a box of their own."""
+        found = self.page.evaluate(DRAWN)
+        for name, chart in found.items():
+            assert chart["visible"], name
+            assert chart["width"] > 100 and chart["height"] > 50, (name, chart)
+            assert chart["role"] == "img" and chart["title"] and chart["desc"], (name, chart)
+            assert chart["blank"] == [], (name, chart["blank"])
+        return {name: chart["marks"] for name, chart in found.items()}
 
-    def marks(self, name: str, kind: str) -> list[Any]:
-        """The chart's marks of one kind, each one drawn: a path with a box of its own."""
-        found = self.page.locator(f"#chart-{name} .mark-{kind}").all()
-        for mark in found:
-            assert mark.locator("path, use").count() > 0, (name, kind)
-            box = mark.bounding_box()
-            assert box is not None and (box["width"] > 0 or box["height"] > 0), (name, kind)
-        return found
+
+# What the browser drew, read in one call: per <figure class="chart">, its SVG's box and
+# accessible text, and its marks (<g class="mark mark-KIND">) by kind, those without a
+# drawn path listed apart.
+DRAWN = """() => {
+  const charts = {};
+  for (const figure of document.querySelectorAll("figure.chart")) {
+    const svg = figure.querySelector(":scope > svg");
+    const box = svg.getBoundingClientRect();
+    const style = getComputedStyle(svg);
+    const marks = {};
+    const blank = [];
+    for (const mark of svg.querySelectorAll("g.mark")) {
+      const kind = [...mark.classList].find(c => c.startsWith("mark-")).slice(5);
+      const drawn = mark.querySelector("path, use");
+      const size = mark.getBoundingClientRect();
+      if (drawn && (size.width > 0 || size.height > 0)) {
+        marks[kind] = (marks[kind] || 0) + 1;
+      } else {
+        blank.push(kind);
+      }
+    }
+    const labelled = (svg.getAttribute("aria-labelledby") || "").split(" ");
+    const text = id => (document.getElementById(id) || {}).textContent || "";
+    charts[figure.id.replace(/^chart-/, "")] = {
+      visible: style.visibility !== "hidden" && style.display !== "none" && box.width > 0,
+      width: box.width, height: box.height, role: svg.getAttribute("role"),
+      title: text(labelled[0]).trim(), desc: text(labelled[1]).trim(), marks, blank,
+    };
+  }
+  return charts;
+}"""
 
 
 @pytest.fixture
@@ -356,81 +381,45 @@ METRIC_CHARTS = {
 }
 
 
-def chart_names(opened: Opened) -> list[str]:
-    return [
-        figure.get_attribute("id").removeprefix("chart-")
-        for figure in opened.page.locator("figure.chart").all()
-    ]
-
-
 # --- the tests ------------------------------------------------------------------------
 
 
 def test_a_classifiers_report_draws_every_chart_and_fetches_nothing(opened: Any) -> None:
     page = opened("classifier")
+    drawn = page.charts()
     assert page.refused == []
-    metrics = [f"metric-{name}" for name in METRIC_CHARTS["classification"]]
-    assert chart_names(page) == [
-        *metrics,
-        "calibration",
-        "confusion-0",
-        "confusion-1",
-        "coverage",
-        "delay",
-        "volume",
-        "shares-0",
-        "shares-1",
-    ]
-    for name in metrics:
-        page.chart(name)
-        assert len(page.marks(name, "line")) == 2, name  # one line per version
-        assert len(page.marks(name, "band")) == 2, name  # each with its interval
-        assert len(page.marks(name, "pending")) == 2, name  # days 7 and 8 wait for labels
-        assert len(page.marks(name, "few")) == 2, name  # v1's day 2, v2's day 6
-    for number, classes in ((0, 3), (1, 4)):  # v2 has a label class the model does not know
-        page.chart(f"confusion-{number}")
-        assert len(page.marks(f"confusion-{number}", "cell")) == classes**2
-    page.chart("calibration")
-    assert len(page.marks("calibration", "line")) == 2
-    page.chart("coverage")
-    assert len(page.marks("coverage", "line")) == 2
-    assert len(page.marks("coverage", "pending")) == 2
-    page.chart("delay")
-    assert len(page.marks("delay", "histogram")) == 2
-    assert len(page.marks("delay", "median")) == 2
-    page.chart("volume")
-    assert len(page.marks("volume", "line")) == 2
-    assert len(page.marks("volume", "failed")) == 2
-    for number in (0, 1):
-        page.chart(f"shares-{number}")
-        assert len(page.marks(f"shares-{number}", "share")) == len(CLASSES)
-        assert len(page.marks(f"shares-{number}", "probability")) == len(CLASSES)
-    assert page.refused == []
+    # per metric: a line and a band per version; the windows of Nov 7 and 8 wait for
+    # labels (end + 2 days of max delay > until); v1's Nov 3 and v2's Nov 7 have too few
+    over_time = {"line": 2, "band": 2, "pending": 2, "few": 2}
+    assert drawn == {
+        **{f"metric-{name}": over_time for name in METRIC_CHARTS["classification"]},
+        "calibration": {"line": 2},
+        "confusion-0": {"cell": 3 * 3},
+        "confusion-1": {"cell": 4 * 4},  # v2 has labels of a class the model does not know
+        "coverage": {"line": 2, "pending": 2},
+        "delay": {"histogram": 2, "median": 2},
+        "volume": {"line": 2, "failed": 2},
+        "shares-0": {"share": len(CLASSES), "probability": len(CLASSES)},
+        "shares-1": {"share": len(CLASSES), "probability": len(CLASSES)},
+    }
+    assert list(drawn)[:6] == [f"metric-{name}" for name in METRIC_CHARTS["classification"]]
 
 
 def test_a_regressors_report_draws_its_residuals_and_the_spread_of_its_predictions(
     opened: Any,
 ) -> None:
     page = opened("regressor")
+    drawn = page.charts()
     assert page.refused == []
-    metrics = [f"metric-{name}" for name in METRIC_CHARTS["regression"]]
-    assert chart_names(page) == [
-        *metrics,
-        "residuals",
-        "coverage",
-        "delay",
-        "volume",
-        "distribution",
-    ]
-    for name in metrics:
-        page.chart(name)
-        assert len(page.marks(name, "line")) == 2, name
-        assert len(page.marks(name, "pending")) == 2, name
-    page.chart("residuals")
-    assert len(page.marks("residuals", "histogram")) == 2
-    page.chart("distribution")
-    for kind in ("line", "band", "median"):  # mean, p10 to p90, p50
-        assert len(page.marks("distribution", kind)) == 2, kind
+    over_time = {"line": 2, "band": 2, "pending": 2, "few": 1}  # v2's Nov 7: 10 labels
+    assert drawn == {
+        **{f"metric-{name}": over_time for name in METRIC_CHARTS["regression"]},
+        "residuals": {"histogram": 2},
+        "coverage": {"line": 2, "pending": 2},
+        "delay": {"histogram": 2, "median": 2},
+        "volume": {"line": 2, "failed": 2},
+        "distribution": {"line": 2, "median": 2, "band": 2},  # mean, p50, p10 to p90
+    }
     # a version's "$" is drawn as text, not read as mathtext
     assert "v$2$" in page.page.locator("table.versions").inner_text()
     assert "v$2$" in page.page.locator("#chart-volume desc").text_content()
@@ -448,16 +437,17 @@ def test_user_text_is_shown_as_text_and_never_runs(opened: Any) -> None:
 
 def test_a_report_without_labels_says_so_and_still_shows_the_drift(opened: Any) -> None:
     page = opened("unlabelled")
+    assert page.charts() == {
+        "coverage": {"line": 1},
+        "volume": {"line": 1, "failed": 1},
+        "shares-0": {"share": len(CLASSES), "probability": len(CLASSES)},
+    }
     assert page.refused == []
     quality = page.page.locator("table.quality tbody tr").all()
     assert len(quality) == len(METRIC_CHARTS["classification"])
     for row in quality:
         assert row.locator("td").inner_text() == "no labels yet"
-    assert chart_names(page) == ["coverage", "volume", "shares-0"]
-    page.chart("volume")
-    assert len(page.marks("volume", "line")) == 1
-    page.chart("shares-0")
-    assert len(page.marks("shares-0", "share")) == len(CLASSES)
+    assert "No labels yet" in page.page.locator("#quality + p").inner_text()
     diagnostics = page.page.locator("table.diagnostics tbody tr").all()
     assert len(diagnostics) == 11
     for row in diagnostics:
@@ -468,7 +458,7 @@ def test_a_report_without_labels_says_so_and_still_shows_the_drift(opened: Any) 
 def quality_cell(page: str, metric: str) -> str:
     """The versions' quality table's cell of one metric (of the first version)."""
     table = page[page.index('<table class="quality">') :]
-    found = re.search(rf"<th scope=row>{metric}</th><td[^>]*>(.*?)</td>", table)
+    found = re.search(rf"<th scope=row>{re.escape(metric)}</th><td[^>]*>(.*?)</td>", table)
     assert found is not None, metric
     return found[1]
 
@@ -487,6 +477,20 @@ def test_too_few_labels_are_said_and_not_given_as_a_number() -> None:
     assert "No window has a value for: ROC AUC." in page
     assert 'id="chart-metric-roc_auc"' not in page
     assert 'id="chart-metric-accuracy"' in page  # its windows drawn as too few
+
+
+def test_a_metric_the_page_does_not_know_is_shown_under_its_name_escaped() -> None:
+    report = unlabelled_report()
+    report["versions"] = {"v1": version(range(2), [40, 50], classifier_metrics, shares, 0.0)}
+    odd = '<i class="x">kappa</i>'
+    for data in report["versions"].values():
+        data["metrics"][odd] = metric(0.5, 200)
+        for window in data["windows"]:
+            window["metrics"][odd] = metric(0.5, window["labelled"])
+    page = render(report)
+    assert quality_cell(page, escape(odd)).startswith("0.5")
+    assert odd not in page
+    assert 'id="chart-metric-_i_class__x__kappa__i_"' in page
 
 
 def test_the_header_states_the_rules_and_lists_the_versions_in_order(opened: Any) -> None:
