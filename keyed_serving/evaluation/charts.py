@@ -92,7 +92,8 @@ def color(index: int) -> Any:
 
 
 def class_color(index: int, count: int) -> Any:
-    return colormaps["tab10" if count <= 10 else "tab20"](index % 20)
+    """Classes in other colours than versions (tab10), so a class is not read as one."""
+    return colormaps["Set2" if count <= 8 else "tab20"](index % (8 if count <= 8 else 20))
 
 
 def short(name: str) -> str:
