@@ -11,8 +11,16 @@ prediction time (contract: ``schema`` 1).
 ``predictions`` counts the captured rows of ``[since, until]`` (retries once, failed
 included); ``labelled`` the joined pairs scored (failed predictions excluded);
 ``coverage`` = labelled / (predictions - failed). Versions are sorted by their first
-prediction, windows by start. ``diagnostics.labels`` counts the label rows read (before
-they are grouped), so ``matched + orphan_labels`` is the number of labels after grouping.
+prediction, windows by start.
+
+The diagnostics: ``labels`` counts the label rows read (before they are grouped), so
+``matched + orphan_labels`` is the number of labels after grouping; ``duplicate_labels``
+and ``conflicting_labels`` are counted on the rows read, ``unknown_class_labels`` on the
+labels after grouping; ``keys_predicted_more_than_once`` counts keys (with their type)
+with two or more predictions of ``[since, until]``, any versions, a retry not counted;
+``unlabelled_past_max_delay`` the predictions that did not fail, made ``max_delay`` or
+more before ``until``, that no label joined; ``capture_drops`` the rows the capture
+dropped in ``[since, until]``.
 Every number is a plain JSON number, a gap ``null`` (never NaN).
 """
 
