@@ -451,17 +451,19 @@ def _regression_plan(y_true: np.ndarray, y_pred: np.ndarray) -> _Plan:
             values["r2"] = _number(r2_score(true, predicted, force_finite=False)) if n > 1 else None
         values["bias"] = _number(np.mean(predicted - true))
     error = predicted - true
+    error_squared, error_size = error**2, np.abs(error)
     centred = true - true.mean() if n else true  # sums of squares without cancellation
+    centred_squared = centred**2
 
     def statistics(weights: np.ndarray, names: list[str]) -> dict[str, float]:
-        squared = float(weights @ error**2)
+        squared = float(weights @ error_squared)
         out = {
-            "mae": float(weights @ np.abs(error)) / n,
+            "mae": float(weights @ error_size) / n,
             "rmse": math.sqrt(squared / n),
             "bias": float(weights @ error) / n,
         }
         if "r2" in names:
-            spread = float(weights @ centred**2)
+            spread = float(weights @ centred_squared)
             total = spread - float(weights @ centred) ** 2 / n
             # a resample of equal labels leaves rounding dust, not a spread
             out["r2"] = 1 - squared / total if total > 1e-10 * spread else math.nan
