@@ -20,6 +20,7 @@ from sklearn.metrics import (
     r2_score,
     roc_auc_score,
 )
+from threadpoolctl import threadpool_limits
 
 from keyed_serving.evaluation.metrics import (
     METRICS,
@@ -294,6 +295,17 @@ def test_same_inputs_and_seed_give_the_same_numbers_and_another_seed_does_not() 
     assert first == again
     assert all(first[name]["value"] == other[name]["value"] for name in first)
     assert any(first[name]["low"] != other[name]["low"] for name in first)
+
+
+def test_the_numbers_do_not_depend_on_how_many_threads_blas_may_use() -> None:
+    # threaded dot products sum in another order: the last bits would follow the machine
+    classes = ["a", "b", "c"]
+    true, pred, proba = classified(60_000, classes)
+    results = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            results.append(quality("classification", classes, true, pred, proba, resamples=20))
+    assert results[0] == results[1]
 
 
 def test_the_confidence_level_widens_the_interval() -> None:
