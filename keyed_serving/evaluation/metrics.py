@@ -52,8 +52,10 @@ after dropping missing ones, and every metric is computed on that one resample (
 probability metrics on its rows that they take). A round where a metric is not defined
 (a resample with no positive for ROC AUC) does not count for that metric. The rounds are
 computed from the resample's row counts, as weighted sums over the rows in one pass per
-metric, so a million pairs take seconds rather than the minutes scikit-learn would take
-called 200 times; the tests check each round against scikit-learn on the same indices. The
+metric (ROC AUC: one pass per class), not by calling scikit-learn 200 times (266x slower a
+round at 10^5 pairs and 3 classes); the tests check each round against scikit-learn on the
+same indices. Measured on a shared 2-core machine, 200 rounds of a million pairs: 3.8 s
+binary, 7.2 s for 3 classes, 1.0 s for a regressor (10^5 pairs: 0.3, 0.6, 0.1 s). The
 interval is the (1 - confidence) / 2 and (1 + confidence) / 2 percentiles of the rounds;
 a percentile interval need not contain the point estimate for a skewed metric, and is
 given as it is.
