@@ -27,13 +27,13 @@ Every number is a plain JSON number, a gap ``null`` (never NaN).
 from __future__ import annotations
 
 import datetime
-import importlib
 import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from keyed_serving.evaluation import metrics as measure
 from keyed_serving.evaluation.join import WINDOWS, Joined, Rules
 from keyed_serving.evaluation.read import MICROSECONDS, Capture, iso
 
@@ -107,9 +107,6 @@ def _version(
     min_count: int,
     confidence: float,
 ) -> dict[str, Any]:
-    # Imported by name (another helper's module, merged beside this one).
-    measure = importlib.import_module("keyed_serving.evaluation.metrics")
-
     classes = (
         capture.version_classes.get(version, capture.classes or []) if capture.classes else None
     )
