@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -348,12 +348,20 @@ def _timestamp(cell: Any, kind: pa.TimestampType) -> datetime.datetime | None:
     return value.replace(tzinfo=None) if value.tzinfo is not None else value
 
 
-def write_atomic(table: pa.Table, directory: Path, stem: str, *, durable: bool = False) -> Path:
+def write_atomic(
+    table: pa.Table,
+    directory: Path,
+    stem: str,
+    *,
+    durable: bool = False,
+    admit: Callable[[int], bool] | None = None,
+) -> Path | None:
     """Writes ``table`` to ``directory/<stem>.parquet`` under a hidden temporary name
     (``.<stem>.parquet.tmp``) and renames it in: a reader listing ``*.parquet`` never sees
     half a file. ``durable``: the file and the directory entry are fsync'ed before it
-    returns (a label answered 200 survives a power cut). Raises ``OSError`` (nothing left
-    behind) when it cannot be written."""
+    returns (a label answered 200 survives a power cut). ``admit``: asked with the
+    written file's size before the rename; False removes it and returns None (a byte
+    budget). Raises ``OSError`` (nothing left behind) when it cannot be written."""
     import pyarrow.parquet as pq
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -365,6 +373,9 @@ def write_atomic(table: pa.Table, directory: Path, stem: str, *, durable: bool =
             if durable:
                 sink.flush()
                 os.fsync(sink.fileno())
+        if admit is not None and not admit(temporary.stat().st_size):
+            temporary.unlink()
+            return None
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -407,7 +418,9 @@ def write_predictions(
     for date in sorted(pc.unique(days).to_pylist()):
         rows = table if _one_date(days) else table.filter(pc.equal(days, date))
         directory = layout.predictions_dir(root, model.name, model.version, date)
-        written.append(write_atomic(rows, directory, stem))
+        path = write_atomic(rows, directory, stem)
+        if path is not None:
+            written.append(path)
     return written
 
 

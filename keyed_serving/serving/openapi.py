@@ -155,6 +155,9 @@ answered in kind.
 an input `{key_input(spec)}` (the key) beside one input per feature; tritonclient works \
 unchanged (binary tensors too).
 * **Files**: `POST /predict_file` (CSV, Parquet, JSON Lines) answers the scored file.
+* **Labels**: `POST /labels` with `{{"labels": [{{"key", "label", "time", "request_id"}}]}}` \
+keeps what really happened beside the captured predictions (with `KEYED_CAPTURE_DIR`), for \
+`keyed-evaluate`.
 
 `"errors": "per_instance"` answers each bad instance with its own error and predicts the \
 rest; by default any bad instance rejects the request with a 400 naming the key and the \
