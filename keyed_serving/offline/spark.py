@@ -26,13 +26,21 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 
+from keyed_serving.capture.files import (
+    Captured,
+    CapturedModel,
+    captured_table,
+    write_predictions,
+)
 from keyed_serving.keys import MAX_KEY_LENGTH, RULE, find_key_problems, key_from_cell
 from keyed_serving.model.predicting import LoadedModel, model_error
 from keyed_serving.model.spec import ModelSpec
@@ -44,6 +52,8 @@ if TYPE_CHECKING:
     from pyspark.sql.types import DataType, StructField, StructType
 
 ERROR_COLUMN = "error"
+# With capture_dir: a partition's captured rows are written at least this often.
+CAPTURE_ROWS = 200_000
 _SHIPPED_PREFIX = "keyed-serving-model-"
 # One loaded model per tag in each Python worker process: the pipeline is unpickled once,
 # not once per task or batch.
@@ -58,6 +68,7 @@ def score_spark(
     keep: Sequence[str] = (),
     *,
     ship_model: bool = False,
+    capture_dir: str | os.PathLike[str] | None = None,
 ) -> DataFrame:
     """Score every row of ``df`` with the model ``model_tag`` (``name:version`` or
     ``name:latest``; default ``MODEL_TAG`` or ``iris_classifier:latest``, as the service).
@@ -75,6 +86,14 @@ def score_spark(
     string or longer than the limit is refused, on the driver and before any scoring, by
     one pass over the key columns. A Spark DataFrame has no row order, so ``"@row"`` is
     refused: add a key column first.
+
+    ``capture_dir``: every scored row is also written there in the server's capture layout
+    (``keyed_serving.capture.layout``, source ``spark``), so ``keyed-evaluate`` evaluates
+    batch scoring as it does served traffic. It must be a directory every executor can
+    write (in local mode, any). Each call is one request id (``spark-<hex>``); a partition
+    writes its rows when it has been scored (and every ``CAPTURE_ROWS``), so an action that
+    computes the result twice, or a retried task, writes rows twice under the same request
+    id and key, which the evaluation counts once.
     """
     import bentoml
 
@@ -101,11 +120,20 @@ def score_spark(
     if ship_model:
         shipped = _ship(df, spec.tag)
     carried = {f.name: f"{_FEATURE_PREFIX}{i}" for i, f in enumerate(spec.features)}
+    capture = None if capture_dir is None else str(capture_dir)
+    request_id = f"spark-{uuid.uuid4().hex[:16]}"
 
     def score_batches(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
         model = _model_on_executor(spec.tag, shipped)
-        for batch in batches:
-            yield score_frame(model, batch, names, keep, carried)
+        held: list[Captured] | None = None if capture is None else []
+        try:
+            for batch in batches:
+                yield score_frame(model, batch, names, keep, carried, held, request_id)
+                if held and sum(part.rows for part in held) >= CAPTURE_ROWS:
+                    _write_captured(Path(capture or ""), model.spec, held)
+        finally:
+            if held:
+                _write_captured(Path(capture or ""), model.spec, held)
 
     selected = [
         *(functions.col(n) for n in names),
@@ -164,6 +192,8 @@ def score_frame(
     key: str | Sequence[str],
     keep: Sequence[str],
     carried: Mapping[str, str] | None = None,
+    captured: list[Captured] | None = None,
+    request_id: str = "",
 ) -> pd.DataFrame:
     """One pandas batch scored, in its own row order, by the runner's own model stage
     (``LoadedModel.predict_columns``): the whole batch in one call; if the model raises,
@@ -171,7 +201,8 @@ def score_frame(
     are passed through as they came, after a check that each is usable (a null key column
     of longs would have reached pandas as floats). Feature values are read as the client
     reads a table (``keyed_serving.tables.feature_column``); ``carried`` names the column
-    that carries each feature, when not the feature's own name."""
+    that carries each feature, when not the feature's own name. With ``captured``, what the
+    batch answered is appended to it, for the capture (``keyed_serving.capture.files``)."""
     spec = model.spec
     names = [key] if isinstance(key, str) else list(key)
     parts = [_usable_keys(batch[name].tolist(), name) for name in names]
@@ -187,13 +218,34 @@ def score_frame(
         for i, label in enumerate(spec.classes or []):
             out[f"probability_{label}"] = predicted.probabilities[:, i]
     errors: list[str | None] = [None] * len(keys)
+    said: dict[int, tuple[str, str]] = {}
     for row, reason in predicted.errors.items():
         error = model_error(keys[row], reason)
         errors[row] = f"{error.code}: {error.message}"
+        said[row] = (error.code, error.message)
     out[ERROR_COLUMN] = pd.Series(errors, dtype=object)
+    if captured is not None:
+        captured.append(
+            Captured(
+                request_id,
+                "spark",
+                time.time(),
+                keys,
+                [columns[f.name] for f in spec.features],
+                cast(Sequence[Any], predicted.predictions),  # a NumPy array, read as one
+                predicted.probabilities,
+                said,
+            )
+        )
     for column in keep:
         out[column] = batch[column].to_numpy()
     return pd.DataFrame(out)
+
+
+def _write_captured(root: Path, spec: ModelSpec, held: list[Captured]) -> None:
+    model = CapturedModel.of(spec)
+    write_predictions(root, model, captured_table(model, held))
+    held.clear()
 
 
 def _usable_keys(cells: list[Any], name: str) -> list[Any]:

@@ -270,3 +270,54 @@ def test_a_datetime_feature_is_scored_as_the_model_scores_it(
     assert [rows[k]["error"] for k in frame["id"]] == [None] * len(frame)
     own = pipeline.predict(frame[["when"]]).tolist()
     assert [rows[k]["prediction"] for k in frame["id"]] == own
+
+
+def captured(root: Path) -> pd.DataFrame:
+    """What a capture directory holds, read as anyone would: pyarrow, Hive partitions as
+    text."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    partitioning = ds.partitioning(
+        pa.schema([("model", pa.string()), ("version", pa.string()), ("date", pa.string())]),
+        flavor="hive",
+    )
+    files = ds.dataset(root / "predictions", format="parquet", partitioning=partitioning)
+    return files.to_table().to_pandas()  # type: ignore[no-any-return]
+
+
+def test_scoring_with_a_capture_dir_writes_every_row_in_the_servers_capture_layout(
+    spark: Any, customer_model: str, tmp_path: Path
+) -> None:
+    strict = save_strict_copy(customer_model, "customers_strict_capture")
+    table = make_customer_table(500, seed=21).drop(columns=["churned"])
+    table.loc[40, "plan"] = "platinum"  # the strict model raises on it
+    table["shelf"] = [f"s{i % 3}" for i in range(len(table))]
+    df = spark.createDataFrame(table.astype(object).where(table.notna(), None)).repartition(3)
+
+    result = score_spark(
+        df, key=["shelf", "customer_id"], model_tag=strict, capture_dir=tmp_path
+    ).toPandas()
+
+    rows = captured(tmp_path)
+    name, version = strict.split(":")
+    assert len(rows) == len(table) == len(result)
+    assert set(rows["model"]) == {name} and set(rows["version"]) == {version}
+    assert set(rows["source"]) == {"spark"} and rows["request_id"].nunique() == 1
+    assert set(rows["key_type"]) == {"composite"}
+    by_key = rows.set_index("key")
+    for _, row in result.iterrows():
+        got = by_key.loc[f'["{row["shelf"]}","{row["customer_id"]}"]']
+        if pd.isna(row["error"]):
+            assert pd.isna(got["error"]) and got["prediction"] == row["prediction"]
+            assert got["probability_yes"] == row["probability_yes"]
+        else:
+            assert got["error"] == "model_error" and pd.isna(got["prediction"])
+            assert row["error"] == f"model_error: {got['error_message']}"
+    source = table.set_index("customer_id")
+    for _, got in rows.iterrows():
+        sent = source.loc[got["key"].split('"')[3]]
+        assert got["feature_plan"] == sent["plan"]
+        assert got["feature_tenure_months"] == sent["tenure_months"] or (
+            pd.isna(got["feature_tenure_months"]) and pd.isna(sent["tenure_months"])
+        )
