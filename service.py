@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -492,7 +493,7 @@ class KeyedPrediction:
             rows = read_labels(body, self.spec.task, settings.max_instances)
         except InvalidLabels as exc:
             return error_response(400, str(exc))  # type: ignore[no-any-return]
-        stem = f"{request_id.get()}-{time.time_ns()}"
+        stem = f"{request_id.get()}-{os.getpid()}-{time.time_ns()}"
         try:
             # Durable before the answer: written (and fsync'ed) off the event loop.
             await anyio.to_thread.run_sync(

@@ -38,7 +38,25 @@ if TYPE_CHECKING:
     from keyed_serving.model.spec import ModelSpec
     from keyed_serving.schemas import FeatureInfo
 
-UTC_TIMESTAMP = "timestamp[us, tz=UTC]"
+# Columns with few distinct values in a file, dictionary-encoded; the others (keys,
+# probabilities, features) are not tried: a failed dictionary attempt on a column of
+# unique values cost a third of a write (measured, 200,000 rows: 177 ms vs 117 ms).
+REPEATING = frozenset(
+    {
+        layout.REQUEST_ID,
+        layout.KEY_TYPE,
+        layout.TS,
+        layout.PREDICTION,
+        layout.ERROR,
+        layout.ERROR_MESSAGE,
+        layout.SOURCE,
+        layout.LABEL,
+        layout.RECEIVED,
+        layout.LABEL_MODEL,
+        layout.WRITER,
+        layout.DROP_REASON,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -236,28 +254,32 @@ def _timestamps(batches: Sequence[Captured], sizes: Sequence[int]) -> pa.Array:
 
 
 def _key_columns(groups: Sequence[Sequence[Any]]) -> tuple[pa.Array, pa.Array]:
-    """The keys of every group as (text, type) columns (``layout.key_text``): in C for a
-    group of all strings or all integers, key by key otherwise (composite keys)."""
+    """The keys of every group as (text, type) columns (``layout.key_text``): in C when the
+    keys are all strings or all integers (one array for all the groups: a flush of many
+    one-instance requests), key by key otherwise (mixed or composite keys)."""
     import pyarrow as pa
 
-    texts: list[pa.Array] = []
-    kinds: list[np.ndarray] = []
-    for keys in groups:
-        listed = _listed(keys)
-        kind_set = set(map(type, listed))
-        if kind_set == {str}:
-            texts.append(pa.array(listed, pa.string()))
-            kinds.append(np.full(len(listed), "str", dtype=object))
-        elif kind_set == {int}:
-            texts.append(pa.array(listed, pa.int64()).cast(pa.string()))
-            kinds.append(np.full(len(listed), "int", dtype=object))
-        else:
-            pairs = [layout.key_text(key) for key in listed]
-            texts.append(pa.array([text for text, _ in pairs], pa.string()))
-            kinds.append(np.array([kind for _, kind in pairs], dtype=object))
-    text = pa.concat_arrays(texts) if texts else pa.array([], pa.string())
-    kind = np.concatenate(kinds) if kinds else np.array([], dtype=object)
-    return text, pa.array(kind, pa.string())
+    keys: list[Any] = []
+    for group in groups:
+        keys.extend(_listed(group))
+    kinds = set(map(type, keys))
+    if kinds == {str}:
+        return pa.array(keys, pa.string()), _constant("str", len(keys))
+    if kinds == {int}:
+        return pa.array(keys, pa.int64()).cast(pa.string()), _constant("int", len(keys))
+    pairs = [layout.key_text(key) for key in keys]
+    return (
+        pa.array([text for text, _ in pairs], pa.string()),
+        pa.array([kind for _, kind in pairs], pa.string()),
+    )
+
+
+def _constant(text: str, n: int) -> pa.Array:
+    import pyarrow as pa
+
+    return pa.DictionaryArray.from_arrays(
+        np.zeros(n, dtype=np.int32), pa.array([text], pa.string())
+    ).cast(pa.string())
 
 
 def _predictions(model: CapturedModel, predictions: list[Any], errors: np.ndarray) -> pa.Array:
@@ -369,7 +391,12 @@ def write_atomic(
     temporary = directory / f".{stem}{layout.TEMPORARY_SUFFIX}"
     try:
         with open(temporary, "wb") as sink:
-            pq.write_table(table, sink, compression="zstd")
+            pq.write_table(
+                table,
+                sink,
+                compression="zstd",
+                use_dictionary=[name for name in table.column_names if name in REPEATING],
+            )
             if durable:
                 sink.flush()
                 os.fsync(sink.fileno())
