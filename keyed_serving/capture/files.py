@@ -308,6 +308,9 @@ def _predictions(model: CapturedModel, predictions: list[Any], errors: np.ndarra
 
 def _probabilities(batches: Sequence[Captured], sizes: Sequence[int], classes: int) -> np.ndarray:
     """Rows x classes float64; NaN for a batch without probabilities."""
+    given = [batch.probabilities for batch in batches]
+    if all(type(p) is np.ndarray and p.ndim == 2 for p in given):  # the usual case, in C
+        return np.concatenate(given).astype(np.float64, copy=False)
     parts = []
     for batch, size in zip(batches, sizes, strict=True):
         if batch.probabilities is None:
@@ -336,7 +339,10 @@ def _feature_column(feature: FeatureInfo, values: Sequence[Any]) -> pa.Array:
 
     kind = _feature_type(feature)
     if feature.type == "number":
-        numbers = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
+        if all(type(v) is np.ndarray and v.dtype == np.float64 for v in values):
+            numbers = np.concatenate(values)  # the usual case: validated columns
+        else:
+            numbers = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
         return pa.array(numbers, pa.float64(), from_pandas=True)  # NaN -> null
     cells = [cell for column in values for cell in _listed(column)]
     if feature.type == "datetime":

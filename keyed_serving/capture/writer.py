@@ -212,13 +212,13 @@ class CaptureWriter:
         with self._lock:
             batches, self._pending = self._pending, []
             self._pending_rows = 0
-        by_date: dict[str, list[Captured]] = {}
+        by_day: dict[int, list[Captured]] = {}  # UTC days since the epoch (POSIX days)
         for batch in batches:
             kept = sampled(batch, self.sample)
             if kept is not None:
-                by_date.setdefault(_date(kept.seconds), []).append(kept)
-        for date, dated in sorted(by_date.items()):
-            self._write(date, dated)
+                by_day.setdefault(int(kept.seconds // 86400), []).append(kept)
+        for day, dated in sorted(by_day.items()):
+            self._write(_date(day * 86400), dated)
         self._merge(merge_all)
         self._write_drops()
 
