@@ -358,22 +358,24 @@ def _missing(cell: Any) -> bool:
 
 
 def _timestamp(cell: Any, kind: pa.TimestampType) -> datetime.datetime | None:
+    """A datetime feature's value (ISO text, a datetime, a pandas Timestamp) as the
+    column's timestamp; None for a missing one (None, NaN, NaT) or one that is no date."""
     from keyed_serving.model.spec import parse_datetime
 
-    if _missing(cell):
-        return None
     try:
+        if cell is None or cell != cell:  # NaN and NaT are not equal to themselves
+            return None
         value = parse_datetime(cell) if isinstance(cell, str) else cell
         if hasattr(value, "to_pydatetime"):  # a pandas Timestamp
             value = value.to_pydatetime()
         if not isinstance(value, datetime.datetime):
             return None
-    except (TypeError, ValueError):
+        if kind.tz is not None:
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+            return aware.astimezone(datetime.UTC)
+        return value.replace(tzinfo=None) if value.tzinfo is not None else value
+    except (TypeError, ValueError, OverflowError):
         return None
-    if kind.tz is not None:
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
-        return aware.astimezone(datetime.UTC)
-    return value.replace(tzinfo=None) if value.tzinfo is not None else value
 
 
 def write_atomic(

@@ -174,3 +174,26 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(OSError):
         write_atomic(table, blocker / "below", "w-1")
+
+
+def test_datetime_features_of_every_kind_become_timestamps() -> None:
+    import pandas as pd
+
+    cells = np.array(
+        [
+            "2026-01-02T03:04:05+01:00",
+            "2026-01-02T03:04:05",
+            pd.Timestamp("2026-01-02T03:04:05", tz="UTC"),
+            datetime.datetime(2026, 1, 2, 3, 4, 5),
+            None,
+            float("nan"),
+            pd.NaT,
+            "not a date",
+        ],
+        dtype=object,
+    )
+    n = len(cells)
+    captured = batch(list(range(n)), columns=[np.zeros(n), np.array(["red"] * n, object), cells])
+    seen = captured_table(CLASSIFIER, [captured])["feature_seen"].to_pylist()
+    at = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    assert seen == [at - datetime.timedelta(hours=1), at, at, at, None, None, None, None]
