@@ -2,11 +2,13 @@
 
 The request path only hands over what it already holds (``CaptureWriter.record``: one
 ``Captured`` of references, appended to a list under a lock). A thread of the worker turns
-the buffer into Arrow tables and Parquet files every ``flush_s`` seconds: one file per
-(model, version, date) per flush, written whole under a temporary name and renamed
+the buffer into Arrow tables every ``CONVERT_EVERY_S`` (compact, and no longer objects
+the collector walks), and writes them every ``flush_s`` seconds, or sooner once they take
+half the buffer (at 300,000 rows/s a 5 s interval would not fit a 500,000-row buffer):
+one file per (model, version, date) per write, whole under a temporary name and renamed
 (:func:`.files.write_atomic`). ``close`` (the entry's shutdown, after its drain) writes what
 is left, so a SIGTERM loses nothing; a SIGKILL loses what was answered since the last
-flush: at most one interval (plus the time a flush takes).
+write: at most one interval (plus the time a write takes).
 
 Rows are dropped, never waited for, and the answer is the same:
 - ``buffer_full``: the buffer holds ``buffer_rows`` rows waiting (writes fall behind);
@@ -19,8 +21,12 @@ metric), logged at most once a minute, and written to ``drops/date=…/`` once i
 Sampling (``sample`` < 1) keeps a key when a stable hash of (key text, key type) falls
 below it: the same keys on every worker, in every run (BLAKE2b, not Python's ``hash``).
 
-Joining small files: each worker merges its own files of a partition once it holds more
-than ``merge_after`` of them below ``merge_bytes``, when a date is over, and at ``close``.
+Joining small files: each worker merges its own small files (below ``small_bytes`` as
+written) of a partition once it holds more than ``merge_after`` of them, when a date is
+over, and at ``close``; a merged file is merged again with later ones until it passes
+``merge_bytes``. Files written large (heavy traffic) are left as they are: at most
+``merge_after`` + 1 small files per worker and partition at any time, one once a day is
+over.
 The merged file is renamed in before the parts are removed. What a reader may see:
 between that rename and the removal (a few system calls) a listing can find both the
 merged file and its parts, i.e. the same rows twice, with the same ``request_id``,
@@ -43,7 +49,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +65,8 @@ MAX_BYTES = "max_bytes"
 WRITE_FAILED = "write_failed"
 DROP_REASONS = (BUFFER_FULL, MAX_BYTES, WRITE_FAILED)
 LOG_EVERY_S = 60.0
+# How often the thread turns the buffer's references into Arrow tables.
+CONVERT_EVERY_S = 0.5
 RESCAN_EVERY_S = 60.0
 _HASH_SCALE = float(2**64)
 
@@ -127,6 +135,7 @@ class CaptureWriter:
         on_written: Callable[[int], None] = lambda rows: None,
         merge_after: int = 32,
         merge_bytes: int = 64 * 1024 * 1024,
+        small_bytes: int = 4 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = Path(root)
@@ -140,12 +149,17 @@ class CaptureWriter:
         self.on_written = on_written
         self.merge_after = merge_after
         self.merge_bytes = merge_bytes
+        self.small_bytes = small_bytes
         self.clock = clock
         self.id = writer_id()
         self._lock = threading.Lock()  # the buffer, between the request path and the thread
         self._flushing = threading.Lock()  # one flush at a time (the thread's, or close's)
         self._pending: list[Captured] = []
         self._pending_rows = 0
+        # Buffered rows made Arrow tables, by UTC day (POSIX days), not yet written.
+        self._converted: dict[int, list[Any]] = {}
+        self._converted_rows = 0
+        self._written_at = time.monotonic()
         self._closed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,7 +179,8 @@ class CaptureWriter:
         on a write, never raises (a full buffer drops the rows, counted)."""
         rows = batch.rows
         with self._lock:
-            full = self._closed or self._pending_rows + rows > self.buffer_rows
+            held = self._pending_rows + self._converted_rows
+            full = self._closed or held + rows > self.buffer_rows
             if not full:
                 self._pending.append(batch)
                 self._pending_rows += rows
@@ -174,7 +189,8 @@ class CaptureWriter:
 
     @property
     def pending_rows(self) -> int:
-        return self._pending_rows
+        """Rows buffered, not yet written (as references, or already as Arrow tables)."""
+        return self._pending_rows + self._converted_rows
 
     # The thread.
     def start(self) -> CaptureWriter:
@@ -183,8 +199,9 @@ class CaptureWriter:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            self.flush()
+        tick_s = min(CONVERT_EVERY_S, self.flush_s)
+        while not self._stop.wait(tick_s):
+            self.flush(only_when_due=True)
 
     def close(self, timeout_s: float = 20.0) -> None:
         """Stops the thread and writes everything buffered, then merges this worker's
@@ -199,16 +216,30 @@ class CaptureWriter:
             self._thread.join(timeout_s)
         self.flush(merge_all=True)
 
-    def flush(self, *, merge_all: bool = False) -> None:
-        """Writes what the buffer holds now (the thread's, every ``flush_s``); never raises."""
+    def flush(self, *, merge_all: bool = False, only_when_due: bool = False) -> None:
+        """Writes what the buffer holds now; never raises. ``only_when_due`` (the thread's,
+        every ``CONVERT_EVERY_S``): the buffer is made Arrow tables, and written only once
+        ``flush_s`` has passed since the last write or half the buffer is taken."""
         with self._flushing:
             try:
-                self._flush(merge_all)
+                self._convert()
+                due = (
+                    not only_when_due
+                    or time.monotonic() - self._written_at >= self.flush_s
+                    or self._converted_rows * 2 >= self.buffer_rows
+                )
+                if due:
+                    self._written_at = time.monotonic()
+                    self._write_converted()
+                    self._merge(merge_all)
+                    self._write_drops()
             except Exception:  # a bug must not stop the thread: its rows are counted lost
                 logger.exception("capture: a flush failed")
             self._report()
 
-    def _flush(self, merge_all: bool) -> None:
+    def _convert(self) -> None:
+        """The buffered references as Arrow tables by UTC date: compact, and no longer
+        Python objects the collector walks (held for up to ``flush_s``)."""
         with self._lock:
             batches, self._pending = self._pending, []
             self._pending_rows = 0
@@ -218,18 +249,28 @@ class CaptureWriter:
             if kept is not None:
                 by_day.setdefault(int(kept.seconds // 86400), []).append(kept)
         for day, dated in sorted(by_day.items()):
-            self._write(_date(day * 86400), dated)
-        self._merge(merge_all)
-        self._write_drops()
+            rows = sum(batch.rows for batch in dated)
+            try:
+                table = captured_table(self.model, dated, features=self.features)
+            except Exception:
+                logger.exception("capture: %d rows could not be made a table", rows)
+                self._drop(WRITE_FAILED, rows, "rows that could not be made a table")
+                continue
+            with self._lock:
+                self._converted.setdefault(day, []).append(table)
+                self._converted_rows += table.num_rows
 
-    def _write(self, date: str, batches: Sequence[Captured]) -> None:
-        rows = sum(batch.rows for batch in batches)
-        try:
-            table = captured_table(self.model, batches, features=self.features)
-        except Exception:
-            logger.exception("capture: %d rows could not be made a table", rows)
-            self._drop(WRITE_FAILED, rows, "rows that could not be made a table")
-            return
+    def _write_converted(self) -> None:
+        import pyarrow as pa
+
+        with self._lock:
+            converted, self._converted = self._converted, {}
+            self._converted_rows = 0
+        for day, tables in sorted(converted.items()):
+            self._write(_date(day * 86400), pa.concat_tables(tables))
+
+    def _write(self, date: str, table: Any) -> None:
+        rows = table.num_rows
         directory = layout.predictions_dir(self.root, self.model.name, self.model.version, date)
         try:
             path = write_atomic(table, directory, self._stem(), admit=self._admit)
@@ -239,8 +280,10 @@ class CaptureWriter:
         if path is None:
             self._drop(MAX_BYTES, rows, f"{self.root} holds {self.max_bytes} bytes or more")
             return
-        self._parts.setdefault(directory, []).append(path)
-        self.on_written(table.num_rows)
+        parts = self._parts.setdefault(directory, [])
+        if path.stat().st_size < self.small_bytes:  # larger files are left as they are
+            parts.append(path)
+        self.on_written(rows)
 
     def _stem(self) -> str:
         self._sequence += 1

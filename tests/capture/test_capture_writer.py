@@ -245,3 +245,36 @@ def test_merging_only_takes_this_writers_own_files(tmp_path: Path) -> None:
     names = [path.name for path in files_in(tmp_path)]
     assert len(names) == 2 and sum(name.startswith(second.id) for name in names) == 1
     assert len(rows_in(tmp_path)) == 4
+
+
+def test_half_a_buffer_is_written_without_waiting_for_the_interval(tmp_path: Path) -> None:
+    capture, dropped = writer(tmp_path, flush_s=3600, buffer_rows=10)
+    capture.start()
+    try:
+        capture.record(answered(list(range(6)), "big"))
+        deadline = datetime.datetime.now() + datetime.timedelta(seconds=10)
+        while not rows_in(tmp_path) and datetime.datetime.now() < deadline:
+            capture._stop.wait(0.02)  # polling the directory the thread writes to
+        assert len(rows_in(tmp_path)) == 6 and not dropped
+    finally:
+        capture.close()
+
+
+def test_rows_made_tables_still_count_against_the_buffer(tmp_path: Path) -> None:
+    capture, dropped = writer(tmp_path, flush_s=3600, buffer_rows=8)
+    capture.record(answered([1, 2, 3]))
+    capture.flush(only_when_due=True)  # made a table, not written: 3 of 8 rows still held
+    assert rows_in(tmp_path) == [] and capture.pending_rows == 3
+    capture.record(answered([4, 5, 6, 7, 8, 9]))
+    assert dropped == {"buffer_full": 6}
+    capture.flush()
+    assert len(rows_in(tmp_path)) == 3 and capture.pending_rows == 0
+
+
+def test_files_written_large_are_not_merged(tmp_path: Path) -> None:
+    capture, _ = writer(tmp_path, merge_after=2, small_bytes=1)
+    for i in range(5):
+        capture.record(answered([i]))
+        capture.flush()
+    capture.close()
+    assert len(files_in(tmp_path)) == 5 and len(rows_in(tmp_path)) == 5
