@@ -122,7 +122,8 @@ IN_FLIGHT = InFlight(
 # BentoML routes a task at its path (run now) and at /submit (run in the background).
 FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
 # Capture's source column, by route (keyed_serving.capture.layout.SOURCE).
-PREDICT, PREDICT_FILE, V2_HTTP, V2_GRPC = "predict", "predict_file", "v2_http", "v2_grpc"
+# (gRPC's: keyed_serving.serving.grpc_v2.CAPTURE_SOURCE.)
+PREDICT, PREDICT_FILE, V2_HTTP = "predict", "predict_file", "v2_http"
 # Task operations that hold or load a whole upload in memory (BentoML's task store).
 TASK_PATHS = ("/predict_file_task/submit", "/predict_file_task/retry", "/predict_file_task/get")
 
@@ -477,8 +478,7 @@ class KeyedPrediction:
     async def labels_raw(self, raw: bytes) -> Response:
         """/labels for the bytes of a body (also the lean route's entry)."""
         if settings.capture_dir is None:
-            said = "labels are not kept: this server was started without KEYED_CAPTURE_DIR"
-            return error_response(404, said)  # type: ignore[no-any-return]
+            return labels_not_kept()
         try:
             body = decode_body(raw)
         except InvalidRequest as exc:
@@ -486,9 +486,9 @@ class KeyedPrediction:
         return await self.labels_body(body)
 
     async def labels_body(self, body: Any) -> Response:
+        """/labels for a decoded body: checked, written durably, then answered."""
         if settings.capture_dir is None:
-            said = "labels are not kept: this server was started without KEYED_CAPTURE_DIR"
-            return error_response(404, said)  # type: ignore[no-any-return]
+            return labels_not_kept()
         try:
             rows = read_labels(body, self.spec.task, settings.max_instances)
         except InvalidLabels as exc:
@@ -497,7 +497,7 @@ class KeyedPrediction:
         try:
             # Durable before the answer: written (and fsync'ed) off the event loop.
             await anyio.to_thread.run_sync(
-                write_labels, settings.capture_dir, rows, self.spec.tag, stem
+                write_labels, settings.capture_dir, rows, model_name(self.spec), stem
             )
         except OSError as exc:
             logger.error("answering 503, labels not written: %s", exc)
@@ -633,6 +633,12 @@ def captured(
             for failure in batch.failures
         ],
     )
+
+
+def labels_not_kept() -> Any:
+    """/labels on a server without capture: 404, naming the setting that turns it on."""
+    said = "labels are not kept: this server was started without KEYED_CAPTURE_DIR"
+    return error_response(404, said)
 
 
 def _answer_id() -> str:

@@ -128,14 +128,14 @@ def test_only_the_first_hundred_errors_are_listed_but_all_are_counted() -> None:
 
 def test_kept_labels_are_written_under_the_received_date(tmp_path: Path) -> None:
     rows = read([{"key": 1, "label": "x", "time": "2026-12-06T10:00:00"}, {"key": "", "label": 1}])
-    path = write_labels(tmp_path, rows, "flowers:v1", "req-1")
+    path = write_labels(tmp_path, rows, "flowers", "req-1")
     assert path is not None
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     assert path.relative_to(tmp_path).as_posix() == f"labels/date={today}/req-1.parquet"
     table = pq.read_table(path)
     assert table.schema.names == list(layout.LABEL_COLUMNS)
-    assert table.to_pylist()[0]["model"] == "flowers:v1"
-    assert write_labels(tmp_path, read([]), "flowers:v1", "req-2") is None
+    assert table.to_pylist()[0]["model"] == "flowers"
+    assert write_labels(tmp_path, read([]), "flowers", "req-2") is None
 
 
 @pytest.fixture
