@@ -273,7 +273,10 @@ class CaptureWriter:
         rows = table.num_rows
         directory = layout.predictions_dir(self.root, self.model.name, self.model.version, date)
         try:
-            path = write_atomic(table, directory, self._stem(), admit=self._admit)
+            # snappy: the server writes often, and every row; merged files take zstd.
+            path = write_atomic(
+                table, directory, self._stem(), admit=self._admit, compression="snappy"
+            )
         except OSError as exc:
             self._drop(WRITE_FAILED, rows, f"{directory}: {exc}")
             return
