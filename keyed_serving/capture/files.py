@@ -112,7 +112,9 @@ class CapturedModel:
         return pa.schema(fields, metadata=metadata)
 
 
-@dataclass(frozen=True)
+# Not frozen, and slotted: one is made on the request path for every request answered,
+# and a frozen dataclass's __init__ costs twice as much (treat it as immutable all the same).
+@dataclass(slots=True)
 class Captured:
     """What one request (or one batch of a file or a Spark partition) answered, as it holds
     it: nothing is copied or converted until ``captured_table``.
@@ -168,44 +170,62 @@ def _predicted_table(
 ) -> pa.Table:
     import pyarrow as pa
 
-    sizes = [len(batch.keys) for batch in batches]
-    n = sum(sizes)
-    keys, key_types = _key_columns([batch.keys for batch in batches])
-    columns: dict[str, Any] = {
-        layout.REQUEST_ID: _repeated([batch.request_id for batch in batches], sizes),
-        layout.KEY: keys,
-        layout.KEY_TYPE: key_types,
-        layout.TS: _timestamps(batches, sizes),
-    }
+    # One pass over the batches gathers every column's parts (a flush of one-instance
+    # requests is thousands of batches: a pass per column cost more than the columns).
+    feature_count = len(model.features) if features else 0
+    sizes: list[int] = []
+    request_ids: list[str] = []
+    sources: list[str] = []
+    micros: list[int] = []
+    keys: list[Any] = []
+    predictions: list[Any] = []
+    probabilities: list[Any] = []
+    values: list[list[Any]] = [[] for _ in range(feature_count)]
+    failed: list[tuple[int, str, str]] = []
+    n = 0
+    for batch in batches:
+        size = len(batch.keys)
+        sizes.append(size)
+        request_ids.append(batch.request_id)
+        sources.append(batch.source)
+        ts = batch.ts
+        micros.append(round((ts if type(ts) is float else batch.seconds) * 1_000_000))
+        keys.extend(batch.keys if type(batch.keys) is list else _listed(batch.keys))
+        given = batch.predictions
+        predictions.extend(given if type(given) is list else _listed(given))
+        probabilities.append(batch.probabilities)
+        for index in range(feature_count):
+            values[index].append(batch.columns[index])
+        if batch.errors:
+            failed += [(n + row, code, message) for row, (code, message) in batch.errors.items()]
+        n += size
     errors = np.zeros(n, dtype=bool)
     codes = np.full(n, None, dtype=object)
     messages = np.full(n, None, dtype=object)
-    start = 0
-    for batch, size in zip(batches, sizes, strict=True):
-        for row, (code, message) in batch.errors.items():
-            errors[start + row] = True
-            codes[start + row] = code
-            messages[start + row] = message
-        start += size
-    predictions: list[Any] = []
-    for batch in batches:
-        predictions.extend(_listed(batch.predictions))
-    columns[layout.PREDICTION] = _predictions(model, predictions, errors)
-    columns[layout.ERROR] = pa.array(codes, pa.string())
-    columns[layout.ERROR_MESSAGE] = pa.array(messages, pa.string())
-    columns[layout.SOURCE] = _repeated([batch.source for batch in batches], sizes)
+    for row, code, message in failed:
+        errors[row], codes[row], messages[row] = True, code, message
+    key_texts, key_types = _key_columns([keys])
+    columns: dict[str, Any] = {
+        layout.REQUEST_ID: _repeated(request_ids, sizes),
+        layout.KEY: key_texts,
+        layout.KEY_TYPE: key_types,
+        layout.TS: _repeated_micros(micros, sizes),
+        layout.PREDICTION: _predictions(model, predictions, errors),
+        layout.ERROR: pa.array(codes, pa.string()),
+        layout.ERROR_MESSAGE: pa.array(messages, pa.string()),
+        layout.SOURCE: _repeated(sources, sizes),
+    }
     texts = model.class_texts
     if texts:
-        probabilities = _probabilities(batches, sizes, len(texts))
+        matrix = _probabilities(probabilities, sizes, len(texts))
         for index, text in enumerate(texts):
-            column = probabilities[:, index]
+            column = matrix[:, index]
             columns[layout.PROBABILITY_PREFIX + text] = pa.array(
                 column, pa.float64(), mask=errors | np.isnan(column)
             )
-    if features:
-        for index, feature in enumerate(model.features):
-            values = [batch.columns[index] for batch in batches]
-            columns[layout.FEATURE_PREFIX + feature.name] = _feature_column(feature, values)
+    for index in range(feature_count):
+        feature = model.features[index]
+        columns[layout.FEATURE_PREFIX + feature.name] = _feature_column(feature, values[index])
     return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
@@ -248,12 +268,15 @@ def _repeated(values: Sequence[str], sizes: Sequence[int]) -> pa.Array:
 
 
 def _timestamps(batches: Sequence[Captured], sizes: Sequence[int]) -> pa.Array:
+    return _repeated_micros([round(batch.seconds * 1_000_000) for batch in batches], sizes)
+
+
+def _repeated_micros(micros: Sequence[int], sizes: Sequence[int]) -> pa.Array:
+    """One time (microseconds since the epoch) per batch, repeated for each of its rows."""
     import pyarrow as pa
 
-    micros = np.repeat(
-        np.array([round(batch.seconds * 1_000_000) for batch in batches], dtype=np.int64), sizes
-    )
-    return pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    repeated = np.repeat(np.array(micros, dtype=np.int64), sizes)
+    return pa.array(repeated, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
 
 
 def _key_columns(groups: Sequence[Sequence[Any]]) -> tuple[pa.Array, pa.Array]:
@@ -314,18 +337,17 @@ def _predictions(model: CapturedModel, predictions: list[Any], errors: np.ndarra
     return pa.array([None if p is None else layout.class_text(p) for p in predictions], pa.string())
 
 
-def _probabilities(batches: Sequence[Captured], sizes: Sequence[int], classes: int) -> np.ndarray:
-    """Rows x classes float64; NaN for a batch without probabilities."""
-    given = [batch.probabilities for batch in batches]
+def _probabilities(given: Sequence[Any], sizes: Sequence[int], classes: int) -> np.ndarray:
+    """Each batch's probabilities (rows x classes, or None) as one float64 matrix; NaN for
+    a batch without them."""
     if all(type(p) is np.ndarray and p.ndim == 2 for p in given):  # the usual case, in C
         return np.concatenate(given).astype(np.float64, copy=False)
     parts = []
-    for batch, size in zip(batches, sizes, strict=True):
-        if batch.probabilities is None:
+    for probabilities, size in zip(given, sizes, strict=True):
+        if probabilities is None:
             parts.append(np.full((size, classes), np.nan))
         else:
-            values = np.asarray(batch.probabilities, dtype=np.float64)
-            parts.append(values.reshape(size, classes))
+            parts.append(np.asarray(probabilities, dtype=np.float64).reshape(size, classes))
     return np.concatenate(parts) if parts else np.empty((0, classes))
 
 

@@ -3,6 +3,7 @@ or left out) and the Parquet writer that renames a whole file in."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_a_classifier_row_holds_class_text_probabilities_and_features() -> None:
 
 def test_a_regressor_row_holds_a_number_and_no_probabilities() -> None:
     captured = batch(["a", "b"], predictions=[1.5, -2.0], probabilities=None)
-    captured = Captured(**{**captured.__dict__, "columns": captured.columns[:2]})
+    captured = dataclasses.replace(captured, columns=captured.columns[:2])
     table = captured_table(REGRESSOR, [captured])
     assert table.schema.field(layout.PREDICTION).type == pa.float64()
     assert table[layout.PREDICTION].to_pylist() == [1.5, -2.0]
