@@ -5,6 +5,11 @@
     POST /predict_file       a table file in (multipart), the scored file out
     POST /predict_file_task  the same as a background task (/submit, /status, /get)
     POST /model_info         (GET too) what the model takes and gives
+    POST /labels             {"labels": [{"key", "label", "time"?, "request_id"?}]}: what
+                             really happened, kept beside the captured predictions
+
+With KEYED_CAPTURE_DIR every answered instance is captured by key (keyed_serving.capture),
+off the request path.
 
 Stages of a request (see keyed_serving/serving/__init__.py): validate -> cut -> runner
 micro-batches -> reassemble, with keys checked on the way back.
@@ -14,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +30,11 @@ from typing import Any
 import anyio
 import bentoml
 from starlette.background import BackgroundTask
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 
+from keyed_serving.capture.files import Captured, CapturedModel
+from keyed_serving.capture.labels import InvalidLabels, LabelsRequest, read_labels, write_labels
+from keyed_serving.capture.writer import CaptureWriter
 from keyed_serving.formats import MEDIA_TYPES, format_of
 from keyed_serving.model.store import check_servable, load_stored, served_model_tag, spec_of
 from keyed_serving.schemas import (
@@ -56,6 +66,8 @@ from keyed_serving.serving.http import (
     add_outermost,
     bind_apis_once,
     error_response,
+    request_id,
+    request_id_for,
 )
 from keyed_serving.serving.lifecycle import hold_entry_lock, outlive_the_entry, settle_the_heap
 from keyed_serving.serving.metrics import get_metrics
@@ -109,6 +121,9 @@ IN_FLIGHT = InFlight(
 )
 # BentoML routes a task at its path (run now) and at /submit (run in the background).
 FILE_PATHS = ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
+# Capture's source column, by route (keyed_serving.capture.layout.SOURCE).
+# (gRPC's: keyed_serving.serving.grpc_v2.CAPTURE_SOURCE.)
+PREDICT, PREDICT_FILE, V2_HTTP = "predict", "predict_file", "v2_http"
 # Task operations that hold or load a whole upload in memory (BentoML's task store).
 TASK_PATHS = ("/predict_file_task/submit", "/predict_file_task/retry", "/predict_file_task/get")
 
@@ -203,6 +218,7 @@ class KeyedPrediction:
         self.metrics = get_metrics()
         self.entry_lock = hold_entry_lock()  # the runner stops only after this worker
         bind_apis_once(self, "predict", "model_info")
+        self.capture: CaptureWriter | None = None  # started with the worker (start_capture)
         self.coalescer = Coalescer(
             lambda blocks: self.runner.to_async.predict(blocks),
             # Without batching, every block is a call of its own, sent at once.
@@ -216,6 +232,23 @@ class KeyedPrediction:
         # Only the instance BentoML serves (not one a test makes) answers the lean routes.
         ENTRY.instance = self
         settle_the_heap(many_requests=True)
+
+    @bentoml.on_startup
+    def start_capture(self) -> None:
+        """With KEYED_CAPTURE_DIR: this worker's capture writer and its flush thread."""
+        if settings.capture_dir is None:
+            return
+        self.capture = CaptureWriter(
+            settings.capture_dir,
+            CapturedModel.of(self.spec),
+            features=settings.capture_features,
+            flush_s=settings.capture_flush_s,
+            buffer_rows=settings.capture_buffer_rows,
+            max_bytes=settings.capture_max_bytes,
+            sample=settings.capture_sample,
+            on_dropped=lambda reason, rows: self.metrics.capture_dropped.labels(reason).inc(rows),
+            on_written=self.metrics.capture_written.inc,
+        ).start()
 
     @bentoml.on_startup
     async def serve_grpc(self) -> None:
@@ -238,10 +271,14 @@ class KeyedPrediction:
         self.grpc_server = await start_server(servicer, host, settings.grpc_port, gate)
 
     @bentoml.on_shutdown
-    async def stop_grpc(self) -> None:
+    async def stop_grpc_then_capture(self) -> None:
         # Calls in flight finish (as HTTP's drain does); new ones are refused.
         if getattr(self, "grpc_server", None) is not None:
             await self.grpc_server.stop(grace=settings.drain_max_s)
+        # HTTP's requests were drained before the shutdown hooks run, gRPC's just now:
+        # everything answered is in the buffer, written here (a SIGTERM loses nothing).
+        if self.capture is not None:
+            await anyio.to_thread.run_sync(self.capture.close)
 
     async def ready(self) -> bool:
         """Ready as /readyz says: the model runner answers its own readiness probe."""
@@ -289,25 +326,37 @@ class KeyedPrediction:
     async def predict_body(self, body: Any) -> Response:
         """/predict for a decoded body: validate -> cut -> runner -> reassemble -> answer."""
         return await self.answer(
-            body, lambda batch, scored: keyed_answer(batch, scored, self.spec), name_first=False
+            body,
+            lambda batch, scored: keyed_answer(batch, scored, self.spec),
+            name_first=False,
+            source=PREDICT,
         )
 
     async def answer(
-        self, body: Any, write: Callable[[ValidBatch, Scored], Answer], *, name_first: bool
+        self,
+        body: Any,
+        write: Callable[[ValidBatch, Scored], Answer],
+        *,
+        name_first: bool,
+        source: str,
     ) -> Response:
         """Any decoded body in the columnar or row shape -> the answer ``write`` gives for
         its checked results, or the error answer. ``name_first``: the error's summary also
-        says the first problem (for clients that show only that line)."""
-        outcome = await self.score(body, name_first=name_first)
+        says the first problem (for clients that show only that line); ``source``: the
+        route, as capture names it."""
+        outcome = await self.score(body, name_first=name_first, source=source)
         if isinstance(outcome, Refusal):
             return refused(outcome)  # type: ignore[no-any-return]
         written = write(*outcome)
         return Response(written.body, media_type=written.media_type, headers=written.headers)
 
-    async def score(self, body: Any, *, name_first: bool) -> tuple[ValidBatch, Scored] | Refusal:
+    async def score(
+        self, body: Any, *, name_first: bool, source: str, answer_id: str | None = None
+    ) -> tuple[ValidBatch, Scored] | Refusal:
         """validate -> cut -> runner -> reassemble, for a decoded body (/predict's, or the
         one a V2 request stands for, over HTTP or gRPC): every key received with its checked
-        result, or why there is no answer."""
+        result, or why there is no answer. What is answered is captured (with
+        KEYED_CAPTURE_DIR) under ``answer_id``, else the request's X-Request-ID."""
         try:
             batch = validate_request(body, self.spec, settings.max_instances)
             if batch.failures and batch.errors == "reject":
@@ -328,6 +377,8 @@ class KeyedPrediction:
         self.metrics.count_answered(
             batch.received - len(batch.failures) - scored.failed, batch.failures, scored.errors
         )
+        if self.capture is not None:
+            self.capture.record(captured(batch, scored, source, answer_id))
         return batch, scored
 
     @bentoml.api(route="/v2/models/{model_name}/infer", input_spec=InferenceRequest)
@@ -383,6 +434,7 @@ class KeyedPrediction:
             infer.body,
             lambda batch, scored: v2_answer(infer, batch, scored, self.spec),
             name_first=True,
+            source=V2_HTTP,
         )
 
     @bentoml.api
@@ -400,6 +452,62 @@ class KeyedPrediction:
         """The same as /predict_file, as a task for large files: POST
         /predict_file_task/submit, then GET /predict_file_task/status and /get?task_id=."""
         return await self._score_upload(file, key, keep, in_memory=True)  # type: ignore[no-any-return]
+
+    @bentoml.api(route="/labels", input_spec=LabelsRequest)
+    async def labels(
+        self,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+        **body: Any,
+    ) -> dict[str, Any]:
+        """What really happened, by key, for the evaluation of captured predictions
+        (keyed-evaluate): {"labels": [{"key", "label", "time"?, "request_id"?}]}. A label
+        joins the prediction of its request_id (the X-Request-ID of the answer), else the
+        latest prediction of its key at or before its time (ISO 8601; without an offset,
+        UTC; without a time, the latest). Labels are checked one by one: a key as in
+        /predict, a number for a regressor, a class for a classifier. Answers
+        {"accepted": n, "refused": {reason: n}, "errors": [{"index", "key", "reason",
+        "message"}]} (the first 100) once the accepted ones are on disk. 400 for a body
+        that is not that shape; 404 when the server keeps no capture (KEYED_CAPTURE_DIR
+        unset); 503 when they could not be written."""
+        if ctx is None:
+            return await self.labels_body(_plain(body))  # type: ignore[return-value]
+        response = await self.labels_raw(await ctx.request.body())
+        ctx.response.status_code = response.status_code
+        return response  # type: ignore[return-value]  # sent as it is
+
+    async def labels_raw(self, raw: bytes) -> Response:
+        """/labels for the bytes of a body (also the lean route's entry)."""
+        if settings.capture_dir is None:
+            return labels_not_kept()
+        try:
+            body = decode_body(raw)
+        except InvalidRequest as exc:
+            return error_response(400, exc.summary, exc.details)  # type: ignore[no-any-return]
+        return await self.labels_body(body)
+
+    async def labels_body(self, body: Any) -> Response:
+        """/labels for a decoded body: checked, written durably, then answered."""
+        if settings.capture_dir is None:
+            return labels_not_kept()
+        try:
+            rows = read_labels(body, self.spec.task, settings.max_instances)
+        except InvalidLabels as exc:
+            return error_response(400, str(exc))  # type: ignore[no-any-return]
+        stem = f"{request_id.get()}-{os.getpid()}-{time.time_ns()}"
+        try:
+            # Durable before the answer: written (and fsync'ed) off the event loop.
+            await anyio.to_thread.run_sync(
+                write_labels, settings.capture_dir, rows, model_name(self.spec), stem
+            )
+        except OSError as exc:
+            logger.error("answering 503, labels not written: %s", exc)
+            said = f"the labels could not be written ({type(exc).__name__}); retry later"
+            retry = {"Retry-After": str(settings.retry_after_s)}
+            return error_response(503, said, headers=retry)  # type: ignore[no-any-return]
+        self.metrics.labels.labels("accepted").inc(rows.accepted)
+        for reason, count in rows.refused.items():
+            self.metrics.labels.labels(reason).inc(count)
+        return JSONResponse(rows.answer())
 
     @bentoml.api
     def model_info(self) -> ModelInfo:
@@ -420,7 +528,7 @@ class KeyedPrediction:
                 key,
                 [c for c in keep.split(",") if c],
                 self.spec,
-                self.predict_batch,
+                self._predict_and_capture,
                 settings.file_batch_rows,
             )
         except InvalidFile as exc:
@@ -453,6 +561,15 @@ class KeyedPrediction:
             headers=headers,
             background=BackgroundTask(shutil.rmtree, work),
         )
+
+    async def _predict_and_capture(self, batch: ValidBatch) -> Scored:
+        """A file's batch predicted, and captured as it is written: a file that fails
+        later (503) keeps the batches predicted before it in the capture (a retry predicts
+        them again under another request id; the evaluation joins one of them)."""
+        scored = await self.predict_batch(batch)
+        if self.capture is not None:
+            self.capture.record(captured(batch, scored, PREDICT_FILE))
+        return scored
 
     def _runner_failure(
         self, exc: RunnerUnavailable | KeyMismatch, instances: int | None
@@ -495,6 +612,38 @@ class KeyedPrediction:
             on_retry=lambda exc: self.metrics.runner_retries.labels(type(exc).__name__).inc(),
         )
         return reassemble_by_key(blocks, results)
+
+
+def captured(
+    batch: ValidBatch, scored: Scored, source: str, answer_id: str | None = None
+) -> Captured:
+    """What a request answered, by reference (converted to rows off the request path)."""
+    return Captured(
+        # Outside a request (an in-process call): an id of its own.
+        request_id=answer_id or _answer_id(),
+        source=source,
+        ts=time.time(),
+        keys=batch.keys,
+        columns=batch.columns,
+        predictions=scored.predictions,
+        probabilities=scored.probabilities,
+        errors={row: (error.code, error.message) for row, error in scored.errors.items()},
+        refused=[
+            (failure.key, failure.details[0].type, failure.details[0].msg)
+            for failure in batch.failures
+        ],
+    )
+
+
+def labels_not_kept() -> Any:
+    """/labels on a server without capture: 404, naming the setting that turns it on."""
+    said = "labels are not kept: this server was started without KEYED_CAPTURE_DIR"
+    return error_response(404, said)
+
+
+def _answer_id() -> str:
+    current = request_id.get()
+    return current if current != "-" else request_id_for("")
 
 
 def refused(refusal: Refusal) -> Any:

@@ -84,13 +84,17 @@ CONTENTS_FIELDS = {
 }
 
 
+# The capture's source column for this route (keyed_serving.capture.layout.SOURCE).
+CAPTURE_SOURCE = "v2_grpc"
+
+
 class Entry(Protocol):
     """What the endpoint needs of the entry service (service.py's ``KeyedPrediction``)."""
 
     spec: ModelSpec
 
     async def score(
-        self, body: Any, *, name_first: bool
+        self, body: Any, *, name_first: bool, source: str, answer_id: str | None = None
     ) -> tuple[ValidBatch, Scored] | Refusal: ...
 
     async def ready(self) -> bool: ...
@@ -178,7 +182,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 decoded = decode_request(request, self.entry.spec, self.max_instances)
             except V2Error as exc:
                 raise Refused(Refusal(exc.status, exc.message)) from None
-            outcome = await self.entry.score(decoded.body, name_first=True)
+            # Captured (KEYED_CAPTURE_DIR) under the V2 request's own id if it has one (the
+            # answer echoes it), else the x-request-id of the call (sent back in its
+            # trailing metadata: the caller's, or a fresh one).
+            outcome = await self.entry.score(
+                decoded.body,
+                name_first=True,
+                source=CAPTURE_SOURCE,
+                answer_id=decoded.id or request_id.get(),
+            )
             if isinstance(outcome, Refusal):
                 raise Refused(outcome)
             return encode_response(decoded, *outcome, self.entry.spec)

@@ -73,6 +73,23 @@ class Metrics:
             "Requests waiting for a turn now (past the concurrency limit), all workers.",
             multiprocess_mode="livesum",
         )
+        self.capture_dropped: Any = prom.Counter(
+            "keyed_capture_dropped",
+            "Captured rows (answered instances) not kept, by reason: buffer_full (the "
+            "worker's capture buffer was full), max_bytes (KEYED_CAPTURE_MAX_BYTES reached), "
+            "write_failed (the file could not be written: an unwritable directory, a full "
+            "disk). Answers are never affected.",
+            ["reason"],
+        )
+        self.capture_written: Any = prom.Counter(
+            "keyed_capture_rows_written",
+            "Captured rows written to Parquet under KEYED_CAPTURE_DIR.",
+        )
+        self.labels: Any = prom.Counter(
+            "keyed_labels",
+            "Labels posted to /labels, by outcome: accepted (kept), or the reason refused.",
+            ["outcome"],
+        )
 
         # Labelled children resolved once: .labels() costs more than the increment.
         self.predicted = self.instances.labels("predicted")

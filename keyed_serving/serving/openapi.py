@@ -36,6 +36,15 @@ PREDICT_ERRORS = {
     "500": ("Internal error: the results did not match the keys sent (counted, logged).", False),
     "503": ("The model runner stayed overloaded or unavailable; retry later.", True),
 }
+LABELS_ERRORS = {
+    "400": ('The body is not {"labels": [...]} (or holds too many labels).', False),
+    "401": PREDICT_ERRORS["401"],
+    "404": ("The server keeps no capture (started without KEYED_CAPTURE_DIR).", False),
+    "413": PREDICT_ERRORS["413"],
+    "415": PREDICT_ERRORS["415"],
+    "429": PREDICT_ERRORS["429"],
+    "503": ("The labels could not be written; none was kept, retry later.", True),
+}
 FILE_MEDIA_TYPES = tuple(MEDIA_TYPES.values())
 TASK_STATUSES = ["pending", "in_progress", "completed", "failed", "canceled"]
 FILE_ERRORS = {
@@ -155,6 +164,9 @@ answered in kind.
 an input `{key_input(spec)}` (the key) beside one input per feature; tritonclient works \
 unchanged (binary tensors too).
 * **Files**: `POST /predict_file` (CSV, Parquet, JSON Lines) answers the scored file.
+* **Labels**: `POST /labels` with `{{"labels": [{{"key", "label", "time", "request_id"}}]}}` \
+keeps what really happened beside the captured predictions (with `KEYED_CAPTURE_DIR`), for \
+`keyed-evaluate`.
 
 `"errors": "per_instance"` answers each bad instance with its own error and predicts the \
 rest; by default any bad instance rejects the request with a 400 naming the key and the \
@@ -184,6 +196,7 @@ def refine_openapi(document: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
         (path, FILE_ERRORS)
         for path in ("/predict_file", "/predict_file_task", "/predict_file_task/submit")
     ]
+    scored.append(("/labels", LABELS_ERRORS))
     for path, statuses in scored:
         if path not in paths or "post" not in paths[path]:
             continue

@@ -63,6 +63,8 @@ class RefinedDocs:
 class EntryHandlers(Protocol):
     async def predict_raw(self, raw: bytes) -> Response: ...
 
+    async def labels_raw(self, raw: bytes) -> Response: ...
+
     async def infer_raw(
         self, name: str | None, version: str | None, raw: bytes, header_length: str | None
     ) -> Response: ...
@@ -77,12 +79,13 @@ class EntrySlot:
     enabled: bool = True
 
 
+LEAN_PATHS = frozenset({"/predict", "/labels"})
 _V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 
 class LeanRoutes:
-    """Answers ``POST /predict`` and V2 inference with the entry's own handlers, straight
-    from here.
+    """Answers ``POST /predict``, V2 inference and ``POST /labels`` with the entry's own
+    handlers, straight from here.
 
     BentoML sends an API call through Starlette's router, its request context middleware
     and its API wrapper (input spec, serde, response headers): measured with
@@ -110,15 +113,17 @@ class LeanRoutes:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        v2 = None if path == "/predict" else _V2_INFER.match(path)
-        if path != "/predict" and v2 is None:
+        v2 = None if path in LEAN_PATHS else _V2_INFER.match(path)
+        if path not in LEAN_PATHS and v2 is None:
             await self.app(scope, receive, send)
             return
         raw = await _read_body(receive)
         if raw is None:
             return  # the client went away
         try:
-            if v2 is None:
+            if path == "/labels":
+                response = await entry.labels_raw(raw)
+            elif v2 is None:
                 response = await entry.predict_raw(raw)
             else:
                 length = Headers(scope=scope).get("inference-header-content-length")
