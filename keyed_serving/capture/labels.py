@@ -200,7 +200,10 @@ def _utc(text: Any) -> datetime.datetime | None:
         return None
     if value.tzinfo is None:
         return value.replace(tzinfo=datetime.UTC)
-    return value.astimezone(datetime.UTC)
+    try:
+        return value.astimezone(datetime.UTC)
+    except OverflowError:  # 0001-01-01 east of UTC, 9999-12-31 west of it: no UTC date
+        return None
 
 
 def write_labels(root: Path, rows: LabelRows, model: str, stem: str) -> Path | None:
