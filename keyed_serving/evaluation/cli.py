@@ -38,6 +38,7 @@ from keyed_serving.evaluation.read import (
     Unusable,
     empty_labels,
     from_microseconds,
+    iso,
     open_capture,
     read_label_file,
     to_microseconds,
@@ -129,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
         max_delay_us=duration_us(args.max_delay),
         window=args.window,
     )
+    if rules.since_us is not None and rules.since_us > rules.until_us:
+        raise Unusable(f"--since {args.since} is after --until {iso(rules.until_us)}")
+    if not Path(args.capture_dir).is_dir():
+        raise Unusable(f"{args.capture_dir}: no such directory (the server's KEYED_CAPTURE_DIR)")
     capture = open_capture(args.capture_dir, args.model)
     if args.labels:
         if not Path(args.labels).is_file():
