@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from keyed_serving.capture import layout
 from keyed_serving.evaluation import report as reporting
-from keyed_serving.evaluation.engines import ENGINES, engine_named
+from keyed_serving.evaluation.engines import ENGINES, Engine, engine_named
 from keyed_serving.evaluation.join import POLICIES, WINDOWS, Joined, Rules, evaluate
 from keyed_serving.evaluation.read import (
     MICROSECONDS,
@@ -145,8 +145,11 @@ def run(args: argparse.Namespace) -> int:
     engine = engine_named(args.engine)
     try:
         joined = evaluate(engine, capture, file_labels, rules)
+        note = key_type_note(engine) if joined.diagnostics["orphan_labels"] else None
     finally:
         engine.close()
+    if note:
+        print(f"keyed-evaluate: {note}", file=sys.stderr)
     if joined.windows.empty:
         raise Unusable(
             f"{args.capture_dir} holds no predictions of {capture.model!r} in the time asked"
@@ -161,6 +164,36 @@ def run(args: argparse.Namespace) -> int:
 
     Path(args.out).write_text(render(built), encoding="utf-8")
     return 0
+
+
+def key_type_note(engine: Engine) -> str | None:
+    """Why orphan labels met nothing when their key was predicted with another type (the
+    keys of a CSV are text; a JSON body's 17 is an integer): the rule stands, and the
+    terminal says so. None when no orphan label is of that kind."""
+    found = engine.frame(
+        """
+        SELECT COUNT(*) AS n, MIN(key) AS key, MIN(key_type) AS label_type,
+               MIN(other_type) AS predicted_type
+        FROM (SELECT l.key, l.key_type, l.request_id, MIN(o.key_type) AS other_type
+              FROM labels AS l
+              JOIN (SELECT DISTINCT key, key_type FROM predictions) AS o
+                ON l.key = o.key AND l.key_type <> o.key_type
+              LEFT JOIN (SELECT DISTINCT key, key_type FROM predictions) AS s
+                ON l.key = s.key AND l.key_type = s.key_type
+              WHERE s.key IS NULL
+              GROUP BY l.key, l.key_type, l.request_id) AS other_typed
+        """
+    ).iloc[0]
+    if not found["n"]:
+        return None
+    return (
+        f"{int(found['n'])} orphan label(s) have a key predicted only as another type, "
+        f"e.g. {found['key']!r} ({found['label_type']}) was predicted as "
+        f"({found['predicted_type']}): "
+        'keys compare with their type (1 and "1" differ); give the label file\'s key column '
+        "the type the server was sent (a CSV's keys are text; Parquet and JSON Lines keep "
+        "integers)"
+    )
 
 
 def write_joined(path: Path, capture: Capture, joined: Joined) -> None:

@@ -38,3 +38,33 @@ def test_a_capture_directory_that_does_not_exist_is_named_as_such(
     assert evaluate(tmp_path / "captuer", *UNTIL, tmp_path=tmp_path) == 2
     said = capsys.readouterr().err
     assert said.count("\n") == 1 and "no such directory" in said
+
+
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.slow)])
+def test_labels_whose_keys_were_predicted_with_another_type_are_pointed_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], engine: str
+) -> None:
+    """Predictions keyed by JSON integers, labels from a CSV (keys read as text): every
+    label is an orphan, by the rule that 1 and "1" are different keys. The report keeps
+    that rule; the terminal says why the labels met nothing, and what to do."""
+    root = tmp_path / "capture"
+    write_predictions(root, [prediction(key, 1) for key in range(1, 40)])
+    labels = tmp_path / "outcomes.csv"
+    pd.DataFrame({"id": range(1, 40), "y": ["yes"] * 39}).to_csv(labels, index=False)
+    args = ["--labels", labels, "--key", "id", "--label", "y", "--engine", engine]
+    assert evaluate(root, *args, *UNTIL, tmp_path=tmp_path) == 0
+    said = capsys.readouterr().err
+    assert "39 orphan label(s)" in said and "'1' (str)" in said and "(int)" in said
+    assert said.count("\n") == 1
+
+
+def test_no_key_type_note_when_the_types_agree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "capture"
+    write_predictions(root, [prediction(str(key), 1) for key in range(1, 40)])
+    labels = tmp_path / "outcomes.csv"
+    pd.DataFrame({"id": range(1, 45), "y": ["yes"] * 44}).to_csv(labels, index=False)
+    args = ["--labels", labels, "--key", "id", "--label", "y"]
+    assert evaluate(root, *args, *UNTIL, tmp_path=tmp_path) == 0
+    assert capsys.readouterr().err == ""
