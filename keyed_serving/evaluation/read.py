@@ -194,11 +194,30 @@ def _label_values(column: pd.Series, task: str, spec: LabelFile) -> list[Any]:
         if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number)
     ]
     if wrong:
+        # A text column of numbers was made text by a few cells (a CSV's "nan" or "n/a":
+        # only an empty cell is missing): name those, not the first number in it.
+        unreadable = [row for row in wrong if not _number_text(values[row])] or wrong
         raise Unusable(
-            f"{spec.path}: the model is a regressor, but {len(wrong)} label(s) in "
-            f"{spec.label!r} are not numbers, first at row {wrong[0]}: {values[wrong[0]]!r}"
+            f"{spec.path}: the model is a regressor, but {len(unreadable)} label(s) in "
+            f"{spec.label!r} are not numbers, first at row {unreadable[0]}: "
+            f"{values[unreadable[0]]!r}"
         )
-    return [float(value) for value in values]
+    numbers = [float(value) for value in values]
+    infinite = [row for row, number in enumerate(numbers) if not math.isfinite(number)]
+    if infinite:
+        raise Unusable(
+            f"{spec.path}: {len(infinite)} label(s) in {spec.label!r} are not finite numbers, "
+            f"first at row {infinite[0]}: {values[infinite[0]]!r}"
+        )
+    return numbers
+
+
+def _number_text(value: Any) -> bool:
+    """Whether a text cell reads as a finite number (as the rest of its column does)."""
+    try:
+        return isinstance(value, str) and math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _times(column: pd.Series, spec: LabelFile) -> list[int | None]:

@@ -68,3 +68,40 @@ def test_no_key_type_note_when_the_types_agree(
     args = ["--labels", labels, "--key", "id", "--label", "y"]
     assert evaluate(root, *args, *UNTIL, tmp_path=tmp_path) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.fixture
+def regressor_capture(tmp_path: Path) -> Path:
+    root = tmp_path / "capture"
+    rows = [prediction(f"k{i}", 1, float(i)) for i in range(40)]
+    write_predictions(root, rows, task="regression", classes=None)
+    return root
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf"])
+def test_a_regressors_label_file_with_an_infinity_is_refused_naming_the_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], regressor_capture: Path, cell: str
+) -> None:
+    """POST /labels refuses a label that is not a finite number; a file's was scored away
+    silently (39 of 40 pairs, nothing counted)."""
+    labels = tmp_path / "outcomes.csv"
+    values = [cell if i == 3 else str(i + 0.5) for i in range(40)]
+    labels.write_text("id,y\n" + "\n".join(f"k{i},{v}" for i, v in enumerate(values)) + "\n")
+    args = ["--labels", labels, "--key", "id", "--label", "y"]
+    assert evaluate(regressor_capture, *args, *UNTIL, tmp_path=tmp_path) == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "row 3" in said and "finite" in said
+
+
+def test_a_regressors_label_column_read_as_text_names_the_cell_that_made_it_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], regressor_capture: Path
+) -> None:
+    """One "nan" in a CSV column makes the column text (only an empty cell is missing): the
+    message named row 0's '0.5' as not a number."""
+    labels = tmp_path / "outcomes.csv"
+    values = ["nan" if i == 3 else str(i + 0.5) for i in range(40)]
+    labels.write_text("id,y\n" + "\n".join(f"k{i},{v}" for i, v in enumerate(values)) + "\n")
+    args = ["--labels", labels, "--key", "id", "--label", "y"]
+    assert evaluate(regressor_capture, *args, *UNTIL, tmp_path=tmp_path) == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "row 3: 'nan'" in said and "'0.5'" not in said
