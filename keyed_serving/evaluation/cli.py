@@ -130,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
         max_delay_us=duration_us(args.max_delay),
         window=args.window,
     )
+    for option, path in (("--out", args.out), ("--json", args.json), ("--joined", args.joined)):
+        # Said now, not as a traceback once the join is done.
+        if path and not Path(path).parent.is_dir():
+            raise Unusable(f"{option} {path}: no directory {Path(path).parent}")
     if rules.since_us is not None and rules.since_us > rules.until_us:
         raise Unusable(f"--since {args.since} is after --until {iso(rules.until_us)}")
     if not Path(args.capture_dir).is_dir():

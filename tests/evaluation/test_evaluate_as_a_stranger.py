@@ -105,3 +105,21 @@ def test_a_regressors_label_column_read_as_text_names_the_cell_that_made_it_text
     assert evaluate(regressor_capture, *args, *UNTIL, tmp_path=tmp_path) == 2
     said = capsys.readouterr().err
     assert said.count("\n") == 1 and "row 3: 'nan'" in said and "'0.5'" not in said
+
+
+@pytest.mark.parametrize("option", ["--out", "--json", "--joined"])
+def test_an_output_in_a_directory_that_does_not_exist_is_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], regressor_capture: Path, option: str
+) -> None:
+    outputs = {
+        "--out": tmp_path / "report.html",
+        "--json": tmp_path / "report.json",
+        "--joined": tmp_path / "pairs.parquet",
+    }
+    outputs[option] = tmp_path / "no-such-dir" / "file"
+    args = [str(regressor_capture), *UNTIL]
+    for name, path in outputs.items():
+        args += [name, str(path)]
+    assert main(args) == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and option in said and "no-such-dir" in said
