@@ -141,3 +141,27 @@ def test_labels_hold_under_schemathesis(server: Server) -> None:
     holds()
     written = list(Path(server.capture).rglob("*.parquet"))  # type: ignore[attr-defined]
     assert written  # the valid bodies it sent were kept
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Encoding": "gzip"},
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/json; charset=utf-8"},
+    ],
+)
+def test_labels_from_a_client_that_compresses_or_names_another_content_type(
+    server: Server, headers: dict[str, str]
+) -> None:
+    import gzip
+
+    body = ('{"labels": [' + ONE + "]}").encode()
+    if headers.get("Content-Encoding") == "gzip":
+        body = gzip.compress(body)
+    response = post(server, body, headers)
+    assert response.status_code in (200, 415), response.text
+    if response.status_code == 200:
+        assert response.json()["accepted"] == 1
+    else:
+        assert response.json()["error"]
