@@ -376,7 +376,7 @@ def test_zip_codes_are_captured_as_the_text_the_user_sent_from_every_client(zips
 def test_the_readmes_snippets_read_the_capture_as_written(
     zips: Zips, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README's DuckDB snippet, run as it is written from the capture's parent."""
+    """The README's snippets (DuckDB, pyarrow), run as written from the capture's parent."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Monitor the model") :]
     section = section[: section.index("\n## ", 10)]
@@ -390,8 +390,15 @@ def test_the_readmes_snippets_read_the_capture_as_written(
     for snippet in snippets:
         found: dict[str, Any] = {}
         exec(snippet.replace("duckdb.sql(", "result = duckdb.sql(", 1), found)
-        counted = dict(found["result"].fetchall())
-        assert sum(counted.values()) == len(zips.sent)
+        if "predictions" in found:  # pyarrow's
+            read = found["predictions"]
+            assert len(read) == len(zips.sent)
+            assert set(read["feature_zip"].dropna()) <= {"00501", "02134", "10001", "94105"}
+            assert all(isinstance(v, str) for v in read["version"])
+        else:
+            counted = dict(found["result"].fetchall())
+            assert sum(counted.values()) == len(zips.sent)
+    assert len(snippets) >= 2
 
 
 def test_datetimes_are_captured_as_the_instants_the_user_sent(
