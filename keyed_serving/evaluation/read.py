@@ -221,14 +221,36 @@ def _number_text(value: Any) -> bool:
 
 
 def _times(column: pd.Series, spec: LabelFile) -> list[int | None]:
-    """Label times as microseconds since the epoch (UTC; a time without a zone is UTC)."""
+    """Label times as microseconds since the epoch (UTC; a time without a zone is UTC):
+    timestamps, or ISO 8601 text as POST /labels takes it. Anything else is refused, naming
+    the first cell: 06/12/2026 would be read month first, and a number as nanoseconds."""
+    expected = "an ISO 8601 date-time (2026-12-06T10:00:00Z) or a timestamp"
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_datetime64_any_dtype(column):
+        bad = next((row for row, cell in enumerate(column) if not _missing(cell)), None)
+        if bad is not None:
+            raise Unusable(
+                f"{spec.path}: the time column {spec.time!r} holds numbers ({column.iat[bad]!r} "
+                f"at row {bad}); {expected}"
+            )
     try:
-        times = pd.to_datetime(column, utc=True, format="mixed")
-    except (ValueError, TypeError) as exc:
+        times = pd.to_datetime(column, utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError):
+        bad = next(row for row in range(len(column)) if not _iso_time(column.iat[row]))
+        shown = repr(column.iat[bad])[:60]
         raise Unusable(
-            f"{spec.path}: the time column {spec.time!r} is not date-times: {exc}"
+            f"{spec.path}: the time column {spec.time!r} holds {shown} at row {bad}; {expected}"
         ) from None
     return [None if pd.isna(t) else to_microseconds(t.to_pydatetime()) for t in times]
+
+
+def _iso_time(cell: Any) -> bool:
+    if _missing(cell):
+        return True
+    try:
+        pd.to_datetime(pd.Series([cell], dtype=object), utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
 
 
 def to_microseconds(moment: datetime.datetime) -> int:

@@ -123,3 +123,19 @@ def test_an_output_in_a_directory_that_does_not_exist_is_refused_before_the_work
     assert main(args) == 2
     said = capsys.readouterr().err
     assert said.count("\n") == 1 and option in said and "no-such-dir" in said
+
+
+@pytest.mark.parametrize("cell", ["06/12/2026", "1765000000", "yesterday"])
+def test_a_label_time_that_is_not_iso_8601_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], regressor_capture: Path, cell: str
+) -> None:
+    """The README and POST /labels take ISO 8601 only; a file's 06/12/2026 was read as
+    June 12 (month first), and a number as nanoseconds after 1970, without a word."""
+    labels = tmp_path / "outcomes.csv"
+    times = [cell if i == 2 else "2026-03-02T13:00:00Z" for i in range(40)]
+    rows = [f"k{i},{i + 0.5},{t}" for i, t in enumerate(times)]
+    labels.write_text("id,y,observed_at\n" + "\n".join(rows) + "\n")
+    args = ["--labels", labels, "--key", "id", "--label", "y", "--time", "observed_at"]
+    assert evaluate(regressor_capture, *args, *UNTIL, tmp_path=tmp_path) == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "'observed_at'" in said and "ISO 8601" in said, said
