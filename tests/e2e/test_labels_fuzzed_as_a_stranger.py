@@ -165,3 +165,13 @@ def test_labels_from_a_client_that_compresses_or_names_another_content_type(
         assert response.json()["accepted"] == 1
     else:
         assert response.json()["error"]
+
+
+def test_the_readmes_curl_example_is_answered_as_the_readme_says(server: Server) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### 2. Send the labels") :]
+    curl = section[: section.index("```", section.index("```sh") + 5)]
+    body = curl[curl.index("-d '") + 4 : curl.rindex("'")]
+    response = post(server, body.encode())
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accepted": 3, "refused": {}, "errors": []}
