@@ -261,24 +261,33 @@ class CaptureWriter:
                 self._converted_rows += table.num_rows
 
     def _write_converted(self) -> None:
-        import pyarrow as pa
 
         with self._lock:
             converted, self._converted = self._converted, {}
             self._converted_rows = 0
         for day, tables in sorted(converted.items()):
-            self._write(_date(day * 86400), pa.concat_tables(tables))
+            self._write(_date(day * 86400), tables)
 
-    def _write(self, date: str, table: Any) -> None:
-        rows = table.num_rows
+    def _write(self, date: str, tables: list[Any]) -> None:
+        import pyarrow as pa
+
+        rows = sum(table.num_rows for table in tables)
         directory = layout.predictions_dir(self.root, self.model.name, self.model.version, date)
         try:
             # snappy: the server writes often, and every row; merged files take zstd.
             path = write_atomic(
-                table, directory, self._stem(), admit=self._admit, compression="snappy"
+                pa.concat_tables(tables),
+                directory,
+                self._stem(),
+                admit=self._admit,
+                compression="snappy",
             )
-        except OSError as exc:
+        except OSError as exc:  # an unwritable directory, a full disk
             self._drop(WRITE_FAILED, rows, f"{directory}: {exc}")
+            return
+        except Exception as exc:  # a bug: the rows are lost, and counted
+            logger.exception("capture: %d rows could not be written", rows)
+            self._drop(WRITE_FAILED, rows, f"{directory}: {type(exc).__name__}: {exc}")
             return
         if path is None:
             self._drop(MAX_BYTES, rows, f"{self.root} holds {self.max_bytes} bytes or more")

@@ -278,3 +278,18 @@ def test_files_written_large_are_not_merged(tmp_path: Path) -> None:
         capture.flush()
     capture.close()
     assert len(files_in(tmp_path)) == 5 and len(rows_in(tmp_path)) == 5
+
+
+def test_rows_a_write_fails_on_for_any_reason_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyed_serving.capture import writer as module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(module, "write_atomic", broken)
+    capture, dropped = writer(tmp_path)
+    capture.record(answered([1, 2]))
+    capture.flush()  # does not raise
+    assert dropped == {"write_failed": 2}

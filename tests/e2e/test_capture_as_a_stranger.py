@@ -377,6 +377,8 @@ def test_the_readmes_snippets_read_the_capture_as_written(
     zips: Zips, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The README's snippets (DuckDB, pyarrow), run as written from the capture's parent."""
+    import duckdb
+
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Monitor the model") :]
     section = section[: section.index("\n## ", 10)]
@@ -389,14 +391,16 @@ def test_the_readmes_snippets_read_the_capture_as_written(
     monkeypatch.chdir(zips.capture.parent)
     for snippet in snippets:
         found: dict[str, Any] = {}
-        exec(snippet.replace("duckdb.sql(", "result = duckdb.sql(", 1), found)
+        exec(snippet, found)
+        relations = [v for v in found.values() if isinstance(v, duckdb.DuckDBPyRelation)]
         if "predictions" in found:  # pyarrow's
             read = found["predictions"]
             assert len(read) == len(zips.sent)
             assert set(read["feature_zip"].dropna()) <= {"00501", "02134", "10001", "94105"}
             assert all(isinstance(v, str) for v in read["version"])
         else:
-            counted = dict(found["result"].fetchall())
+            [relation] = relations
+            counted = dict(relation.fetchall())
             assert sum(counted.values()) == len(zips.sent)
     assert len(snippets) >= 2
 
