@@ -18,9 +18,9 @@ import argparse
 import datetime
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pandas as pd
@@ -44,6 +44,7 @@ from keyed_serving.evaluation.read import (
     to_microseconds,
 )
 
+T = TypeVar("T")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise Unusable(f"--since {args.since} is after --until {iso(rules.until_us)}")
     if not Path(args.capture_dir).is_dir():
         raise Unusable(f"{args.capture_dir}: no such directory (the server's KEYED_CAPTURE_DIR)")
-    capture = open_capture(args.capture_dir, args.model)
+    capture = read_again(lambda: open_capture(args.capture_dir, args.model), args.capture_dir)
     if args.labels:
         if not Path(args.labels).is_file():
             raise Unusable(f"--labels {args.labels}: no such file")
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         file_labels = empty_labels(capture.task)
     engine = engine_named(args.engine)
     try:
-        joined = evaluate(engine, capture, file_labels, rules)
+        joined = read_again(lambda: evaluate(engine, capture, file_labels, rules), args.capture_dir)
         note = key_type_note(engine) if joined.diagnostics["orphan_labels"] else None
     finally:
         engine.close()
@@ -168,6 +169,31 @@ def run(args: argparse.Namespace) -> int:
 
     Path(args.out).write_text(render(built), encoding="utf-8")
     return 0
+
+
+# A capture being written: a worker's merge removes its small files once the merged file
+# holding their rows is renamed in, so a file listed may be gone when it is opened. No row
+# is lost by reading again (keyed_serving.capture.writer); each engine says it its way.
+READ_ATTEMPTS = 5
+_VANISHED = ("No such file or directory", "FileNotFoundException", "FILE_NOT_EXIST")
+
+
+def read_again(read: Callable[[], T], capture_dir: str) -> T:
+    """``read()``, again when a file of the capture vanished while it was read."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return read()
+        except Unusable:
+            raise
+        except Exception as exc:
+            if not (isinstance(exc, FileNotFoundError) or any(t in str(exc) for t in _VANISHED)):
+                raise
+            if attempt == READ_ATTEMPTS:
+                raise Unusable(
+                    f"{capture_dir}: its files were merged away {READ_ATTEMPTS} times while "
+                    f"read ({type(exc).__name__}); try again"
+                ) from None
+    raise AssertionError("unreachable")
 
 
 def key_type_note(engine: Engine) -> str | None:

@@ -139,3 +139,117 @@ def test_a_label_time_that_is_not_iso_8601_is_refused_in_one_line(
     assert evaluate(regressor_capture, *args, *UNTIL, tmp_path=tmp_path) == 2
     said = capsys.readouterr().err
     assert said.count("\n") == 1 and "'observed_at'" in said and "ISO 8601" in said, said
+
+
+def vanished(kind: str) -> Exception:
+    """What a read raises when a worker's merge removed a file after it was listed."""
+    gone = "/capture/predictions/model=churn/version=v1/date=2026-03-02/w1-000007.parquet"
+    if kind == "duckdb":
+        import duckdb
+
+        return duckdb.IOException(f'IO Error: Cannot open file "{gone}": No such file or directory')
+    return FileNotFoundError(2, "No such file or directory", gone)
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "pyarrow"])
+def test_a_file_merged_away_while_it_is_read_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A server merges its small capture files while keyed-evaluate reads them (a file
+    listed, then removed once the merged file holding its rows is in): the run reads
+    again instead of ending in a traceback."""
+    from keyed_serving.evaluation import cli
+
+    root = tmp_path / "capture"
+    write_predictions(root, [prediction(f"k{i}", 1) for i in range(10)])
+    real, calls = cli.evaluate, []
+
+    def once_too_soon(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise vanished(kind)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "evaluate", once_too_soon)
+    assert evaluate(root, *UNTIL, tmp_path=tmp_path) == 0
+    assert len(calls) == 2
+
+
+def test_a_file_that_keeps_vanishing_is_said_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from keyed_serving.evaluation import cli
+
+    root = tmp_path / "capture"
+    write_predictions(root, [prediction(f"k{i}", 1) for i in range(10)])
+
+    def always(*args: object, **kwargs: object) -> object:
+        raise vanished("duckdb")
+
+    monkeypatch.setattr(cli, "evaluate", always)
+    assert evaluate(root, *UNTIL, tmp_path=tmp_path) == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "try again" in said
+
+
+def test_an_io_error_that_is_not_a_vanished_file_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import duckdb
+
+    from keyed_serving.evaluation import cli
+
+    root = tmp_path / "capture"
+    write_predictions(root, [prediction(f"k{i}", 1) for i in range(10)])
+    calls = []
+
+    def broken(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        raise duckdb.IOException("IO Error: No magic bytes found at end of file")
+
+    monkeypatch.setattr(cli, "evaluate", broken)
+    with pytest.raises(duckdb.IOException):
+        evaluate(root, *UNTIL, tmp_path=tmp_path)
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_keyed_evaluate_reads_a_capture_while_its_files_are_merged(tmp_path: Path) -> None:
+    """The writer's merge, every 20 ms, beside keyed-evaluate: every run reads every
+    prediction once (failed before: a run in three or so ended in an IOException)."""
+    import json
+    import threading
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from keyed_serving.capture.files import write_atomic
+
+    root = tmp_path / "capture"
+    for part in range(8):
+        rows = [prediction(f"k{i}", 1) for i in range(part * 10, part * 10 + 10)]
+        write_predictions(root, rows, name=f"part-{part}")
+    [directory] = list((root / "predictions").glob("model=*/version=*/date=*"))
+    stop = threading.Event()
+
+    def merge_forever() -> None:
+        merged = 0
+        while not stop.is_set():
+            parts = sorted(directory.glob("*.parquet"))
+            merged += 1
+            write_atomic(pa.concat_tables([pq.read_table(p) for p in parts]), directory,
+                         f"merged-{merged}")  # fmt: skip
+            for part in parts:
+                part.unlink()
+            stop.wait(0.02)  # a server merges once per 32 flushes; this is still far more
+
+    merging = threading.Thread(target=merge_forever)
+    merging.start()
+    try:
+        for _ in range(20):
+            assert evaluate(root, *UNTIL, tmp_path=tmp_path) == 0
+            report = json.loads((tmp_path / "report.json").read_text())
+            assert report["versions"]["v1"]["predictions"] == 80
+    finally:
+        stop.set()
+        merging.join()
