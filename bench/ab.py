@@ -60,6 +60,7 @@ def arguments(description: str | None, out: Path) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--loads", default="W1,W2,W3", help="of bench/load.py's WORKLOADS")
     return parser.parse_args()
 
 

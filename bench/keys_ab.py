@@ -23,7 +23,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with bench_setup("keyed-ab") as setup:
         home, work, tag, pipeline = setup.home, setup.work, setup.tag, setup.pipeline
-        loads = [w for w in WORKLOADS if w.name in ("W1", "W2", "W3")]
+        loads = [w for w in WORKLOADS if w.name in args.loads.split(",")]
         files = {w.name: write_workload(work, w, pipeline, seed=i) for i, w in enumerate(loads)}
         with contextlib.ExitStack() as stack:
             keyed = stack.enter_context(

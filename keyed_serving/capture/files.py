@@ -431,16 +431,17 @@ def write_atomic(
     target = directory / f"{stem}{layout.SUFFIX}"
     temporary = directory / f".{stem}{layout.TEMPORARY_SUFFIX}"
     try:
-        with open(temporary, "wb") as sink:
-            pq.write_table(
-                table,
-                sink,
-                compression=compression,
-                use_dictionary=[name for name in table.column_names if name in REPEATING],
-            )
-            if durable:
-                sink.flush()
-                os.fsync(sink.fileno())
+        # A path, not a Python file: Arrow writes it natively, without taking the GIL
+        # from the event loop for every page (a Python file object is written through
+        # Python calls).
+        pq.write_table(
+            table,
+            str(temporary),
+            compression=compression,
+            use_dictionary=[name for name in table.column_names if name in REPEATING],
+        )
+        if durable:
+            _fsync(temporary)
         if admit is not None and not admit(temporary.stat().st_size):
             temporary.unlink()
             return None
@@ -449,16 +450,18 @@ def write_atomic(
         temporary.unlink(missing_ok=True)
         raise
     if durable:
-        _fsync_directory(directory)
+        _fsync(directory)
     return target
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    """A file's or a directory's entries to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
 
 
 def dates_of(table: pa.Table) -> list[str]:
