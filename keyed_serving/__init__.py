@@ -14,7 +14,12 @@ import (the rules are import-linter contracts in ``pyproject.toml``, checked by 
   micro-batch, ``keyed-import``, training, the bento's pins;
 - :mod:`keyed_serving.client`: the caller's side, ``KeyedClient`` and ``keyed-score``
   (the wire format only: no scikit-learn, no BentoML);
-- :mod:`keyed_serving.offline`: keyed scoring on Spark.
+- :mod:`keyed_serving.offline`: keyed scoring on Spark;
+- :mod:`keyed_serving.capture`: continuous evaluation's write side: every answered
+  prediction kept by key, and the labels that come later, as Parquet datasets (its
+  ``layout`` is the contract with every reader);
+- :mod:`keyed_serving.evaluation`: its read side, ``keyed-evaluate``: predictions joined
+  with their labels on DuckDB or Spark, quality per model version, the reports.
 
 The public names below are imported on first use, so that importing the package (the
 client, say) loads none of the model's packages.
