@@ -451,10 +451,28 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
             f"- every key once: {w['every_key_once']}; predictions differing from the model's: "
             f"{w['mismatched']}; client peak RSS {w['client_peak_rss_mb']:,.0f} MB",
         ]
+    lines += capture_section(out.with_name("capture_ab.md"))
     lines += ["", "## Notes", "", *(f"- {n}" for n in run.notes)]
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text
+
+
+def capture_section(ab: Path) -> list[str]:
+    """What capture costs (issue 17's budget: within 10% at W1-W3), as bench/capture_ab.py
+    last measured it: its A/B runs two servers side by side, which this run does not."""
+    if not ab.exists():
+        return []
+    table = [line for line in ab.read_text().splitlines() if line.startswith("|")]
+    said = next((line for line in ab.read_text().splitlines() if line.startswith("Written")), "")
+    return [
+        "",
+        "## Capture on / off (issue 17: within 10% at W1, W2 and W3)",
+        "",
+        f"From [`capture_ab.md`](capture_ab.md). {said}",
+        "",
+        *table,
+    ]
 
 
 def draw(run: Run, path: Path) -> None:
