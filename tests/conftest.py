@@ -15,14 +15,12 @@ os.environ["BENTOML_HOME"] = _HOME
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 os.environ.pop("MODEL_TAG", None)
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
-from support import ROOT, make_customer_table  # noqa: E402
+from support import make_customer_table, train_with_cli  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -64,25 +62,4 @@ def customer_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def customer_model(customer_csv: Path) -> str:
     """Trained through train.py's command line, as a user would; its tag."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--csv",
-            str(customer_csv),
-            "--target",
-            "churned",
-            "--key",
-            "customer_id",
-            "--name",
-            "customers",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    tag = out.stdout.split()[1]
-    assert tag.startswith("customers:"), out.stdout
-    return tag
+    return train_with_cli(customer_csv, "churned", "customers")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,38 @@ def make_customer_table(rows: int, seed: int = 7) -> pd.DataFrame:
     for column, share in (("monthly_spend", 0.08), ("region", 0.1), ("tenure_months", 0.05)):
         table.loc[rng.random(rows) < share, column] = np.nan
     return table
+
+
+def train_with_cli(
+    table: Path, target: str, name: str, *extra: str, home: str | None = None
+) -> str:
+    """A model trained through train.py's command line, as a user would (keyed by
+    customer_id, into ``home``'s store or the session's); its tag."""
+    out = subprocess.run(
+        [
+            *(sys.executable, "train.py", "--table", str(table), "--target", target),
+            *("--key", "customer_id", "--name", name, *extra),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **({"BENTOML_HOME": home} if home else {})},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    tag = out.stdout.split()[1]
+    assert tag.startswith(f"{name}:"), out.stdout
+    return tag
+
+
+def instance_features(table: pd.DataFrame, i: int, names: Sequence[str]) -> dict[str, Any]:
+    """Row ``i``'s ``names`` as a wire instance's features: plain Python values, None for
+    a gap."""
+    row = table.iloc[i]
+    return {
+        name: None if pd.isna(row[name]) else getattr(row[name], "item", lambda v=row[name]: v)()
+        for name in names
+    }
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> Path:

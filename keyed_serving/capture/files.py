@@ -463,7 +463,6 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
-
 def dates_of(table: pa.Table) -> list[str]:
     """The UTC dates (YYYY-MM-DD) of a captured table's ``ts``, in order."""
     import pyarrow.compute as pc

@@ -338,15 +338,7 @@ def metric_over_time(
                 [m["low"] for _, m in enough],
                 [m["high"] for _, m in enough],
             )
-            axes.fill_between(
-                xs,
-                lows,
-                highs,
-                color=tint,
-                alpha=0.18,
-                linewidth=0,
-                gid=f"mark-band-{one.index}",
-            )
+            band(axes, xs, lows, highs, tint, one.index)
         if too_few:
             few = True
             axes.plot(
@@ -558,15 +550,7 @@ def regression_distribution(series: Sequence[Series], *, window: str) -> Chart:
         band_x, lows, highs = stepped(
             windows, [d.get("p10") for d in spread], [d.get("p90") for d in spread]
         )
-        axes.fill_between(
-            band_x,
-            lows,
-            highs,
-            color=tint,
-            alpha=0.18,
-            linewidth=0,
-            gid=f"mark-band-{one.index}",
-        )
+        band(axes, band_x, lows, highs, tint, one.index)
         described.append(f"version {one.version}: mean from {min(means):.4g} to {max(means):.4g}")
     handles, _ = axes.get_legend_handles_labels()
     handles += [
@@ -752,3 +736,10 @@ def duration_unit(seconds: float) -> tuple[str, float]:
         if seconds < below:
             return unit, length
     return "days", 86400
+
+
+def band(axes: Any, xs: Any, lows: Any, highs: Any, tint: Any, index: int) -> None:
+    """A version's interval (or spread) as a light band, marked for the page's test."""
+    axes.fill_between(
+        xs, lows, highs, color=tint, alpha=0.18, linewidth=0, gid=f"mark-band-{index}"
+    )

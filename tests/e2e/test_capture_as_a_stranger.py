@@ -7,7 +7,6 @@ read back with the README's own snippets."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pandas as pd
 import pytest
 from exact_values import import_visit_model, import_zip_model, zip_table
 from sklearn import metrics as skm
-from support import ROOT, Server, free_port, make_customer_table
+from support import ROOT, Server, free_port, instance_features, make_customer_table, train_with_cli
 
 from keyed_serving.capture import layout
 
@@ -33,22 +32,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def train_spend(csv: Path, home: str | None = None) -> str:
     """A regressor of monthly spend, trained by train.py as its README says; its tag."""
-    env = {**os.environ, **({"BENTOML_HOME": home} if home else {})}
-    out = subprocess.run(
-        [
-            *(sys.executable, "train.py", "--table", str(csv), "--target", "monthly_spend"),
-            *("--task", "regression", "--key", "customer_id", "--name", "spend"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    tag = out.stdout.split()[1]
-    assert tag.startswith("spend:"), out.stdout
-    return tag
+    return train_with_cli(csv, "monthly_spend", "spend", "--task", "regression", home=home)
 
 
 def spend_table(rows: int, seed: int) -> pd.DataFrame:
@@ -57,11 +41,7 @@ def spend_table(rows: int, seed: int) -> pd.DataFrame:
 
 
 def features_of(table: pd.DataFrame, i: int) -> dict[str, Any]:
-    row = table.iloc[i]
-    return {
-        name: None if pd.isna(row[name]) else getattr(row[name], "item", lambda v=row[name]: v)()
-        for name in FEATURES
-    }
+    return instance_features(table, i, FEATURES)
 
 
 @dataclass

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn import metrics as skm
-from support import ROOT, Server, make_customer_table
+from support import Server, instance_features, make_customer_table, train_with_cli
 
 pytestmark = pytest.mark.slow
 
@@ -71,19 +71,8 @@ def second_version(customer_model: str, tmp_path_factory: pytest.TempPathFactory
     """The same model retrained on other rows: a second version of "customers"."""
     csv = tmp_path_factory.mktemp("retrain") / "customers_v2.csv"
     make_customer_table(1500, seed=99).to_csv(csv, index=False)
-    out = subprocess.run(
-        [
-            *(sys.executable, "train.py", "--csv", str(csv), "--target", "churned"),
-            *("--key", "customer_id", "--name", "customers"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    tag = out.stdout.split()[1]
-    assert tag.startswith("customers:") and tag != customer_model, out.stdout
+    tag = train_with_cli(csv, "churned", "customers")
+    assert tag != customer_model
     return tag
 
 
@@ -93,17 +82,8 @@ def rows() -> pd.DataFrame:
 
 
 def features_of(rows: pd.DataFrame, i: int) -> dict[str, Any]:
-    row = rows.iloc[i]
-    return {
-        name: (
-            None
-            if pd.isna(row[name])
-            else row[name].item()
-            if hasattr(row[name], "item")
-            else row[name]
-        )
-        for name in ("plan", "region", "tenure_months", "monthly_spend", "support_tickets")
-    }
+    names = ("plan", "region", "tenure_months", "monthly_spend", "support_tickets")
+    return instance_features(rows, i, names)
 
 
 def predict(
