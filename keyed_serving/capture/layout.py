@@ -121,7 +121,10 @@ def partition_value(value: str) -> str:
     return _UNSAFE.sub(lambda match: "".join(f"%{b:02X}" for b in match[0].encode()), value)
 
 
-def date_of(ts: datetime.datetime) -> str:
+def date_of(ts: datetime.datetime | float) -> str:
+    """The UTC date of a time (a datetime, or seconds since the epoch): its partition."""
+    if not isinstance(ts, datetime.datetime):
+        ts = datetime.datetime.fromtimestamp(ts, datetime.UTC)
     return ts.astimezone(datetime.UTC).strftime("%Y-%m-%d")
 
 

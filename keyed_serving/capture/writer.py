@@ -41,7 +41,6 @@ they are.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import logging
 import os
@@ -261,12 +260,11 @@ class CaptureWriter:
                 self._converted_rows += table.num_rows
 
     def _write_converted(self) -> None:
-
         with self._lock:
             converted, self._converted = self._converted, {}
             self._converted_rows = 0
         for day, tables in sorted(converted.items()):
-            self._write(_date(day * 86400), tables)
+            self._write(layout.date_of(day * 86400), tables)
 
     def _write(self, date: str, tables: list[Any]) -> None:
         import pyarrow as pa
@@ -316,7 +314,7 @@ class CaptureWriter:
 
     # Merging small files.
     def _merge(self, merge_all: bool) -> None:
-        today = _date(self.clock())
+        today = layout.date_of(self.clock())
         for directory, parts in list(self._parts.items()):
             over = not directory.name.endswith(f"={today}")
             if len(parts) > self.merge_after or ((merge_all or over) and len(parts) > 1):
@@ -382,7 +380,7 @@ class CaptureWriter:
             }
         )
         try:
-            write_atomic(table, layout.drops_dir(self.root, _date(now)), self._stem())
+            write_atomic(table, layout.drops_dir(self.root, layout.date_of(now)), self._stem())
         except OSError:
             with self._lock:
                 self._dropped.update(dropped)
@@ -404,10 +402,6 @@ class CaptureWriter:
             counts or "none",
             f": {problem}" if problem else "",
         )
-
-
-def _date(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d")
 
 
 def _bytes_under(root: Path) -> int:
