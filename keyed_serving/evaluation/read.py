@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from keyed_serving.capture import layout
-from keyed_serving.keys import key_from_cell, key_problem
+from keyed_serving.keys import find_key_problems, key_from_cell
 from keyed_serving.tables import iter_batches, key_columns
 
 MICROSECONDS = 1_000_000
@@ -131,10 +131,7 @@ def read_label_file(spec: LabelFile, task: str) -> pd.DataFrame:
     if not frames:
         return empty_labels(task)
     table = pd.concat(frames, ignore_index=True)
-    texts = [
-        _key_text([table[k].iat[row] for k in keys], keys, row, spec.path)
-        for row in range(len(table))
-    ]
+    texts = _key_texts(table, keys, spec.path)
     labels = pd.DataFrame(
         {
             "key": [text for text, _ in texts],
@@ -169,13 +166,20 @@ def _missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def _key_text(cells: Sequence[Any], names: Sequence[str], row: int, path: Path) -> tuple[str, str]:
-    parts = [key_from_cell(cell) for cell in cells]
-    for name, part in zip(names, parts, strict=True):
-        problem = key_problem(part)
-        if problem is not None:
-            raise Unusable(f"{path}: row {row}, key column {name!r}: {problem}")
-    return layout.key_text(parts[0] if len(parts) == 1 else tuple(parts))
+def _key_texts(table: pd.DataFrame, names: Sequence[str], path: Path) -> list[tuple[str, str]]:
+    """Each row's key (one column, or a key of several parts) as ``layout.key_text``; the
+    first row with an unusable key part is refused, naming its column."""
+    columns = [[key_from_cell(cell) for cell in table[name].tolist()] for name in names]
+    found = [
+        (row, name, problem)
+        for name, column in zip(names, columns, strict=True)
+        for row, problem in find_key_problems(column).unusable[:1]
+    ]
+    if found:
+        row, name, problem = min(found, key=lambda one: one[0])
+        raise Unusable(f"{path}: row {row}, key column {name!r}: {problem}")
+    keys = columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
+    return [layout.key_text(key) for key in keys]
 
 
 def _label_values(column: pd.Series, task: str, spec: LabelFile) -> list[Any]:
