@@ -116,10 +116,9 @@ def _version(
     answered = predictions - failed
 
     def quality(rows: pd.DataFrame) -> dict[str, Any]:
-        if rows.empty:  # a version or window without labels yet: nothing to resample
-            nothing = {"value": None, "low": None, "high": None, "n": 0, "too_few": True}
-            return {name: dict(nothing) for name in measure.METRICS[capture.task]}
-        y_true, y_pred, proba = _arrays(capture, classes, rows)
+        return quality_of(*_arrays(capture, classes, rows))
+
+    def quality_of(y_true: Any, y_pred: Any, proba: Any) -> dict[str, Any]:
         return dict(
             measure.quality(
                 capture.task,
@@ -132,6 +131,7 @@ def _version(
             )
         )
 
+    y_true, y_pred, proba = _arrays(capture, classes, scored)
     entry: dict[str, Any] = {
         "predictions": predictions,
         "failed": failed,
@@ -139,41 +139,37 @@ def _version(
         "coverage": len(scored) / answered if answered else None,
         "first": iso(int(windows["first_us"].min())),
         "last": iso(int(windows["last_us"].max())),
-        "metrics": quality(scored),
+        "metrics": quality_of(y_true, y_pred, proba),
     }
-    y_true, y_pred, proba = _arrays(capture, classes, scored)
     if capture.task == "classification":
-        if len(scored):
-            matrix = measure.confusion_matrix(classes or [], y_true, y_pred)
-        else:
-            matrix = {
-                "labels": classes or [],
-                "counts": [[0] * len(classes or [])] * len(classes or []),
-            }
-        entry["metrics"]["confusion_matrix"] = matrix
+        entry["metrics"]["confusion_matrix"] = measure.confusion_matrix(
+            classes or [], y_true, y_pred
+        )
         if proba is not None and len(scored):
             entry["calibration"] = measure.calibration(classes or [], y_true, proba)
     else:
-        entry["residuals"] = (
-            measure.residuals(y_true, y_pred) if len(scored) else {"edges": [], "counts": []}
-        )
-    entry["label_delay_s"] = _delays(measure, scored)
+        entry["residuals"] = measure.residuals(y_true, y_pred)
+    entry["label_delay_s"] = _delays(scored)
     width = WINDOWS[rules.window]
-    entry["windows"] = [
-        {
-            "start": iso(int(row.window_us)),
-            "end": iso(int(row.window_us) + width),
-            "predictions": int(row.predictions),
-            "failed": int(row.failed),
-            "labelled": int((scored["window_us"] == row.window_us).sum()),
-            "complete": int(row.window_us) + width + rules.max_delay_us <= rules.until_us,
-            "metrics": quality(scored[scored["window_us"] == row.window_us]),
-            "distribution": _distribution(
-                capture, classes, row, shares[shares["window_us"] == row.window_us]
-            ),
-        }
-        for row in windows.sort_values("window_us").itertuples(index=False)
-    ]
+    labelled = dict(iter(scored.groupby("window_us")))
+    shown = dict(iter(shares.groupby("window_us")))
+    entry["windows"] = []
+    for row in windows.sort_values("window_us").itertuples(index=False):
+        rows = labelled.get(row.window_us, scored.iloc[:0])
+        entry["windows"].append(
+            {
+                "start": iso(int(row.window_us)),
+                "end": iso(int(row.window_us) + width),
+                "predictions": int(row.predictions),
+                "failed": int(row.failed),
+                "labelled": len(rows),
+                "complete": int(row.window_us) + width + rules.max_delay_us <= rules.until_us,
+                "metrics": quality(rows),
+                "distribution": _distribution(
+                    capture, classes, row, shown.get(row.window_us, shares.iloc[:0])
+                ),
+            }
+        )
     return entry
 
 
@@ -198,7 +194,7 @@ def _arrays(
     return y_true, y_pred, proba
 
 
-def _delays(measure: Any, scored: pd.DataFrame) -> dict[str, Any]:
+def _delays(scored: pd.DataFrame) -> dict[str, Any]:
     """Label delay per pair: the label's time (or, without one, when it was received)
     minus the prediction's."""
     when = scored["label_time_us"].fillna(scored["label_received_us"])
