@@ -150,7 +150,7 @@ def _read_one(rows: LabelRows, index: int, item: Any, task: str) -> None:
         rows.refuse(index, key, "invalid_label", message)
         return
     time = item.get("time")
-    when = None if time is None else _utc(time)
+    when = None if time is None else layout.utc_time(time)
     if time is not None and when is None:
         message = f"labels[{index}].time: {shown(time)}; an ISO 8601 date-time (UTC if no offset)"
         rows.refuse(index, key, "invalid_time", message)
@@ -188,22 +188,6 @@ def _label_text(label: Any, task: str) -> str | None:
     if isinstance(label, float) and math.isfinite(label):
         return layout.class_text(label)
     return None
-
-
-def _utc(text: Any) -> datetime.datetime | None:
-    """An ISO 8601 date-time text as UTC (no offset: UTC), or None."""
-    if not isinstance(text, str):
-        return None
-    try:
-        value = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.UTC)
-    try:
-        return value.astimezone(datetime.UTC)
-    except OverflowError:  # 0001-01-01 east of UTC, 9999-12-31 west of it: no UTC date
-        return None
 
 
 def write_labels(root: Path, rows: LabelRows, model: str, stem: str) -> Path | None:

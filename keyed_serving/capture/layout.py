@@ -149,3 +149,20 @@ def drops_dir(root: Path, date: str) -> Path:
 def glob_of(root: Path, dataset: str) -> str:
     """Every finished file of a dataset, as DuckDB and Spark take a path pattern."""
     return str(root / dataset / "**" / f"*{SUFFIX}")
+
+
+def utc_time(text: Any) -> datetime.datetime | None:
+    """An ISO 8601 date-time text as UTC (no offset: UTC), or None: the one reading of a
+    time that POST /labels and keyed-evaluate's options take."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=datetime.UTC)
+    try:
+        return value.astimezone(datetime.UTC)
+    except OverflowError:  # 0001-01-01 east of UTC, 9999-12-31 west of it: no UTC date
+        return None

@@ -28,7 +28,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from keyed_serving.capture import layout
-from keyed_serving.evaluation import report as reporting
 from keyed_serving.evaluation.engines import ENGINES, Engine, engine_named
 from keyed_serving.evaluation.join import POLICIES, WINDOWS, Joined, Rules, evaluate
 from keyed_serving.evaluation.read import (
@@ -58,10 +57,9 @@ def duration_us(text: str) -> int:
 
 
 def moment_us(text: str, option: str) -> int:
-    try:
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise Unusable(f"{option} {text!r}: an ISO 8601 date or date-time") from None
+    moment = layout.utc_time(text)
+    if moment is None:
+        raise Unusable(f"{option} {text!r}: an ISO 8601 date or date-time")
     return to_microseconds(moment)
 
 
@@ -159,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
         raise Unusable(
             f"{args.capture_dir} holds no predictions of {capture.model!r} in the time asked"
         )
+    # scikit-learn loads here, not for --help or a refusal before the join.
+    from keyed_serving.evaluation import report as reporting
+
     built = reporting.build(capture, rules, joined, engine=args.engine, min_count=args.min_count)
     show(built)
     if args.json:
