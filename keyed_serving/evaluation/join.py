@@ -80,7 +80,8 @@ def evaluate(engine: Engine, capture: Capture, file_labels: pd.DataFrame, rules:
     if rules.window not in WINDOWS:
         raise ValueError(f"unknown window {rules.window!r}: one of {', '.join(WINDOWS)}")
     classification = capture.task == "classification"
-    engine.read_sources(capture, "STRING" if classification else "DOUBLE")
+    label_type = "STRING" if classification else "DOUBLE"
+    engine.read_sources(capture, label_type)
     probabilities = [f"p{i}" for i in range(len(capture.classes or []))]
     labels = file_labels.assign(
         received_us=pd.array([None] * len(file_labels), dtype="Int64"),
@@ -89,7 +90,6 @@ def evaluate(engine: Engine, capture: Capture, file_labels: pd.DataFrame, rules:
         file_row=range(len(file_labels)),
     )
     engine.register("file_labels_read", labels[LABEL_COLUMNS.split(", ")])
-    label_type = "STRING" if classification else "DOUBLE"
     engine.view(
         "file_labels",
         "SELECT CAST(key AS STRING) AS key, CAST(key_type AS STRING) AS key_type, "
@@ -226,23 +226,12 @@ def evaluate(engine: Engine, capture: Capture, file_labels: pd.DataFrame, rules:
     )
     row = {name: int(value) for name, value in counts.iloc[0].items()}
     grouped = row.pop("grouped_labels")
+    # The counts in the query's order, with the orphans after the matched.
     diagnostics = {
-        "labels": row["labels"],
+        "labels": row.pop("labels"),
         "matched": row["matched"],
-        "orphan_labels": grouped - row["matched"],
-        **{
-            name: row[name]
-            for name in (
-                "duplicate_labels",
-                "conflicting_labels",
-                "unknown_class_labels",
-                "keys_predicted_more_than_once",
-                "unlabelled_past_max_delay",
-                "failed_predictions",
-                "labelled_failed",
-                "capture_drops",
-            )
-        },
+        "orphan_labels": grouped - row.pop("matched"),
+        **row,
     }
     return Joined(_typed(pairs), windows, shares, diagnostics)
 
