@@ -20,7 +20,6 @@ comparison and window is integer arithmetic, exact and free of session time zone
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ import pyarrow as pa
 
 from keyed_serving.capture import layout
 from keyed_serving.evaluation.read import Capture
+from keyed_serving.spark_local import local_session
 
 ENGINES = ("duckdb", "spark")
 
@@ -204,7 +204,7 @@ class SparkEngine(Engine):
     def __init__(self, session: Any = None, cores: int = 2) -> None:
         self.owned = session is None
         if session is None:
-            session = local_session(cores)
+            session = local_session(cores, "keyed-evaluate", quiet=True)
         self.session = session
         session.conf.set("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
         session.conf.set("spark.sql.session.timeZone", "UTC")
@@ -267,30 +267,6 @@ class SparkEngine(Engine):
             self._forget(name)
         if self.owned:
             self.session.stop()
-
-
-def local_session(cores: int) -> Any:
-    """A Spark session in local mode, as keyed_serving.offline.spark starts one (the
-    evaluation part may not import the offline part): its Python workers run this
-    interpreter."""
-    import sys
-
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    session = (
-        SparkSession.builder.master(f"local[{cores}]")
-        .appName("keyed-evaluate")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", str(max(2, 4 * cores)))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    return session
 
 
 def engine_named(name: str, session: Any = None) -> Engine:

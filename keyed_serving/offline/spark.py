@@ -45,6 +45,7 @@ from keyed_serving.keys import MAX_KEY_LENGTH, RULE, find_key_problems, key_from
 from keyed_serving.model.predicting import LoadedModel, model_error
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.model.store import load_stored, spec_of
+from keyed_serving.spark_local import local_session
 from keyed_serving.tables import ROW_KEY, check_table_columns, feature_column, key_columns
 
 if TYPE_CHECKING:
@@ -372,29 +373,6 @@ def _load_shipped(tag: str, name: str) -> LoadedModel:
     if str(stored.tag) != tag:
         raise RuntimeError(f"shipped model is {stored.tag}, expected {tag}")
     return load_stored(stored)
-
-
-def local_session(cores: int = 2, app_name: str = "keyed-scoring") -> Any:
-    """A Spark session in local mode with ``cores`` executor cores, whose Python workers run
-    this interpreter (Spark would otherwise start whatever ``python3`` is on the PATH, which
-    lacks the project's packages)."""
-    import sys
-
-    from pyspark.sql import SparkSession
-
-    # Read by PySpark when it starts the context; the spark.pyspark.python setting is only
-    # honoured by spark-submit.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (
-        SparkSession.builder.master(f"local[{cores}]")
-        .appName(app_name)
-        .config("spark.pyspark.python", sys.executable)
-        .config("spark.pyspark.driver.python", sys.executable)
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", str(max(2, 4 * cores)))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
-    )
 
 
 def demo_table(spec: ModelSpec, rows: int, seed: int = 0) -> pd.DataFrame:

@@ -12,8 +12,9 @@ from captures import ensure_metrics
 from random_capture import random_capture
 from test_report_matches_pandas import evaluated
 
-from keyed_serving.evaluation.engines import DuckDBEngine, SparkEngine, local_session
+from keyed_serving.evaluation.engines import DuckDBEngine, SparkEngine
 from keyed_serving.evaluation.read import LabelFile, read_label_file
+from keyed_serving.spark_local import local_session
 
 pytest.importorskip("pyspark")
 pytestmark = pytest.mark.slow  # a Spark session takes 5-10 s to start
@@ -22,7 +23,7 @@ ensure_metrics()
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
-    session = local_session(2)
+    session = local_session(2, "keyed-evaluate", quiet=True)
     yield session
     session.stop()
 
