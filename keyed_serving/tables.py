@@ -212,6 +212,11 @@ def json_value(value: Any) -> Any:
     return value
 
 
+def is_missing(value: Any) -> bool:
+    """A cell that holds no value: None, NaN, pandas' NA or NaT (as ``json_value`` says)."""
+    return json_value(value) is None
+
+
 def number_or_as_is(value: Any) -> Any:
     """A number feature's cell: text that reads as a number becomes one, and so does a
     decimal. A CSV column with one bad cell is read as text throughout; this keeps that one

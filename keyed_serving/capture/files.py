@@ -380,11 +380,11 @@ def _feature_column(feature: FeatureInfo, values: Sequence[Any]) -> pa.Array:
     try:
         return pa.array(cells, pa.string(), from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # a CSV's number in a category column
-        return pa.array([None if _missing(c) else str(c) for c in cells], pa.string())
+        # The table reader's rule of a missing cell; pandas loads with it, only here (the
+        # entry does not load pandas otherwise).
+        from keyed_serving.tables import is_missing
 
-
-def _missing(cell: Any) -> bool:
-    return cell is None or (isinstance(cell, float) and cell != cell)
+        return pa.array([None if is_missing(c) else str(c) for c in cells], pa.string())
 
 
 def _timestamp(cell: Any, kind: pa.TimestampType) -> datetime.datetime | None:

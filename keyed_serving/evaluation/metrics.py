@@ -88,6 +88,7 @@ from sklearn.metrics import (
 from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
 from keyed_serving.capture.layout import class_text
+from keyed_serving.tables import is_missing
 
 METRICS = {
     "classification": ("accuracy", "balanced_accuracy", "f1_macro", "log_loss", "roc_auc", "brier"),
@@ -271,16 +272,12 @@ def _as_text(values: np.ndarray) -> np.ndarray:
     if not all(type(value) is str for value in array):
         array = np.array(
             [
-                value if type(value) is str or _missing(value) else class_text(value)
+                value if type(value) is str or is_missing(value) else class_text(value)
                 for value in array
             ],
             dtype=object,
         )
     return array
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _codes_of(names: list[str], values: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from keyed_serving.capture import layout
 from keyed_serving.keys import find_key_problems, key_from_cell
-from keyed_serving.tables import iter_batches, key_columns
+from keyed_serving.tables import is_missing, iter_batches, key_columns
 
 MICROSECONDS = 1_000_000
 
@@ -139,7 +139,7 @@ def read_label_file(spec: LabelFile, task: str) -> pd.DataFrame:
             "label": _label_values(table[spec.label], task, spec),
             "time_us": _times(table[spec.time], spec) if spec.time else None,
             "request_id": (
-                [None if _missing(v) else str(v) for v in table[spec.request_id]]
+                [None if is_missing(v) else str(v) for v in table[spec.request_id]]
                 if spec.request_id
                 else None
             ),
@@ -162,10 +162,6 @@ def empty_labels(task: str) -> pd.DataFrame:
     )
 
 
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
 def _key_texts(table: pd.DataFrame, names: Sequence[str], path: Path) -> list[tuple[str, str]]:
     """Each row's key (one column, or a key of several parts) as ``layout.key_text``; the
     first row with an unusable key part is refused, naming its column."""
@@ -184,7 +180,7 @@ def _key_texts(table: pd.DataFrame, names: Sequence[str], path: Path) -> list[tu
 
 def _label_values(column: pd.Series, task: str, spec: LabelFile) -> list[Any]:
     values = column.tolist()
-    gaps = [row for row, value in enumerate(values) if _missing(value)]
+    gaps = [row for row, value in enumerate(values) if is_missing(value)]
     if gaps:
         raise Unusable(
             f"{spec.path}: {len(gaps)} row(s) without a label in {spec.label!r}, "
@@ -230,7 +226,7 @@ def _times(column: pd.Series, spec: LabelFile) -> list[int | None]:
     the first cell: 06/12/2026 would be read month first, and a number as nanoseconds."""
     expected = "an ISO 8601 date-time (2026-12-06T10:00:00Z) or a timestamp"
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_datetime64_any_dtype(column):
-        bad = next((row for row, cell in enumerate(column) if not _missing(cell)), None)
+        bad = next((row for row, cell in enumerate(column) if not is_missing(cell)), None)
         if bad is not None:
             raise Unusable(
                 f"{spec.path}: the time column {spec.time!r} holds numbers ({column.iat[bad]!r} "
@@ -248,7 +244,7 @@ def _times(column: pd.Series, spec: LabelFile) -> list[int | None]:
 
 
 def _iso_time(cell: Any) -> bool:
-    if _missing(cell):
+    if is_missing(cell):
         return True
     try:
         pd.to_datetime(pd.Series([cell], dtype=object), utc=True, format="ISO8601")
