@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -36,7 +35,6 @@ from keyed_serving.evaluation.read import (
     LabelFile,
     Unusable,
     empty_labels,
-    from_microseconds,
     iso,
     open_capture,
     read_label_file,
@@ -232,8 +230,8 @@ def write_joined(path: Path, capture: Capture, joined: Joined) -> None:
     pairs = joined.pairs
 
     def times(column: str) -> pa.Array:
-        values = [None if pd.isna(v) else from_microseconds(int(v)) for v in pairs[column]]
-        return pa.array(values, pa.timestamp("us", tz="UTC"))
+        micros = pa.array(pairs[column], pa.int64(), from_pandas=True)  # a gap: null
+        return micros.cast(pa.timestamp("us", tz="UTC"))
 
     kind = pa.string() if capture.task == "classification" else pa.float64()
     columns: dict[str, pa.Array] = {
@@ -243,20 +241,18 @@ def write_joined(path: Path, capture: Capture, joined: Joined) -> None:
         layout.KEY_TYPE: pa.array(pairs["key_type"].tolist(), pa.string()),
         layout.TS: times("ts_us"),
         "window": times("window_us"),
-        layout.PREDICTION: pa.array(_values(pairs["prediction"]), kind),
+        layout.PREDICTION: pa.array(pairs["prediction"], kind, from_pandas=True),
     }
     for i, name in enumerate(capture.classes or []):
-        columns[layout.PROBABILITY_PREFIX + name] = pa.array(_values(pairs[f"p{i}"]), pa.float64())
-    columns[layout.ERROR] = pa.array(_values(pairs["error"]), pa.string())
-    columns["label"] = pa.array(_values(pairs["label"]), kind)
+        columns[layout.PROBABILITY_PREFIX + name] = pa.array(
+            pairs[f"p{i}"], pa.float64(), from_pandas=True
+        )
+    columns[layout.ERROR] = pa.array(pairs["error"], pa.string(), from_pandas=True)
+    columns["label"] = pa.array(pairs["label"], kind, from_pandas=True)
     columns["label_time"] = times("label_time_us")
     columns["label_received"] = times("label_received_us")
-    columns["label_request_id"] = pa.array(_values(pairs["label_request_id"]), pa.string())
+    columns["label_request_id"] = pa.array(pairs["label_request_id"], pa.string(), from_pandas=True)
     pq.write_table(pa.table(columns), path)
-
-
-def _values(column: pd.Series) -> list[Any]:
-    return [None if pd.isna(v) else v for v in column.tolist()]
 
 
 def _number(value: Any, digits: int = 4) -> str:
