@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import subprocess
 import sys
@@ -101,14 +102,21 @@ def main() -> int:
         "--path", default="/predict", help="/predict, v2 (the V2 path) or grpc (V2 over gRPC)"
     )
     parser.add_argument(
+        "--connections", type=int, help="the load's connections instead of its own (W1: 64)"
+    )
+    parser.add_argument(
         "--service",
         default="service:KeyedPrediction",
         help="what to serve: bench.unkeyed_service:UnkeyedPrediction profiles the unkeyed variant",
     )
     args = parser.parse_args()
     load = next(w for w in WORKLOADS if w.name == args.load)
-    suffix = ("-grpc" if args.path == "grpc" else "") + (
-        "" if args.service == "service:KeyedPrediction" else "-" + args.service.split(":")[-1]
+    if args.connections:
+        load = dataclasses.replace(load, connections=args.connections)
+    suffix = (
+        ("-grpc" if args.path == "grpc" else "")
+        + (f"-{args.connections}" if args.connections else "")
+        + ("" if args.service == "service:KeyedPrediction" else "-" + args.service.split(":")[-1])
     )
     out = BENCH / "profiles"
     out.mkdir(exist_ok=True)

@@ -418,22 +418,24 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
             "not yet accepted, in its listening socket's accept queue (sampled every 0.5 s).",
             "Between warm-up and measurement the harness waits until the server owes no",
             "answer to the warm-up's closed connections: its sockets drained, then one request",
-            "of the same body answered (drained, in seconds).",
+            "of the same body answered (drained, in seconds). Load CPU: wrk's own CPU time over",
+            "the run (100% = one core of the two it shares with the server).",
             "‡: the p99 passes a quarter of the run (or nothing was answered), so",
             "the answers still in flight when wrk stopped weigh on the goodput: undercounted.",
             "",
             "| server | connections | goodput (200s/s) | non-2xx/s | non-2xx by status "
             "| connection errors | connections held / in accept queue | drained s | wrong keys "
             "| p99 of the 200s ms "
-            "| p99 of every answer ms | peak RSS MB |",
-            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| p99 of every answer ms | peak RSS MB | load CPU % |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             *(
                 f"| {r.server} | {r.connections:,} | {goodput_text(r)} | "
                 f"{r.non_2xx / r.seconds:,.0f} | {r.statuses} | {r.connection_errors} | "
                 f"{r.summary.get('held_connections', '?')} / "
                 f"{r.summary.get('accept_queue', '?')} | {r.summary.get('drained_s', 0):.1f} | "
                 f"{int(r.summary['mismatched'])} | {p99_text(r)} | "
-                f"{r.summary['p99_ms']:,.1f} | {r.peak_rss_mb:,.0f} |"
+                f"{r.summary['p99_ms']:,.1f} | {r.peak_rss_mb:,.0f} | "
+                f"{100 * r.wrk_cpu_s / r.seconds:.0f} |"
                 for r in run.sweep
             ),
         ]
