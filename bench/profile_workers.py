@@ -100,9 +100,16 @@ def main() -> int:
     parser.add_argument(
         "--path", default="/predict", help="/predict, v2 (the V2 path) or grpc (V2 over gRPC)"
     )
+    parser.add_argument(
+        "--service",
+        default="service:KeyedPrediction",
+        help="what to serve: bench.unkeyed_service:UnkeyedPrediction profiles the unkeyed variant",
+    )
     args = parser.parse_args()
     load = next(w for w in WORKLOADS if w.name == args.load)
-    suffix = "-grpc" if args.path == "grpc" else ""
+    suffix = ("-grpc" if args.path == "grpc" else "") + (
+        "" if args.service == "service:KeyedPrediction" else "-" + args.service.split(":")[-1]
+    )
     out = BENCH / "profiles"
     out.mkdir(exist_ok=True)
     with bench_setup("keyed-profile") as setup:
@@ -111,7 +118,7 @@ def main() -> int:
         grpc_port = {"KEYED_GRPC_PORT": str(free_port())} if args.path == "grpc" else {}
         with bentoml_server(
             "profiled",
-            "service:KeyedPrediction",
+            args.service,
             setup.home,
             setup.work,
             MODEL_TAG=setup.tag,

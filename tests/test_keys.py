@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyed_serving.keys import (
     MAX_INTEGER_KEY,
@@ -135,3 +137,41 @@ def test_a_key_column_gives_each_key_as_sent_at_its_position(keys: list[Any]) ->
         assert key == keys[index] and type(key) is type(keys[index])
     with pytest.raises(IndexError):
         column[len(keys)]
+
+
+_CHARACTERS = st.sampled_from(["a", "Z", "0", "-", "\x00", "\u00e9", "\u5b57", "\U0001f600"])
+_TEXT = st.text(_CHARACTERS, max_size=4)
+_KEY_LISTS = st.one_of(
+    # Either side of the 200 keys where packing turns to NumPy.
+    st.lists(_TEXT, max_size=60),
+    st.lists(st.text(_CHARACTERS, min_size=1, max_size=3), min_size=200, max_size=450),
+    st.lists(st.text(st.sampled_from("ab-\u00e9"), max_size=3), min_size=200, max_size=450),
+    st.lists(st.text(st.sampled_from("ab-"), max_size=3), min_size=200, max_size=450),
+    st.lists(st.integers(-(2**64), 2**64), max_size=450),
+    st.lists(st.one_of(_TEXT, st.integers(-5, 5)), max_size=60),
+    st.lists(st.just("k" * 257), min_size=1, max_size=250),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=_KEY_LISTS, cut=st.tuples(st.integers(0, 450), st.integers(0, 450)))
+def test_the_checks_judge_and_pack_keys_as_one_key_at_a_time_would(
+    keys: list[Any], cut: tuple[int, int]
+) -> None:
+    """find_key_problems packs the keys it checked (the hop's column, made once): its
+    verdict is key_problem's for each key, its column gives every key back with its type,
+    and any run of it is the column of that run of keys."""
+    problems = find_key_problems(keys)
+    assert [index for index, _ in problems.unusable] == [
+        index for index, key in enumerate(keys) if key_problem(key) is not None
+    ]
+    if problems.unusable or len({type(key) for key in keys}) != 1:  # none, or both kinds
+        assert problems.column is None
+        return
+    column = problems.column
+    assert column is not None and len(column) == len(keys)
+    assert column.tolist() == keys and column.same_as(KeyColumn.pack(keys))
+    start, end = cut
+    run = column[start:end]
+    assert run.tolist() == keys[start:end] and len(run) == len(keys[start:end])
+    assert run.same_as(KeyColumn.pack(keys[start:end])) or not keys[start:end]

@@ -112,10 +112,15 @@ def reassemble_by_key(blocks: Sequence[KeyedBlock], results: Sequence[BlockResul
     if by_chunk:  # results of chunks this request did not send
         raise _mismatch(blocks, results)
     return Scored(
-        predictions=np.concatenate(predictions).tolist() if predictions else [],
-        probabilities=np.concatenate(probabilities) if probabilities else None,
+        predictions=_joined(predictions).tolist() if predictions else [],
+        probabilities=_joined(probabilities) if probabilities else None,
         errors=errors,
     )
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The blocks' arrays end to end (one block, the usual request, is not copied)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _well_formed(result: BlockResult) -> bool:

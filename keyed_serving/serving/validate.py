@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from keyed_serving.keys import Key, find_key_problems, is_usable_key, shown
+from keyed_serving.keys import Key, KeyColumn, find_key_problems, is_usable_key, shown
 from keyed_serving.lazy import numpy as np
 from keyed_serving.model.spec import ModelSpec, parse_datetime, takes_time_zones
 from keyed_serving.schemas import ErrorDetail, FeatureInfo
@@ -67,6 +67,8 @@ class ValidBatch:
     shape: str = "rows"  # or "columns": the answer is given in the shape of the request
     errors: str = "reject"
     all_keys: list[Key] = field(default_factory=list)  # every key received, request order
+    # ``keys`` packed for the runner hop by the checks that judged them (None: pack them).
+    key_column: KeyColumn | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -155,20 +157,25 @@ def validate_request(
         instances = body["instances"]
         if not keyed and isinstance(instances, list):
             instances = [{"key": i, **row} for i, row in enumerate(instances)]
-        keys, columns, failures = _from_rows(instances, spec, max_instances)
+        keys, key_column, columns, failures = _from_rows(instances, spec, max_instances)
         shape = "rows"
     elif "keys" in body or "columns" in body:
         sent_keys: Any = body.get("keys")
         if not keyed:
             some_column: Any = next(iter((body.get("columns") or {}).values()), [])
             sent_keys = list(range(len(some_column))) if isinstance(some_column, list) else None
-        keys, columns, failures = _from_columns(sent_keys, body.get("columns"), spec, max_instances)
+        keys, key_column, columns, failures = _from_columns(
+            sent_keys, body.get("columns"), spec, max_instances
+        )
         shape = "columns"
     else:
         raise _invalid("empty_instances", "send instances, or keys and columns", ["instances"])
-    batch = ValidBatch(len(keys), keys, [], shape=shape, errors=errors, all_keys=keys)
+    batch = ValidBatch(
+        len(keys), keys, [], shape=shape, errors=errors, all_keys=keys, key_column=key_column
+    )
     kept: list[int] | None = None
     if failures:
+        batch.key_column = None  # packed for every key sent, not for the ones kept
         failed = {failure.index for failure in failures}
         kept = [i for i in range(len(keys)) if i not in failed]
         batch.positions = kept
@@ -219,8 +226,9 @@ def _check_count(count: int, max_instances: int, where: str) -> None:
         )
 
 
-def _check_keys(keys: Sequence[Any], loc: Any) -> None:
-    """Every key usable and sent once. ``loc(i)`` says where key ``i`` is in the body."""
+def _check_keys(keys: Sequence[Any], loc: Any) -> KeyColumn | None:
+    """Every key usable and sent once. ``loc(i)`` says where key ``i`` is in the body.
+    Returns them packed for the hop, where the checks could pack them."""
     problems = find_key_problems(keys)
     if problems.unusable:
         details = [
@@ -240,11 +248,12 @@ def _check_keys(keys: Sequence[Any], loc: Any) -> None:
             for index, key, count in problems.duplicated[:MAX_REPORTED_ERRORS]
         ]
         raise InvalidRequest(f"{len(problems.duplicated)} duplicated key(s)", duplicates)
+    return problems.column
 
 
 def _from_rows(
     instances: Any, spec: ModelSpec, max_instances: int
-) -> tuple[list[Key], list[Any], list[InstanceFailure]]:
+) -> tuple[list[Key], KeyColumn | None, list[Any], list[InstanceFailure]]:
     if not isinstance(instances, list):
         raise _invalid("body", "instances must be a list", ["instances"])
     _check_count(len(instances), max_instances, "instances")
@@ -264,7 +273,7 @@ def _from_rows(
             [_malformed(i, instances[i]) for i in malformed[:MAX_REPORTED_ERRORS]],
         )
     keys = [instance["key"] for instance in instances]
-    _check_keys(keys, lambda i: ["instances", i, "key"])
+    key_column = _check_keys(keys, lambda i: ["instances", i, "key"])
     features = [instance["features"] for instance in instances]
     names = spec.feature_names
     columns = [[row.get(name, _MISSING) for row in features] for name in names]
@@ -280,7 +289,7 @@ def _from_rows(
         _check_column(column, feature, keys, problems)
         for feature, column in zip(spec.features, columns, strict=True)
     ]
-    return keys, _prefer(checked, columns), _failures(problems, keys)
+    return keys, key_column, _prefer(checked, columns), _failures(problems, keys)
 
 
 def _malformed(index: int, instance: Any) -> ErrorDetail:
@@ -307,13 +316,13 @@ def _malformed(index: int, instance: Any) -> ErrorDetail:
 
 def _from_columns(
     keys: Any, columns: Any, spec: ModelSpec, max_instances: int
-) -> tuple[list[Key], list[Any], list[InstanceFailure]]:
+) -> tuple[list[Key], KeyColumn | None, list[Any], list[InstanceFailure]]:
     if not isinstance(keys, list):
         raise _invalid("body", "keys must be a list (one key per row)", ["keys"])
     if not isinstance(columns, dict):
         raise _invalid("body", "columns must be an object {feature: [values]}", ["columns"])
     _check_count(len(keys), max_instances, "keys")
-    _check_keys(keys, lambda i: ["keys", i])
+    key_column = _check_keys(keys, lambda i: ["keys", i])
     names = spec.feature_names
     unknown = sorted(set(map(str, columns)) - set(names))
     missing = [name for name in names if name not in columns]
@@ -339,7 +348,7 @@ def _from_columns(
         _check_column(column, feature, keys, problems, loc="columns")
         for feature, column in zip(spec.features, ordered, strict=True)
     ]
-    return keys, _prefer(checked, ordered), _failures(problems, keys)
+    return keys, key_column, _prefer(checked, ordered), _failures(problems, keys)
 
 
 def _check_column(
