@@ -36,6 +36,7 @@ from keyed_serving.capture.files import Captured, CapturedModel
 from keyed_serving.capture.labels import InvalidLabels, LabelsRequest, read_labels, write_labels
 from keyed_serving.capture.writer import CaptureWriter
 from keyed_serving.formats import MEDIA_TYPES, format_of
+from keyed_serving.lazy import import_now
 from keyed_serving.model.store import check_servable, load_stored, served_model_tag, spec_of
 from keyed_serving.schemas import (
     BlockResult,
@@ -214,6 +215,9 @@ class KeyedPrediction:
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
+        # numpy and aiohttp, which the supervisor does without (see keyed_serving.lazy), before
+        # the first request rather than in it. (The runner's model load imports numpy.)
+        import_now()
         self.spec = spec_of(self.model_ref)
         self.metrics = get_metrics()
         self.entry_lock = hold_entry_lock()  # the runner stops only after this worker

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import bentoml
-import numpy as np
 import orjson
 from starlette.responses import Response
 
+from keyed_serving.lazy import import_now
+from keyed_serving.lazy import numpy as np
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.serving.chunking import cut
 from keyed_serving.serving.compression import AnswerCompression
@@ -53,6 +54,7 @@ class UnkeyedPrediction:
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
+        import_now()  # as the keyed entry does: numpy and aiohttp before the first request
         self.spec = ModelSpec.from_metadata(str(self.model_ref.tag), self.model_ref.info.metadata)
         self.coalescer = Coalescer(
             lambda blocks: self.runner.to_async.predict(blocks),

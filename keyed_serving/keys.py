@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from keyed_serving.lazy import numpy as np
 
 Key = str | int
 MAX_KEY_LENGTH = 256

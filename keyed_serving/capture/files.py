@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 
 from keyed_serving.capture import layout
+from keyed_serving.lazy import numpy as np
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -53,10 +53,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from keyed_serving.capture import layout
 from keyed_serving.capture.files import Captured, CapturedModel, captured_table, write_atomic
+from keyed_serving.lazy import numpy as np
 
 logger = logging.getLogger("keyed_serving.capture")
 BUFFER_FULL = "buffer_full"

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from keyed_serving.lazy import numpy as np
 
 if TYPE_CHECKING:  # pandas and joblib load with the model, in the runner only
     import pandas as pd

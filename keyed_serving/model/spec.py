@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+from keyed_serving.lazy import numpy as np
 
 if TYPE_CHECKING:  # pandas loads with the model, in the runner only
     import pandas as pd

@@ -22,19 +22,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
-import aiohttp
 from bentoml.exceptions import BentoMLException
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
 
+from keyed_serving.lazy import aiohttp
 from keyed_serving.schemas import BlockResult, KeyedBlock
 from keyed_serving.serving.reassemble import KeyMismatch
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 logger = logging.getLogger("keyed_serving.serving.dispatch")
 
@@ -84,6 +81,15 @@ async def send_blocks(
             log_retry(exc, 1 + state.attempt_number)  # after the first, untenacious attempt
 
     async def send(block: KeyedBlock) -> BlockResult:
+        # Imported on the first retry, not with the module: it keeps tenacity out of
+        # `bentoml serve`'s supervisor (see keyed_serving.lazy), and a retry waits anyway.
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception,
+            stop_before_delay,
+            wait_exponential_jitter,
+        )
+
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
             # Measured from the request's start, so all chunks share one deadline.

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from keyed_serving.keys import KeyColumn
+from keyed_serving.lazy import numpy as np
 from keyed_serving.schemas import BlockResult, InstanceError, Key, KeyedBlock
 
 # (chunk id, type of key, key): 1 and "1" are different keys.

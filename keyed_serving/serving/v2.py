@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
+from keyed_serving.lazy import numpy as np
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.serving.validate import read_json
 

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 
 from keyed_serving.keys import Key, KeyColumn, find_key_problems, is_usable_key, shown
+from keyed_serving.lazy import numpy as np
 from keyed_serving.model.spec import ModelSpec, parse_datetime, takes_time_zones
 from keyed_serving.schemas import ErrorDetail, FeatureInfo
 
@@ -33,7 +33,9 @@ from keyed_serving.schemas import ErrorDetail, FeatureInfo
 MAX_REPORTED_ERRORS = 100
 # scikit-learn's trees compare features as float32: a larger magnitude becomes infinity
 # and the model raises on it (1e308 would poison a micro-batch). Refused at the door.
-LARGEST_MAGNITUDE = float(np.finfo(np.float32).max)
+# float(np.finfo(np.float32).max), written out: numpy is not imported at import time
+# (keyed_serving.lazy).
+LARGEST_MAGNITUDE = (2 - 2**-23) * 2**127
 ERROR_MODES = ("reject", "per_instance")
 _NUMBER_TYPES = frozenset({int, float, type(None)})
 _CATEGORY_TYPES = frozenset({str, type(None)})
