@@ -7,8 +7,10 @@ import (the rules are import-linter contracts in ``pyproject.toml``, checked by 
   definition of a key), :mod:`~keyed_serving.schemas` (the wire schemas, in BentoML's
   types, so the client keeps off them), :mod:`~keyed_serving.settings`,
   :mod:`~keyed_serving.tables` (the one table reader and writer) and
-  :mod:`~keyed_serving.formats` (file formats by name) and :mod:`~keyed_serving.spark_local`
-  (a local Spark session, for scoring and evaluating on Spark);
+  :mod:`~keyed_serving.formats` (file formats by name), :mod:`~keyed_serving.spark_local`
+  (a local Spark session, for scoring and evaluating on Spark) and
+  :mod:`~keyed_serving.lazy` (numpy and aiohttp imported at their first use, so that
+  ``bentoml serve``'s supervisor maps neither);
 - :mod:`keyed_serving.serving`: the request path inside the server, one module per stage,
   conducted by ``service.py``;
 - :mod:`keyed_serving.model`: stored models (find, load, guard versions), predicting a
