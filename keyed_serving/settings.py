@@ -34,8 +34,11 @@ class Settings(BaseSettings):
     # baseline the benchmark compares batching against).
     batching: bool = True
     # Runner micro-batching: blocks (request chunks) per micro-batch, and the latency bound
-    # past which BentoML's dispatcher sheds a call (503, retried by the entry).
-    max_batch_size: int = Field(default=64, gt=1)
+    # past which BentoML's dispatcher sheds a call (503, retried by the entry). 256 blocks
+    # hold every request two entry workers work on at once (max_concurrency each), so a
+    # coalesced call is never split into micro-batches run one after the other: at 64, the
+    # goodput at 1,024 connections was 82% of the 64-connection figure (bench/sweep.md).
+    max_batch_size: int = Field(default=256, gt=1)
     max_latency_ms: int = Field(default=2000, gt=0)
     # Rows per block. The model's cost is mostly per call, so blocks are large; a bigger
     # request is cut so that its blocks spread over runner workers.
