@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from load import WORKLOADS, Result
-from servers import MLSERVER_VENV
+from servers import BENCH, MLSERVER_VENV
 
 
 @dataclass
@@ -194,6 +194,15 @@ def targets(run: Run) -> list[str]:
                     share >= 0.95,
                 )
             )
+    for load_name, share in keys_ab_ratios(BENCH / "keys_ab.md").items():
+        rows.append(
+            (
+                f"keys within 5% at {load_name}, in turn (bench/keys_ab.md: keyed / unkeyed "
+                ">= 0.95)",
+                f"**{share:.2f}**",
+                share >= 0.95,
+            )
+        )
     for peer in run.peers:
         pairs = [(find(run, OURS, w.name), find(run, peer, w.name)) for w in WORKLOADS[:3]]
         pairs = [(a, b) for a, b in pairs if a and b]
@@ -458,6 +467,19 @@ def report(run: Run, out: Path, plot: Path | None) -> str:
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text
+
+
+def keys_ab_ratios(ab: Path) -> dict[str, float]:
+    """keyed / unkeyed by load, as bench/keys_ab.py last measured it, loading the two in
+    turn (a finer A/B than this run's, whose servers are measured minutes apart)."""
+    if not ab.exists():
+        return {}
+    ratios = {}
+    for line in ab.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| W") and len(cells) > 3:
+            ratios[cells[0].split(" ")[0]] = float(cells[3])
+    return ratios
 
 
 def capture_section(ab: Path) -> list[str]:
