@@ -90,12 +90,21 @@ function request()
   return wrk.format(nil, nil, headers, bodies[i])
 end
 
+-- The JSON array after marker, without whitespace. Compact JSON (no ", " or ": " in the
+-- body, as every server here writes it) is taken as it is: removing whitespace character
+-- by character cost about 0.6 ms of wrk's CPU per 10,000-key answer, on the critical path
+-- of a one-connection load, and more for an answer that carries its keys than for one
+-- that does not.
 local function array_after(body, marker)
   local start = string.find(body, marker, 1, true)
   if not start then return nil end
   local open = string.find(body, "[", start + #marker - 1, true)
   local close = string.find(body, "]", open, true)
-  return (string.gsub(string.sub(body, open, close), "%s", ""))
+  local array = string.sub(body, open, close)
+  if string.find(body, ", ", 1, true) or string.find(body, ": ", 1, true) then
+    array = string.gsub(array, "%s", "")
+  end
+  return array
 end
 
 local function u32le(data, at)
