@@ -19,7 +19,8 @@ def cut(batch: ValidBatch, chunk_rows: int, model: str) -> list[KeyedBlock]:
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
     blocks = []
-    packed = batch.key_column  # packed by validation where it could
+    # Packed once: by validation where it could (else here), then cut per block.
+    packed = key_array(batch.keys) if batch.key_column is None else batch.key_column
     for start in range(0, len(batch.keys), chunk_rows):
         end = start + chunk_rows
         blocks.append(
@@ -28,7 +29,7 @@ def cut(batch: ValidBatch, chunk_rows: int, model: str) -> list[KeyedBlock]:
             KeyedBlock.model_construct(
                 chunk=uuid.uuid4().hex,
                 model=model,
-                keys=key_array(batch.keys[start:end]) if packed is None else packed[start:end],
+                keys=packed[start:end],
                 columns=[column[start:end] for column in batch.columns],
             )
         )
