@@ -17,6 +17,7 @@ import array
 import decimal
 import itertools
 import math
+import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,37 +101,38 @@ def find_key_problems(keys: Sequence[Any]) -> KeyProblems:
     """Unusable and duplicated keys. Keys that are all usable are checked in a few passes
     in C (types, string lengths, integer bounds, one set); a row-by-row look only happens
     where those find something. Keys of one kind come back packed (``column``): the text of
-    string keys is encoded once, for the checks and the hop alike."""
-    kinds = set(map(type, keys))
-    usable = kinds <= {str, int}
+    string keys is joined and encoded once, for the checks and the hop alike."""
     column: KeyColumn | None = None
-    if usable and kinds == {str}:
-        packed = _packed_text(keys)
-        if packed is None:
-            usable = False  # a lone surrogate (found row by row below)
-        else:
+    joined = _joined_text(keys)
+    if joined is not None:  # every key a str: the join that packs them told
+        packed = _packed_text(keys, joined)
+        usable = packed is not None  # else a lone surrogate (found row by row below)
+        if packed is not None:
             column, lengths = packed
             if lengths is None:  # text beyond ASCII: a character is not a byte
                 lengths = (min(map(len, keys)), max(map(len, keys)))
             usable = lengths[0] > 0 and lengths[1] <= MAX_KEY_LENGTH
-    elif usable and kinds == {int}:
-        try:  # the conversion itself refuses an integer beyond 64 bits
-            column = KeyColumn("int", np.array(keys, dtype=np.int64).tobytes())
-        except OverflowError:
-            usable = False
-    elif usable and kinds:
-        strings = [key for key in keys if type(key) is str]
-        lengths_of = list(map(len, strings))
-        integers = [key for key in keys if type(key) is int]
-        usable = (
-            min(lengths_of) > 0
-            and max(lengths_of) <= MAX_KEY_LENGTH
-            and min(integers) >= MIN_INTEGER_KEY
-            and max(integers) <= MAX_INTEGER_KEY
-            # A lone surrogate can only come from a reader more lenient than orjson
-            # (Python's json, a DataFrame); it is looked for by one encode of them all.
-            and _all_encodable(strings)
-        )
+    else:
+        kinds = set(map(type, keys))
+        usable = kinds <= {str, int}
+        if usable and kinds == {int}:
+            try:  # the conversion itself refuses an integer beyond 64 bits
+                column = KeyColumn("int", np.array(keys, dtype=np.int64).tobytes())
+            except OverflowError:
+                usable = False
+        elif usable and kinds:
+            strings = [key for key in keys if type(key) is str]
+            lengths_of = list(map(len, strings))
+            integers = [key for key in keys if type(key) is int]
+            usable = (
+                min(lengths_of) > 0
+                and max(lengths_of) <= MAX_KEY_LENGTH
+                and min(integers) >= MIN_INTEGER_KEY
+                and max(integers) <= MAX_INTEGER_KEY
+                # A lone surrogate can only come from a reader more lenient than orjson
+                # (Python's json, a DataFrame); it is looked for by one encode of them all.
+                and _all_encodable(strings)
+            )
     unusable: list[tuple[int, str]] = []
     if not usable:
         column = None
@@ -151,44 +153,57 @@ def find_key_problems(keys: Sequence[Any]) -> KeyProblems:
     return KeyProblems(unusable, duplicated, column)
 
 
-# Below this many keys, plain Python packs text faster than NumPy's fixed cost per call
-# (measured: NumPy's way costs more up to about 200 keys, a third at 10,000).
+# Below this many keys, plain Python finds where keys end faster than NumPy's fixed cost
+# per call (measured: NumPy's way costs more up to about 200 keys, a third at 10,000).
 _FEW_KEYS = 200
+# Between keys in a packed column's text (see KeyColumn).
+_SEPARATOR = "\x00"
 
 
-def _packed_text(keys: Sequence[str]) -> tuple[KeyColumn, tuple[int, int] | None] | None:
-    """String keys as a ``KeyColumn``, and the shortest and longest key's length when the
-    text is ASCII (bytes are characters; else None). None for a key that is not valid
-    Unicode (a lone surrogate).
-
-    Many keys are joined with NUL between them and encoded once; where each ends is where
-    the NULs are, found in one pass in C. A key that holds a NUL itself moves them: such
-    keys are packed one by one instead."""
-    if len(keys) >= _FEW_KEYS:
-        joined = "\x00".join(keys)
-        try:
-            encoded = joined.encode("utf-8")
-        except UnicodeEncodeError:
-            return None
-        separators = np.flatnonzero(np.frombuffer(encoded, dtype=np.uint8) == 0)
-        if len(separators) == len(keys) - 1:
-            ends = np.empty(len(keys), dtype=np.int64)
-            ends[:-1], ends[-1] = separators, len(encoded)
-            ends -= np.arange(len(keys))  # the NULs before each end, taken out of the text
-            column = KeyColumn("str", encoded.replace(b"\x00", b""), ends.tobytes())
-            if not joined.isascii():
-                return column, None
-            widths = ends.copy()
-            widths[1:] -= ends[:-1]
-            return column, (int(widths.min()), int(widths.max()))
-    text = "".join(keys)
+def _joined_text(keys: Sequence[Any]) -> str | None:
+    """The keys joined by the separator when every one is a ``str`` (a subclass is not a
+    key as sent: it is judged row by row), else None. The join refuses anything but text
+    at the first other key; only then are the types counted."""
+    if not keys:
+        return None
     try:
-        encoded = text.encode("utf-8")
+        joined = _SEPARATOR.join(keys)
+    except TypeError:
+        return None
+    return joined if operator.countOf(map(type, keys), str) == len(keys) else None
+
+
+def _packed_text(
+    keys: Sequence[str], joined: str
+) -> tuple[KeyColumn, tuple[int, int] | None] | None:
+    """String keys (``joined``: them joined by the separator) as a ``KeyColumn``, and the
+    shortest and longest key's length when the text is ASCII (bytes are characters; else
+    None). None for a key that is not valid Unicode (a lone surrogate).
+
+    The text is encoded once, separators and all. Where each key ends is where the
+    separators are, found in one pass in C; a key that holds a NUL itself moves them, and
+    then the ends are counted key by key instead."""
+    try:
+        encoded = joined.encode("utf-8")
     except UnicodeEncodeError:
         return None
-    ascii_text = len(encoded) == len(text)  # a character is a byte
+    ascii_text = len(encoded) == len(joined)  # a character is a byte
+    n = len(keys)
+    if n >= _FEW_KEYS:
+        separators = np.flatnonzero(np.frombuffer(encoded, dtype=np.uint8) == 0)
+        if len(separators) == n - 1:
+            ends = np.empty(n, dtype=np.int64)
+            ends[:-1], ends[-1] = separators, len(encoded)
+            column = KeyColumn("str", encoded, ends.tobytes())
+            if not ascii_text:
+                return column, None
+            widths = ends.copy()
+            widths[1:] -= ends[:-1] + 1
+            return column, (int(widths.min()), int(widths.max()))
     lengths = list(map(len, keys)) if ascii_text else [len(key.encode("utf-8")) for key in keys]
-    column = KeyColumn("str", encoded, array.array("q", itertools.accumulate(lengths)).tobytes())
+    # A key ends where the lengths up to it and a separator per key before it do.
+    ends_ = map(operator.add, itertools.accumulate(lengths), range(n))
+    column = KeyColumn("str", encoded, array.array("q", ends_).tobytes())
     return column, (min(lengths), max(lengths)) if ascii_text else None
 
 
@@ -227,10 +242,12 @@ class KeyColumn:
     The hop pickles what it sends (BentoML's own format); an object array of 10,000 keys
     pickles an object per key there and back (measured 3.5 ms of a W3 request, with the
     array's making). Here integer keys are one buffer of int64, string keys one buffer of
-    UTF-8 text and one of int64 ends (where each key ends in it); keys of both kinds in one
-    block stay an object array. A key's type survives: ``tolist()`` gives back ``1`` and
-    ``"1"`` as they were sent. ``same_as`` compares two columns key by key and type by type:
-    one comparison of bytes where both hold keys of one kind."""
+    UTF-8 text (the keys with a NUL between each two, as one join and one encode make it)
+    and one of int64 ends (where each key ends in it; the next starts one byte later);
+    keys of both kinds in one block stay an object array. A key's type survives:
+    ``tolist()`` gives back ``1`` and ``"1"`` as they were sent. ``same_as`` compares two
+    columns key by key and type by type: one comparison of bytes where both hold keys of
+    one kind."""
 
     __slots__ = ("_data", "_ends", "_kind", "_size")
 
@@ -254,7 +271,7 @@ class KeyColumn:
             except OverflowError:  # beyond 64 bits: not a key, but kept as sent
                 pass
         elif kinds == {str}:
-            packed = _packed_text(keys)
+            packed = _packed_text(keys, _SEPARATOR.join(keys))
             if packed is not None:  # else a lone surrogate: not a key, but kept as sent
                 return packed[0]
         objects = np.empty(len(keys), dtype=object)
@@ -287,7 +304,7 @@ class KeyColumn:
             return KeyColumn("int", self._data[8 * start : 8 * end])
         if self._kind == "str":
             all_ends = np.frombuffer(self._ends, dtype=np.int64)  # type: ignore[arg-type]
-            first = int(all_ends[start - 1]) if start else 0
+            first = int(all_ends[start - 1]) + 1 if start else 0
             ends = all_ends[start:end]
             last = int(ends[-1]) if len(ends) else first
             text: bytes = self._data
@@ -304,7 +321,7 @@ class KeyColumn:
             return int(np.frombuffer(self._data, dtype=np.int64)[index])
         if self._kind == "str":
             ends = np.frombuffer(self._ends, dtype=np.int64)  # type: ignore[arg-type]
-            start = int(ends[index - 1]) if index else 0
+            start = int(ends[index - 1]) + 1 if index else 0
             text: bytes = self._data
             return text[start : int(ends[index])].decode("utf-8")
         return self._data[index]
@@ -314,7 +331,7 @@ class KeyColumn:
             return list(np.frombuffer(self._data, dtype=np.int64).tolist())
         if self._kind == "str":
             ends = np.frombuffer(self._ends, dtype=np.int64).tolist()  # type: ignore[arg-type]
-            starts = [0, *ends][: len(ends)]
+            starts = [0, *(end + 1 for end in ends)][: len(ends)]
             text: bytes = self._data
             decoded = text.decode("utf-8")
             if len(decoded) == len(text):  # ASCII: slices of one decoded string
