@@ -362,7 +362,7 @@ class KeyedPrediction:
         result, or why there is no answer. What is answered is captured (with
         KEYED_CAPTURE_DIR) under ``answer_id``, else the request's X-Request-ID."""
         try:
-            batch = validate_request(body, self.spec, settings.max_instances)
+            batch = self.validate(body)
             if batch.failures and batch.errors == "reject":
                 raise rejection(batch.failures)
         except InvalidRequest as exc:
@@ -384,6 +384,11 @@ class KeyedPrediction:
         if self.capture is not None:
             self.capture.record(captured(batch, scored, source, answer_id))
         return batch, scored
+
+    def validate(self, body: Any) -> ValidBatch:
+        """The validate stage (the benchmark's unkeyed variant numbers rows here instead of
+        taking keys: bench/unkeyed_service.py)."""
+        return validate_request(body, self.spec, settings.max_instances)
 
     @bentoml.api(route="/v2/models/{model_name}/infer", input_spec=InferenceRequest)
     async def infer(

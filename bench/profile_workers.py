@@ -123,6 +123,8 @@ def main() -> int:
     with bench_setup("keyed-profile") as setup:
         files = write_workload(setup.work, load, setup.pipeline, seed=0)
         fmt = "v2" if args.path in ("v2", "grpc") else load.shape
+        if args.service.endswith(":UnkeyedPrediction"):
+            fmt += "_unkeyed"  # bodies without keys, answers checked by position
         grpc_port = {"KEYED_GRPC_PORT": str(free_port())} if args.path == "grpc" else {}
         with bentoml_server(
             "profiled",

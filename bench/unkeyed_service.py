@@ -1,10 +1,19 @@
 """An unkeyed variant of /predict, served only by the benchmark: the cost of keys.
 
-The same stack as the keyed service (its middlewares on /predict's way, the lean route,
-orjson, validation, coalescing, the instance counts, the same ModelRunner and model), except
-that the caller sends no keys and gets predictions by position: rows are numbered where they
-arrive (an int64 range, one buffer over the hop) and results are taken by position, with no
-key check. What keys cost is the difference.
+It is the keyed service itself (a subclass of its class: the same middlewares, lean route,
+deadline, validation of every value, coalescing, runner, model, result checks, metrics,
+summary and error handling), with the caller's keys taken out at each stage where keys are
+work:
+
+- the body has no keys, so none are parsed, checked for type and uniqueness or packed:
+  rows are numbered where they arrive (positions 0..n-1, unique by construction);
+- the hop carries those positions as one int64 buffer, where the keyed service carries the
+  keys' text;
+- results are matched to their block by the positions (one comparison of buffers, as the
+  keyed service's is when nothing was reordered);
+- the answer gives predictions by position, with no key beside them.
+
+What keys cost is the difference. Served only by bench/keys_ab.py:
 
     bentoml serve bench.unkeyed_service:UnkeyedPrediction
 """
@@ -15,119 +24,70 @@ from typing import Any
 
 import bentoml
 import orjson
-from starlette.responses import Response
 
-from keyed_serving.lazy import import_now
-from keyed_serving.lazy import numpy as np
-from keyed_serving.model.spec import ModelSpec
-from keyed_serving.serving.chunking import cut
+import service
+from keyed_serving.serving.answers import Answer, column_answer, row_answer, summary
 from keyed_serving.serving.compression import AnswerCompression
-from keyed_serving.serving.dispatch import Coalescer, send_blocks
-from keyed_serving.serving.http import (
-    AnswerStamp,
-    EntryGate,
-    ErrorsAnswered,
-    add_outermost,
-    bind_apis_once,
-    error_response,
-)
-from keyed_serving.serving.metrics import get_metrics
-from keyed_serving.serving.routes import EntrySlot, LeanRoutes
-from keyed_serving.serving.validate import InvalidRequest, validate_request
-from service import (
-    GATE,
-    MODEL_TAG,
-    QUIET,
-    ModelRunner,
-    PredictRequest,
-    cors_enabled,
-    settings,
-    settle_the_heap,
-)
-
-ENTRY = EntrySlot()
+from keyed_serving.serving.http import AnswerStamp, EntryGate, ErrorsAnswered, add_outermost
+from keyed_serving.serving.reassemble import Scored
+from keyed_serving.serving.routes import LeanRoutes
+from keyed_serving.serving.validate import ValidBatch, validate_request
+from service import GATE, PREDICT, QUIET, cors_enabled, settings
 
 
-@bentoml.service(workers=settings.entry_workers, **QUIET)
-class UnkeyedPrediction:
-    model_ref = bentoml.models.BentoModel(MODEL_TAG)
-    runner = bentoml.depends(ModelRunner)
+class _Unkeyed(service.KeyedPrediction.inner):  # type: ignore[name-defined,misc]
+    def validate(self, body: Any) -> ValidBatch:
+        return validate_request(body, self.spec, settings.max_instances, keyed=False)
 
-    def __init__(self) -> None:
-        import_now()  # as the keyed entry does: numpy and aiohttp before the first request
-        self.spec = ModelSpec.from_metadata(str(self.model_ref.tag), self.model_ref.info.metadata)
-        self.coalescer = Coalescer(
-            lambda blocks: self.runner.to_async.predict(blocks),
-            max_calls=settings.runner_calls,
-            max_rows=settings.coalesce_rows,
-            linger_s=settings.coalesce_linger_ms / 1000,
+    async def predict_body(self, body: Any) -> Any:
+        return await self.answer(
+            body,
+            lambda batch, scored: unkeyed_answer(batch, scored, self.spec),
+            name_first=False,
+            source=PREDICT,
         )
-        self.metrics = get_metrics()
-        bind_apis_once(self, "predict")
 
-    @bentoml.on_startup
-    def serve_the_lean_routes(self) -> None:
-        ENTRY.instance = self
-        settle_the_heap(many_requests=True)
 
-    @bentoml.api(input_spec=PredictRequest)
-    async def predict(self, ctx: bentoml.Context, **_: Any) -> Any:
-        response = await self.predict_raw(await ctx.request.body())
-        ctx.response.status_code = response.status_code
-        return response
-
-    async def infer_raw(self, *_: Any) -> Response:
-        return error_response(404, "the unkeyed variant has no V2 route")  # type: ignore[no-any-return]
-
-    async def predict_raw(self, raw: bytes) -> Response:
-        body = orjson.loads(raw)
-        try:
-            batch = validate_request(body, self.spec, settings.max_instances, keyed=False)
-        except InvalidRequest as exc:
-            return error_response(400, exc.summary, exc.details)  # type: ignore[no-any-return]
-        blocks = cut(batch, settings.chunk_rows, self.spec.tag)
-        for block in blocks:  # numbered rows, not keys: one int64 buffer over the hop
-            block.keys = np.arange(len(block.keys))
-        results = await send_blocks(
-            blocks,
-            self.coalescer.predict,
-            deadline_s=settings.request_deadline_s,
-            initial_backoff_s=settings.retry_initial_backoff_s,
-            max_backoff_s=settings.retry_max_backoff_s,
-        )
-        self.metrics.count_answered(len(batch.keys), batch.failures, {})
-        predictions = np.concatenate([np.asarray(r.predictions) for r in results]).tolist()
-        probabilities = np.concatenate([np.asarray(r.probabilities) for r in results])
-        labels = [str(label) for label in self.spec.classes or ()]
-        if batch.shape == "columns":
-            by_class = np.ascontiguousarray(probabilities.T)
-            answer: Any = {
-                "predictions": predictions,
-                "probabilities": {label: by_class[i] for i, label in enumerate(labels)},
-            }
+def unkeyed_answer(batch: ValidBatch, scored: Scored, spec: Any) -> Answer:
+    """The keyed answer's writers, without the keys: by position."""
+    if batch.shape == "columns":
+        answer: dict[str, Any] = column_answer(batch, scored, spec.classes)
+        del answer["keys"]  # the positions: not written
+    elif not batch.failures and not scored.errors:
+        labels = [str(label) for label in spec.classes or ()]
+        probabilities = scored.probabilities
+        if probabilities is None:
+            answer = {"predictions": [{"prediction": p} for p in scored.predictions]}
         else:
             answer = {
                 "predictions": [
                     {"prediction": p, "probabilities": dict(zip(labels, row, strict=True))}
-                    for p, row in zip(predictions, probabilities.tolist(), strict=True)
+                    for p, row in zip(scored.predictions, probabilities.tolist(), strict=True)
                 ]
             }
-        return Response(
-            orjson.dumps({"model": self.spec.tag, **answer}, option=orjson.OPT_SERIALIZE_NUMPY),
-            media_type="application/json",
-        )
+    else:  # some rows failed: the keyed writer's entries, with the positions taken out
+        entries = row_answer(batch, scored, spec.classes)
+        answer = {"predictions": [{k: v for k, v in e.items() if k != "key"} for e in entries]}
+    body = {"model": spec.tag, **answer, "summary": summary(batch, scored)}
+    return Answer(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
 
+
+UnkeyedPrediction = bentoml.service(
+    workers=settings.entry_workers,
+    traffic={"timeout": settings.request_deadline_s + 5},
+    **QUIET,
+)(_Unkeyed)
 
 # The same middlewares on /predict's way as the keyed entry's, in the same order (request
-# ids, errors, compression, limits, the lean route) and the same instance counts: the
-# variants differ in keys only. (The keyed entry's other routes sit inside the lean route:
-# /predict never passes them.)
+# ids, errors, compression, limits, the lean route). The lean route answers through the
+# slot the inherited start-up hook fills (service.ENTRY). (The keyed entry's other routes
+# sit inside the lean route: /predict never passes them.)
 add_outermost(UnkeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
-UnkeyedPrediction.add_asgi_middleware(ErrorsAnswered)  # type: ignore[attr-defined]
-UnkeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
+UnkeyedPrediction.add_asgi_middleware(ErrorsAnswered)
+UnkeyedPrediction.add_asgi_middleware(
     AnswerCompression,
     enabled=settings.answer_compression,
     minimum_bytes=settings.answer_compression_min_bytes,
 )
-UnkeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
-UnkeyedPrediction.add_asgi_middleware(LeanRoutes, slot=ENTRY, cors=cors_enabled())  # type: ignore[attr-defined]
+UnkeyedPrediction.add_asgi_middleware(EntryGate, **GATE)
+UnkeyedPrediction.add_asgi_middleware(LeanRoutes, slot=service.ENTRY, cors=cors_enabled())

@@ -8,6 +8,7 @@ rows 0..n-1) can sit in one micro-batch and still never be taken for one another
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from keyed_serving.keys import KeyColumn
 from keyed_serving.schemas import Key, KeyedBlock
@@ -36,7 +37,7 @@ def cut(batch: ValidBatch, chunk_rows: int, model: str) -> list[KeyedBlock]:
     return blocks
 
 
-def key_array(keys: list[Key]) -> KeyColumn:
+def key_array(keys: Sequence[Key]) -> KeyColumn:
     """Keys as the hop carries them: one buffer (``KeyColumn``), each key's type kept (1 and
     "1" stay apart)."""
     return KeyColumn.pack(keys)

@@ -60,13 +60,13 @@ class ValidBatch:
     says where each of them was in the request (``None``: every row, in order)."""
 
     received: int
-    keys: list[Key]
+    keys: Sequence[Key]  # a list; row positions (a range) in the unkeyed baseline
     columns: list[np.ndarray]
     positions: list[int] | None = None
     failures: list[InstanceFailure] = field(default_factory=list)
     shape: str = "rows"  # or "columns": the answer is given in the shape of the request
     errors: str = "reject"
-    all_keys: list[Key] = field(default_factory=list)  # every key received, request order
+    all_keys: Sequence[Key] = field(default_factory=list)  # every key received, request order
     # ``keys`` packed for the runner hop by the checks that judged them (None: pack them).
     key_column: KeyColumn | None = None
 
@@ -136,8 +136,10 @@ def validate_request(
     """A decoded body -> ``ValidBatch``; raises ``InvalidRequest`` for request-level faults.
     Instance failures are in ``failures``; with errors="reject" the caller refuses them.
 
-    ``keyed=False`` takes bodies without keys and numbers the rows instead: only for the
-    benchmark's unkeyed baseline (bench/unkeyed_service.py), never served by this service."""
+    ``keyed=False`` takes bodies without keys and numbers the rows instead (positions from
+    0, unique by construction, so nothing about them is checked; an int64 range on the hop):
+    only for the benchmark's unkeyed baseline (bench/unkeyed_service.py), never served by
+    this service."""
     if not isinstance(body, dict):
         raise _invalid("body", "the body must be a JSON object: {instances} or {keys, columns}", [])
     unknown = set(body) - {"instances", "keys", "columns", "errors"}
@@ -154,16 +156,15 @@ def validate_request(
     if "instances" in body and ("keys" in body or "columns" in body):
         raise _invalid("body", "send instances, or keys and columns, not both", [])
     if "instances" in body:
-        instances = body["instances"]
-        if not keyed and isinstance(instances, list):
-            instances = [{"key": i, **row} for i, row in enumerate(instances)]
-        keys, key_column, columns, failures = _from_rows(instances, spec, max_instances)
+        keys, key_column, columns, failures = _from_rows(
+            body["instances"], spec, max_instances, keyed
+        )
         shape = "rows"
     elif "keys" in body or "columns" in body:
         sent_keys: Any = body.get("keys")
         if not keyed:
             some_column: Any = next(iter((body.get("columns") or {}).values()), [])
-            sent_keys = list(range(len(some_column))) if isinstance(some_column, list) else None
+            sent_keys = range(len(some_column)) if isinstance(some_column, list) else None
         keys, key_column, columns, failures = _from_columns(
             sent_keys, body.get("columns"), spec, max_instances
         )
@@ -251,19 +252,25 @@ def _check_keys(keys: Sequence[Any], loc: Any) -> KeyColumn | None:
     return problems.column
 
 
+def _positions(n: int) -> tuple[Sequence[int], KeyColumn]:
+    """Rows numbered 0..n-1 in place of keys (the unkeyed baseline), and their column."""
+    return range(n), KeyColumn("int", np.arange(n, dtype=np.int64).tobytes())
+
+
 def _from_rows(
-    instances: Any, spec: ModelSpec, max_instances: int
-) -> tuple[list[Key], KeyColumn | None, list[Any], list[InstanceFailure]]:
+    instances: Any, spec: ModelSpec, max_instances: int, keyed: bool = True
+) -> tuple[Sequence[Key], KeyColumn | None, list[Any], list[InstanceFailure]]:
     if not isinstance(instances, list):
         raise _invalid("body", "instances must be a list", ["instances"])
     _check_count(len(instances), max_instances, "instances")
+    fields = 2 if keyed else 1  # key and features, or features alone
     malformed = [
         i
         for i, instance in enumerate(instances)
         if not (
             type(instance) is dict
-            and len(instance) == 2
-            and "key" in instance
+            and len(instance) == fields
+            and ("key" in instance or not keyed)
             and type(instance.get("features")) is dict
         )
     ]
@@ -272,8 +279,11 @@ def _from_rows(
             f"{len(malformed)} malformed instance(s)",
             [_malformed(i, instances[i]) for i in malformed[:MAX_REPORTED_ERRORS]],
         )
-    keys = [instance["key"] for instance in instances]
-    key_column = _check_keys(keys, lambda i: ["instances", i, "key"])
+    if keyed:
+        keys: Sequence[Key] = [instance["key"] for instance in instances]
+        key_column = _check_keys(keys, lambda i: ["instances", i, "key"])
+    else:
+        keys, key_column = _positions(len(instances))
     features = [instance["features"] for instance in instances]
     names = spec.feature_names
     columns = [[row.get(name, _MISSING) for row in features] for name in names]
@@ -316,13 +326,17 @@ def _malformed(index: int, instance: Any) -> ErrorDetail:
 
 def _from_columns(
     keys: Any, columns: Any, spec: ModelSpec, max_instances: int
-) -> tuple[list[Key], KeyColumn | None, list[Any], list[InstanceFailure]]:
-    if not isinstance(keys, list):
+) -> tuple[Sequence[Key], KeyColumn | None, list[Any], list[InstanceFailure]]:
+    if not isinstance(keys, list | range):
         raise _invalid("body", "keys must be a list (one key per row)", ["keys"])
     if not isinstance(columns, dict):
         raise _invalid("body", "columns must be an object {feature: [values]}", ["columns"])
     _check_count(len(keys), max_instances, "keys")
-    key_column = _check_keys(keys, lambda i: ["keys", i])
+    key_column: KeyColumn | None
+    if isinstance(keys, range):  # unkeyed: row positions (see validate_request)
+        keys, key_column = _positions(len(keys))
+    else:
+        key_column = _check_keys(keys, lambda i: ["keys", i])
     names = spec.feature_names
     unknown = sorted(set(map(str, columns)) - set(names))
     missing = [name for name in names if name not in columns]
