@@ -4,7 +4,9 @@ bench/keys_ab.py (keys or none) and bench/capture_ab.py (capture on or off) are 
 
 Beside the throughput, the CPU the server's processes spent per instance over each measured
 run (entry and runner workers together): on a machine shared with other work the
-throughput moves with the neighbours' load, the CPU per instance much less.
+throughput moves with the neighbours' load, the CPU per instance much less. And wrk's CPU
+per instance: the load generator shares the server's cores, and its checks of an answer
+are on the critical path of a one-connection load.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ def cpu_seconds(server: Server) -> float:
 
 def measure(
     server: Server, load: Workload, files: Path, fmt: str, args: Any, work: Path
-) -> tuple[Result, float]:
-    """bench/load.py's ``measure`` (a warm-up, then the measured run), with the server's CPU
-    over the measured run."""
+) -> tuple[Result, float, float]:
+    """bench/load.py's ``measure`` (a warm-up, then the measured run), with the server's and
+    wrk's CPU per instance over the measured run (us)."""
     wrk(server, files, fmt, load.connections, args.warmup, work)
     before = cpu_seconds(server)
     summary, cpu = wrk(server, files, fmt, load.connections, args.seconds, work)
@@ -46,12 +48,13 @@ def measure(
     result = Result(server.name, load.name, load.connections, load.instances, summary, 0.0, cpu)
     instances = result.instances_per_s * result.seconds
     cpu_us = server_cpu / instances * 1e6 if instances else float("nan")
+    load_us = cpu / instances * 1e6 if instances else float("nan")
     print(
         f"  {server.name:8} {load.name:4} {result.instances_per_s:>10,.0f} inst/s  "
-        f"server CPU {cpu_us:,.2f} us/instance  errors {result.errors}",
+        f"server CPU {cpu_us:,.2f} us/instance  wrk {load_us:,.2f}  errors {result.errors}",
         flush=True,
     )
-    return result, cpu_us
+    return result, cpu_us, load_us
 
 
 def arguments(description: str | None, out: Path) -> argparse.Namespace:
@@ -72,6 +75,7 @@ class Side:
     suffix: str = ""
     rates: dict[str, list[float]] = field(default_factory=dict)  # by load
     cpu: dict[str, list[float]] = field(default_factory=dict)
+    load_cpu: dict[str, list[float]] = field(default_factory=dict)  # wrk's
 
 
 def interleave(
@@ -82,11 +86,14 @@ def interleave(
         for load in loads:
             for side in sides:
                 fmt = f"{load.shape}{side.suffix}"
-                result, cpu_us = measure(side.server, load, files[load.name][fmt], fmt, args, work)
+                result, cpu_us, load_us = measure(
+                    side.server, load, files[load.name][fmt], fmt, args, work
+                )
                 if result.errors:
                     raise RuntimeError(f"{side.server.name} {load.name}: {result.errors} errors")
                 side.rates.setdefault(load.name, []).append(result.instances_per_s)
                 side.cpu.setdefault(load.name, []).append(cpu_us)
+                side.load_cpu.setdefault(load.name, []).append(load_us)
 
 
 def table(
@@ -102,17 +109,20 @@ def table(
         "the throughput ratios move with it; the CPU per instance much less.",
         "",
         f"| load | {an} inst/s (median) | {bn} inst/s (median) | {an} / {bn} "
-        f"| per-round ratios | server CPU per instance, {an} / {bn} (us) | {an} / {bn} CPU |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        f"| per-round ratios | server CPU per instance, {an} / {bn} (us) | {an} / {bn} CPU "
+        f"| wrk CPU per instance, {an} / {bn} (us) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for load in loads:
         ka, kb = a.rates[load.name], b.rates[load.name]
         ratios = ", ".join(f"{x / y:.2f}" for x, y in zip(ka, kb, strict=True))
         ca, cb = statistics.median(a.cpu[load.name]), statistics.median(b.cpu[load.name])
+        la = statistics.median(a.load_cpu[load.name])
+        lb = statistics.median(b.load_cpu[load.name])
         lines.append(
             f"| {load.name} ({load.connections} x {load.instances:,}) | "
             f"{statistics.median(ka):,.0f} | {statistics.median(kb):,.0f} | "
             f"{statistics.median(ka) / statistics.median(kb):.2f} | {ratios} | "
-            f"{ca:,.2f} / {cb:,.2f} | {ca / cb:.2f} |"
+            f"{ca:,.2f} / {cb:,.2f} | {ca / cb:.2f} | {la:,.2f} / {lb:,.2f} |"
         )
     return lines
