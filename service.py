@@ -329,12 +329,12 @@ class KeyedPrediction:
 
     async def predict_body(self, body: Any) -> Response:
         """/predict for a decoded body: validate -> cut -> runner -> reassemble -> answer."""
-        return await self.answer(
-            body,
-            lambda batch, scored: keyed_answer(batch, scored, self.spec),
-            name_first=False,
-            source=PREDICT,
-        )
+        return await self.answer(body, self.predict_answer, name_first=False, source=PREDICT)
+
+    def predict_answer(self, batch: ValidBatch, scored: Scored) -> Answer:
+        """/predict's answer for checked results (the benchmark's unkeyed variant writes it
+        without the keys: bench/unkeyed_service.py)."""
+        return keyed_answer(batch, scored, self.spec)
 
     async def answer(
         self,

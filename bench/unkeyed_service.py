@@ -1,9 +1,9 @@
 """An unkeyed variant of /predict, served only by the benchmark: the cost of keys.
 
-It is the keyed service itself (a subclass of its class: the same middlewares, lean route,
-deadline, validation of every value, coalescing, runner, model, result checks, metrics,
-summary and error handling), with the caller's keys taken out at each stage where keys are
-work:
+It is the keyed service itself, a subclass of its class with two seams overridden
+(``validate`` and ``predict_answer``): the same middlewares, lean route, deadline,
+validation of every value, coalescing, runner, model, result checks, metrics, summary and
+error handling, with the caller's keys taken out at each stage where keys are work:
 
 - the body has no keys, so none are parsed, checked for type and uniqueness or packed:
   rows are numbered where they arrive (positions 0..n-1, unique by construction);
@@ -32,20 +32,15 @@ from keyed_serving.serving.http import AnswerStamp, EntryGate, ErrorsAnswered, a
 from keyed_serving.serving.reassemble import Scored
 from keyed_serving.serving.routes import LeanRoutes
 from keyed_serving.serving.validate import ValidBatch, validate_request
-from service import GATE, PREDICT, QUIET, cors_enabled, settings
+from service import GATE, QUIET, cors_enabled, settings
 
 
 class _Unkeyed(service.KeyedPrediction.inner):  # type: ignore[name-defined,misc]
     def validate(self, body: Any) -> ValidBatch:
         return validate_request(body, self.spec, settings.max_instances, keyed=False)
 
-    async def predict_body(self, body: Any) -> Any:
-        return await self.answer(
-            body,
-            lambda batch, scored: unkeyed_answer(batch, scored, self.spec),
-            name_first=False,
-            source=PREDICT,
-        )
+    def predict_answer(self, batch: ValidBatch, scored: Scored) -> Answer:
+        return unkeyed_answer(batch, scored, self.spec)
 
 
 def unkeyed_answer(batch: ValidBatch, scored: Scored, spec: Any) -> Answer:
