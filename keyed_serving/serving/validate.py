@@ -166,7 +166,7 @@ def validate_request(
             some_column: Any = next(iter((body.get("columns") or {}).values()), [])
             sent_keys = range(len(some_column)) if isinstance(some_column, list) else None
         keys, key_column, columns, failures = _from_columns(
-            sent_keys, body.get("columns"), spec, max_instances
+            sent_keys, body.get("columns"), spec, max_instances, keyed
         )
         shape = "columns"
     else:
@@ -325,15 +325,15 @@ def _malformed(index: int, instance: Any) -> ErrorDetail:
 
 
 def _from_columns(
-    keys: Any, columns: Any, spec: ModelSpec, max_instances: int
+    keys: Any, columns: Any, spec: ModelSpec, max_instances: int, keyed: bool = True
 ) -> tuple[Sequence[Key], KeyColumn | None, list[Any], list[InstanceFailure]]:
-    if not isinstance(keys, list | range):
+    if not isinstance(keys, list if keyed else range):
         raise _invalid("body", "keys must be a list (one key per row)", ["keys"])
     if not isinstance(columns, dict):
         raise _invalid("body", "columns must be an object {feature: [values]}", ["columns"])
     _check_count(len(keys), max_instances, "keys")
     key_column: KeyColumn | None
-    if isinstance(keys, range):  # unkeyed: row positions (see validate_request)
+    if not keyed:  # row positions (see validate_request)
         keys, key_column = _positions(len(keys))
     else:
         key_column = _check_keys(keys, lambda i: ["keys", i])

@@ -88,3 +88,13 @@ def test_the_variant_takes_no_keys(services: tuple[Any, Any]) -> None:
         unkeyed, {"instances": [{"key": "a", "features": _features(1, seed=1)[0]}]}
     )
     assert status == 400 and refusal["detail"][0]["loc"] == ["instances", 0]
+
+
+def test_the_keyed_service_never_takes_the_variants_positions(services: tuple[Any, Any]) -> None:
+    """Row numbering is the variant's alone: keys given in-process as a range (not a list of
+    keys) are refused by the keyed service, not taken as positions and left unchecked."""
+    keyed, _ = services
+    columns = {name: [1.0, 2.0, 3.0] for name in FEATURES}
+    response = asyncio.run(keyed.predict(keys=range(3), columns=columns))
+    assert response.status_code == 400
+    assert orjson.loads(response.body)["detail"][0]["loc"] == ["keys"]
