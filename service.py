@@ -202,11 +202,15 @@ class ModelRunner:
 ModelRunner.apis["predict"].output_spec.media_type = "application/vnd.bentoml+pickle"  # type: ignore[attr-defined]
 
 
-@bentoml.service(
-    workers=settings.entry_workers,
-    traffic={"timeout": settings.request_deadline_s + 5},
+# The entry service's BentoML settings (the benchmark's unkeyed variant takes the same).
+ENTRY_SERVICE: dict[str, Any] = {
+    "workers": settings.entry_workers,
+    "traffic": {"timeout": settings.request_deadline_s + 5},
     **QUIET,
-)
+}
+
+
+@bentoml.service(**ENTRY_SERVICE)
 class KeyedPrediction:
     """Keyed batch prediction: send instances with your own keys, get each prediction back
     paired with its key, however the server merged or split the work."""
@@ -711,17 +715,26 @@ GATE: dict[str, Any] = {
     "max_task_file_bytes": settings.max_task_file_bytes,
     "counts": IN_FLIGHT,
 }
-add_outermost(KeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
-KeyedPrediction.add_asgi_middleware(ErrorsAnswered)  # type: ignore[attr-defined]
-# Outside the routes that answer (the lean ones included) and inside BentoML's metrics and
-# traffic middlewares: compressing counts in the request's time and against its timeout.
-KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
-    AnswerCompression,
-    enabled=settings.answer_compression,
-    minimum_bytes=settings.answer_compression_min_bytes,
-)
-KeyedPrediction.add_asgi_middleware(EntryGate, **GATE)  # type: ignore[attr-defined]
-KeyedPrediction.add_asgi_middleware(LeanRoutes, slot=ENTRY, cors=cors_enabled())  # type: ignore[attr-defined]
+
+
+def add_predict_middlewares(entry: Any) -> None:
+    """The middlewares on /predict's way, outermost first: request ids and Retry-After
+    (the stamp), errors, compression, the gate's limits, the lean route (which answers
+    through ENTRY). The benchmark's unkeyed variant adds the same."""
+    add_outermost(entry, AnswerStamp, retry_after_s=settings.retry_after_s)
+    entry.add_asgi_middleware(ErrorsAnswered)
+    # Outside the routes that answer (the lean ones included) and inside BentoML's metrics
+    # and traffic middlewares: compressing counts in the request's time and its timeout.
+    entry.add_asgi_middleware(
+        AnswerCompression,
+        enabled=settings.answer_compression,
+        minimum_bytes=settings.answer_compression_min_bytes,
+    )
+    entry.add_asgi_middleware(EntryGate, **GATE)
+    entry.add_asgi_middleware(LeanRoutes, slot=ENTRY, cors=cors_enabled())
+
+
+add_predict_middlewares(KeyedPrediction)
 KeyedPrediction.add_asgi_middleware(GetAlias, paths=["/model_info"])  # type: ignore[attr-defined]
 KeyedPrediction.add_asgi_middleware(  # type: ignore[attr-defined]
     OpenInferenceRoutes, model_tag=MODEL_TAG, server_version=_server_version()

@@ -27,12 +27,9 @@ import orjson
 
 import service
 from keyed_serving.serving.answers import Answer, column_answer, row_answer, summary
-from keyed_serving.serving.compression import AnswerCompression
-from keyed_serving.serving.http import AnswerStamp, EntryGate, ErrorsAnswered, add_outermost
 from keyed_serving.serving.reassemble import Scored
-from keyed_serving.serving.routes import LeanRoutes
 from keyed_serving.serving.validate import ValidBatch, validate_request
-from service import GATE, QUIET, cors_enabled, settings
+from service import settings
 
 
 class _Unkeyed(service.KeyedPrediction.inner):  # type: ignore[name-defined,misc]
@@ -67,22 +64,8 @@ def unkeyed_answer(batch: ValidBatch, scored: Scored, spec: Any) -> Answer:
     return Answer(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
-UnkeyedPrediction = bentoml.service(
-    workers=settings.entry_workers,
-    traffic={"timeout": settings.request_deadline_s + 5},
-    **QUIET,
-)(_Unkeyed)
-
-# The same middlewares on /predict's way as the keyed entry's, in the same order (request
-# ids, errors, compression, limits, the lean route). The lean route answers through the
-# slot the inherited start-up hook fills (service.ENTRY). (The keyed entry's other routes
-# sit inside the lean route: /predict never passes them.)
-add_outermost(UnkeyedPrediction, AnswerStamp, retry_after_s=settings.retry_after_s)
-UnkeyedPrediction.add_asgi_middleware(ErrorsAnswered)
-UnkeyedPrediction.add_asgi_middleware(
-    AnswerCompression,
-    enabled=settings.answer_compression,
-    minimum_bytes=settings.answer_compression_min_bytes,
-)
-UnkeyedPrediction.add_asgi_middleware(EntryGate, **GATE)
-UnkeyedPrediction.add_asgi_middleware(LeanRoutes, slot=service.ENTRY, cors=cors_enabled())
+UnkeyedPrediction = bentoml.service(**service.ENTRY_SERVICE)(_Unkeyed)
+# The same middlewares on /predict's way as the keyed entry's. The lean route answers
+# through the slot the inherited start-up hook fills (service.ENTRY); the keyed entry's
+# other routes sit inside the lean route, which /predict never passes.
+service.add_predict_middlewares(UnkeyedPrediction)
