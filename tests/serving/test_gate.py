@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware.cors import CORSMiddleware
@@ -19,7 +21,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from keyed_serving.serving.admission import InFlight
-from keyed_serving.serving.http import AnswerStamp, EntryGate
+from keyed_serving.serving.http import AnswerStamp, EntryGate, _too_many_values, _values_in
 
 TOKEN = "s3cret-token-value"
 
@@ -502,6 +504,17 @@ def test_the_json_value_limit_counts_a_v2_binary_requests_json_header_only() -> 
     for length in ("nope", str(len(many) + len(binary) + 1), "-1"):  # counted whole
         whole = infer(header + binary, length, "application/json")
         assert whole.status_code == 413, length
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=80) | st.text(",[{}] 0", max_size=80).map(str.encode),
+       limit=st.integers(0, 60))  # fmt: skip
+def test_the_value_limit_says_what_the_full_count_says_without_scanning_short_bodies(
+    body: bytes, limit: int
+) -> None:
+    """A body no longer than the limit is not scanned (its count is of bytes): the answer
+    is the full count's, at every length around the limit."""
+    assert _too_many_values(body, limit) == (_values_in(body) > limit)
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])

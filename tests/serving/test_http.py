@@ -284,10 +284,10 @@ def test_an_error_in_the_gate_is_answered_500_at_once_not_held_until_the_timeout
     Inference-Header-Content-Length did it, issue 19's fuzz)."""
     import keyed_serving.serving.http as http
 
-    def broken(body: bytes) -> int:
+    def broken(body: bytes, limit: int) -> bool:
         raise RuntimeError("a bug in the gate")
 
-    monkeypatch.setattr(http, "_values_in", broken)
+    monkeypatch.setattr(http, "_too_many_values", broken)
     response = post(client, {"instances": []})
     assert response.status_code == 500
     assert "internal error" in response.json()["error"]
