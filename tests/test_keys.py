@@ -8,6 +8,7 @@ import pickletools
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -171,7 +172,24 @@ def test_the_checks_judge_and_pack_keys_as_one_key_at_a_time_would(
     column = problems.column
     assert column is not None and len(column) == len(keys)
     assert column.tolist() == keys and column.same_as(KeyColumn.pack(keys))
+    # String keys carry their JSON text, as orjson writes them (an answer repeats it).
+    assert column.json == (orjson.dumps(keys) if type(keys[0]) is str else None)
     start, end = cut
     run = column[start:end]
     assert run.tolist() == keys[start:end] and len(run) == len(keys[start:end])
     assert run.same_as(KeyColumn.pack(keys[start:end])) or not keys[start:end]
+
+
+@pytest.mark.parametrize("count", [1, 300])
+def test_a_subclass_of_str_is_not_a_key_as_sent(count: int) -> None:
+    """Judged row by row (it may hash and compare as it likes), on both sides of the
+    packing's size switch."""
+
+    class Named(str):
+        pass
+
+    keys: list[Any] = [f"k{i}" for i in range(count)]
+    keys[count // 2] = Named(keys[count // 2])
+    problems = find_key_problems(keys)
+    assert [index for index, _ in problems.unusable] == [count // 2]
+    assert problems.column is None

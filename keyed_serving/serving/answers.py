@@ -122,7 +122,10 @@ def column_answer(
 ) -> dict[str, Any]:
     """Columnar format: predictions (and a column per class) at the positions of the keys."""
     predictions, probabilities = _at_request_positions(batch, scored)
-    answer: dict[str, Any] = {"keys": batch.all_keys, "predictions": predictions}
+    # The keys' JSON text as the key checks wrote it, where they did (every key received).
+    written = batch.key_column.json if batch.key_column is not None else None
+    keys = batch.all_keys if written is None else orjson.Fragment(written)
+    answer: dict[str, Any] = {"keys": keys, "predictions": predictions}
     if classes is not None:
         probabilities = _or_nan(probabilities, batch.received, len(classes))
         # NaN where a key has no prediction: serialised as null.
