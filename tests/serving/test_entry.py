@@ -145,6 +145,37 @@ def test_a_columnar_request_is_answered_in_columns_with_the_same_predictions(
     assert columns["errors"] == [] and columns["summary"]["predicted"] == 30
 
 
+@pytest.mark.parametrize("count", [12, 300])
+def test_string_keys_that_json_escapes_come_back_as_sent_in_columns(entry: Any, count: int) -> None:
+    """A columnar answer writes string keys as their key checks wrote them as JSON; keys
+    that JSON escapes come back as sent, at both sides of the packing's size switch."""
+    odd = ['q"uote', "back\\slash", "nul\x00in", "tab\t", "\x1f", "é", "字", "🙂", "</script>"]
+    keys = odd + [f"k{i}" for i in range(count - len(odd))]
+    answer = answered(asyncio.run(entry.predict(**columns_of(flowers(count, 5, keys)))))
+    assert answer["keys"] == keys
+    assert answer["summary"] == {"received": count, "predicted": count, "failed": 0}
+
+
+def test_the_decoded_body_is_freed_after_its_answer_is_sent(entry: Any) -> None:
+    """Freeing 10,000 rows' Python objects took 0.15 ms before the answer left; the answer
+    now holds them, and Starlette drops them once it has sent the answer."""
+    raw = orjson.dumps(columns_of(flowers(30, seed=8)))
+    response = asyncio.run(entry.predict_raw(raw))
+    answered(response)
+    assert response.background is not None
+    assert response.background.args == (orjson.loads(raw),)
+    sent: list[str] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    asyncio.run(response({"type": "http", "method": "POST"}, receive, send))
+    assert sent == ["http.response.start", "http.response.body"]
+
+
 def test_a_large_request_is_cut_into_blocks_and_reassembled(entry: Any, model: Any) -> None:
     settings = get_settings()
     batching = MicroBatchingRunner(model)
