@@ -329,7 +329,7 @@ class KeyedPrediction:
             decoded = decode_body(raw)
         except InvalidRequest as exc:
             return error_response(400, exc.summary, exc.details)  # type: ignore[no-any-return]
-        return freed_after_sending(await self.predict_body(decoded), decoded)
+        return await self.predict_body(decoded)
 
     async def predict_body(self, body: Any) -> Response:
         """/predict for a decoded body: validate -> cut -> runner -> reassemble -> answer."""
@@ -354,9 +354,10 @@ class KeyedPrediction:
         route, as capture names it."""
         outcome = await self.score(body, name_first=name_first, source=source)
         if isinstance(outcome, Refusal):
-            return refused(outcome)  # type: ignore[no-any-return]
+            return freed_after_sending(refused(outcome), body)
         written = write(*outcome)
-        return Response(written.body, media_type=written.media_type, headers=written.headers)
+        answer = Response(written.body, media_type=written.media_type, headers=written.headers)
+        return freed_after_sending(answer, body)
 
     async def score(
         self, body: Any, *, name_first: bool, source: str, answer_id: str | None = None
@@ -443,13 +444,12 @@ class KeyedPrediction:
             infer = decode_infer_request(raw, header_length, self.spec, settings.max_instances)
         except V2Error as exc:
             return error_response(exc.status, exc.message)  # type: ignore[no-any-return]
-        response = await self.answer(
+        return await self.answer(
             infer.body,
             lambda batch, scored: v2_answer(infer, batch, scored, self.spec),
             name_first=True,
             source=V2_HTTP,
         )
-        return freed_after_sending(response, infer)
 
     @bentoml.api
     async def predict_file(self, file: Path, key: str, keep: str = "") -> Path:
