@@ -193,3 +193,74 @@ def test_a_subclass_of_str_is_not_a_key_as_sent(count: int) -> None:
     problems = find_key_problems(keys)
     assert [index for index, _ in problems.unusable] == [count // 2]
     assert problems.column is None
+
+
+# Short and long in UTF-8 (1 to 4 bytes a character, so either side of the 8 bytes below
+# which keys are told apart as numbers), with and without a NUL.
+_SHORT_AND_LONG = st.text(
+    st.sampled_from(["a", "b", "0", "-", "\x00", "\u00e9", "\u5b57", "\U0001f600"]),
+    min_size=1,
+    max_size=9,
+)
+_UNIQUE_KEYS = st.one_of(
+    st.lists(_SHORT_AND_LONG, min_size=1, max_size=400, unique=True),
+    st.lists(
+        st.text(st.sampled_from("ab-0"), min_size=1, max_size=8),
+        min_size=200,
+        max_size=400,
+        unique=True,
+    ),
+    st.lists(st.integers(MIN_INTEGER_KEY, MAX_INTEGER_KEY), min_size=1, max_size=400, unique=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=_UNIQUE_KEYS, copy=st.none() | st.tuples(st.integers(0), st.integers(0)))
+def test_a_key_sent_twice_is_found_however_its_keys_are_told_apart(
+    keys: list[Any], copy: tuple[int, int] | None
+) -> None:
+    """Keys each sent once pass; one of them sent again anywhere is reported, with its
+    first position and its count, for a few keys or many, short or long, text or integers."""
+    if copy is None:
+        assert not find_key_problems(keys)
+        return
+    which, where = copy
+    key = keys[which % len(keys)]
+    keys.insert(where % (len(keys) + 1), key)
+    problems = find_key_problems(keys)
+    assert not problems.unusable
+    assert problems.duplicated == [(keys.index(key), key, 2)]
+
+
+def test_many_short_keys_with_one_sent_again_at_the_end() -> None:
+    """The benchmark's shape (10,000 keys of up to 7 characters), one repeated last, and
+    8-byte keys that differ only in their last byte or their length."""
+    keys: list[Any] = [f"b3-{i}" for i in range(10_000)]
+    assert not find_key_problems(keys)
+    assert find_key_problems([*keys, "b3-5"]).duplicated == [(5, "b3-5", 2)]
+    eight = [f"{i:07d}{c}" for i in range(100) for c in "ab"] + [f"{i:07d}" for i in range(100)]
+    assert not find_key_problems(eight)
+    assert find_key_problems([*eight, "0000042b"]).duplicated == [(85, "0000042b", 2)]
+
+
+@pytest.mark.parametrize(
+    ("keys", "fits"),
+    [
+        ([f"k{i}" for i in range(300)], True),
+        (["\u00e9" * 4, "\u00e9" * 3, "\u00e9\u00e9a"], True),  # 8, 6 and 5 bytes
+        (["\u00e9" * 4 + "a", "b"], False),  # 9 bytes
+        (["a\x00", "a"], False),  # a NUL of its own could meet the padding
+        ([2, -1, MAX_INTEGER_KEY, MIN_INTEGER_KEY], True),
+        ([1, "1"], False),
+    ],
+    ids=["ascii", "8-bytes-utf8", "9-bytes", "nul", "integers", "both-kinds"],
+)
+def test_keys_that_fit_in_64_bits_get_a_number_no_other_key_has(
+    keys: list[Any], fits: bool
+) -> None:
+    words = KeyColumn.pack(keys).words()
+    if not fits:
+        assert words is None
+        return
+    assert words is not None and len(words) == len(keys)
+    assert len(np.unique(words)) == len(keys)
