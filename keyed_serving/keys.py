@@ -162,7 +162,8 @@ def _has_duplicates(keys: Sequence[Any], column: KeyColumn | None) -> bool:
     """Whether some key is sent twice. Many keys that fit in 64 bits each (see
     ``KeyColumn.words``) are sorted as numbers, exactly: at 10,000 keys of up to 8
     characters that is 96 us, where a set of them takes 224 (measured; the set's table
-    outgrows the cache). Others go into a set."""
+    outgrows the cache). Others go into a set. Which keys are duplicated, and how often, is
+    then counted by the keys themselves (find_key_problems)."""
     words = column.words() if column is not None and len(keys) >= _FEW_KEYS else None
     if words is None:
         return len(set(keys)) != len(keys)
@@ -221,7 +222,7 @@ def _packed_text(
         if len(separators) == n - 1:
             ends = np.empty(n, dtype=np.int64)
             ends[:-1], ends[-1] = separators, len(encoded)
-            column = KeyColumn("str", encoded, ends.tobytes())
+            column = KeyColumn("str", encoded, ends.tobytes(), nul_free=True)
             if not ascii_text:
                 return column, None
             widths = ends.copy()
@@ -276,10 +277,15 @@ class KeyColumn:
     columns key by key and type by type: one comparison of bytes where both hold keys of
     one kind."""
 
-    __slots__ = ("_data", "_ends", "_kind", "_size", "json")
+    __slots__ = ("_data", "_ends", "_kind", "_nul_free", "_size", "json")
 
-    def __init__(self, kind: str, data: Any, ends: bytes | None = None) -> None:
+    def __init__(
+        self, kind: str, data: Any, ends: bytes | None = None, *, nul_free: bool = False
+    ) -> None:
         self._kind, self._data, self._ends = kind, data, ends
+        # String keys known to hold no NUL of their own (the packing counted the
+        # separators); else ``words`` counts them. Not sent over the hop.
+        self._nul_free = nul_free
         self._size = len(data) // 8 if kind == "int" else len(ends) // 8 if ends else len(data)
         # The keys as a JSON array, where the checks that packed them wrote it (string keys
         # from find_key_problems): an answer writes them as they are. Not sent over the hop.
@@ -338,7 +344,8 @@ class KeyColumn:
             ends = all_ends[start:end]
             last = int(ends[-1]) if len(ends) else first
             text: bytes = self._data
-            return KeyColumn("str", text[first:last], (ends - first).tobytes())
+            rows = (ends - first).tobytes()
+            return KeyColumn("str", text[first:last], rows, nul_free=self._nul_free)
         return KeyColumn("object", self._data[start:end])
 
     def _key(self, index: int) -> Any:
@@ -379,7 +386,7 @@ class KeyColumn:
         if self._kind != "str" or not self._size:
             return None
         text: bytes = self._data
-        if text.count(0) != self._size - 1:  # a NUL besides the separators
+        if not self._nul_free and text.count(0) != self._size - 1:  # a NUL of a key's own
             return None
         ends = np.frombuffer(self._ends, dtype=np.int64)  # type: ignore[arg-type]
         starts = np.empty_like(ends)

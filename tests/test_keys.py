@@ -241,6 +241,8 @@ def test_many_short_keys_with_one_sent_again_at_the_end() -> None:
     eight = [f"{i:07d}{c}" for i in range(100) for c in "ab"] + [f"{i:07d}" for i in range(100)]
     assert not find_key_problems(eight)
     assert find_key_problems([*eight, "0000042b"]).duplicated == [(85, "0000042b", 2)]
+    # A key that ends in a NUL of its own is not the key without it.
+    assert not find_key_problems([f"k{i}" for i in range(300)] + ["k1\x00"])
 
 
 @pytest.mark.parametrize(
