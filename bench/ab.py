@@ -81,10 +81,12 @@ class Side:
 def interleave(
     sides: Sequence[Side], loads: Sequence[Workload], files: dict[str, Any], args: Any, work: Path
 ) -> None:
-    """``args.rounds`` rounds: every load on every side in turn; a side's non-2xx stop it."""
-    for _ in range(args.rounds):
+    """``args.rounds`` rounds: every load on every side in turn; a side's non-2xx stop it.
+    The sides take turns going first (A B, then B A): what one run leaves behind on the
+    machine falls on each side alike, not always on the one that follows."""
+    for round_ in range(args.rounds):
         for load in loads:
-            for side in sides:
+            for side in sides if round_ % 2 == 0 else sides[::-1]:
                 fmt = f"{load.shape}{side.suffix}"
                 result, cpu_us, load_us = measure(
                     side.server, load, files[load.name][fmt], fmt, args, work

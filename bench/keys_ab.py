@@ -43,7 +43,8 @@ def main() -> int:
             interleave([a, b], loads, files, args, work)
         intro = (
             f"Written by `bench/keys_ab.py`: {args.rounds} rounds of {args.seconds:g} s per "
-            "load and server, keyed and unkeyed loaded in turn; every answer checked."
+            "load and server, keyed and unkeyed loaded in turn (each going first every other "
+            "round); every answer checked."
         )
         lines = table("What keys cost (A/B, interleaved)", intro, a, b, loads, load_before)
         args.out.write_text("\n".join(lines) + "\n")
