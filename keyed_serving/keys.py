@@ -102,9 +102,10 @@ class KeyProblems:
 
 def find_key_problems(keys: Sequence[Any]) -> KeyProblems:
     """Unusable and duplicated keys. Keys that are all usable are checked in a few passes
-    in C (types, string lengths, integer bounds, one set); a row-by-row look only happens
-    where those find something. Keys of one kind come back packed (``column``): the text of
-    string keys is joined and encoded once, for the checks and the hop alike."""
+    in C (types, string lengths, integer bounds, one set or one sort); a row-by-row look
+    happens only where those find something. Keys of one kind come back packed
+    (``column``): the text of string keys is joined and encoded once, for the checks and
+    the hop alike."""
     column: KeyColumn | None = None
     texts = _joined_text(keys)
     if texts is not None:  # every key a str: the join that packs them told
