@@ -227,14 +227,21 @@ def _packed_text(
             column = KeyColumn("str", encoded, ends.tobytes(), nul_free=True)
             if not ascii_text:
                 return column, None
-            widths = ends.copy()
-            widths[1:] -= ends[:-1] + 1
+            widths = _widths(ends)
             return column, (int(widths.min()), int(widths.max()))
     lengths = list(map(len, keys)) if ascii_text else [len(key.encode("utf-8")) for key in keys]
     # A key ends where the lengths up to it and a separator per key before it do.
     ends_ = map(operator.add, itertools.accumulate(lengths), range(n))
     column = KeyColumn("str", encoded, array.array("q", ends_).tobytes())
     return column, (min(lengths), max(lengths)) if ascii_text else None
+
+
+def _widths(ends: np.ndarray) -> np.ndarray:
+    """Each key's length in bytes, from where the keys end in a packed text (one separator
+    between two keys)."""
+    widths = ends.copy()
+    widths[1:] -= ends[:-1] + 1
+    return widths
 
 
 def _all_encodable(strings: Sequence[str]) -> bool:
@@ -391,11 +398,10 @@ class KeyColumn:
         if not self._nul_free and text.count(0) != self._size - 1:  # a NUL of a key's own
             return None
         ends = np.frombuffer(self._ends, dtype=np.int64)  # type: ignore[arg-type]
-        starts = np.empty_like(ends)
-        starts[0], starts[1:] = 0, ends[:-1] + 1
-        widths = ends - starts
+        widths = _widths(ends)
         if int(widths.max()) > 8:
             return None
+        starts = ends - widths
         # Eight bytes read at each key's start (a view at every byte of the text, padded),
         # then the bytes past the key's end set to zero.
         padded = np.frombuffer(text + bytes(8), dtype=np.uint8)
