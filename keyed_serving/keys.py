@@ -20,7 +20,7 @@ import itertools
 import math
 import operator
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,12 @@ def find_key_problems(keys: Sequence[Any]) -> KeyProblems:
     in C (types, string lengths, integer bounds, one set or one sort); a row-by-row look
     happens only where those find something. Keys of one kind come back packed
     (``column``): the text of string keys is joined and encoded once, for the checks and
-    the hop alike."""
+    the hop alike. Keys cut from a body's JSON (``KeyColumn.from_json``, which judged
+    each usable) are only looked at for duplicates, and come back as they are."""
+    if isinstance(keys, KeyColumn):
+        if keys.usable:
+            return KeyProblems([], _duplicated(keys, keys), keys)
+        keys = keys.tolist()
     column: KeyColumn | None = None
     texts = _joined_text(keys)
     if texts is not None:  # every key a str: the join that packs them told
@@ -146,9 +151,16 @@ def find_key_problems(keys: Sequence[Any]) -> KeyProblems:
             problem = key_problem(key)
             if problem is not None:
                 unusable.append((index, problem))
+    duplicated = [] if unusable else _duplicated(keys, column)
+    return KeyProblems(unusable, duplicated, column)
+
+
+def _duplicated(keys: Sequence[Any], column: KeyColumn | None) -> list[tuple[int, Key, int]]:
+    """Each usable key sent more than once: its first position, the key and its count."""
     duplicated: list[tuple[int, Key, int]] = []
     # Usable keys are strings and integers only, so 1 and "1" are already different members.
-    if not unusable and _has_duplicates(keys, column):
+    if _has_duplicates(keys, column):
+        keys = keys.tolist() if isinstance(keys, KeyColumn) else keys  # a rare look, once
         counts = Counter(map(typed, keys))
         reported: set[tuple[type, Any]] = set()
         for index, key in enumerate(keys):
@@ -156,7 +168,7 @@ def find_key_problems(keys: Sequence[Any]) -> KeyProblems:
             if counts[member] > 1 and member not in reported:
                 reported.add(member)
                 duplicated.append((index, key, counts[member]))
-    return KeyProblems(unusable, duplicated, column)
+    return duplicated
 
 
 def _has_duplicates(keys: Sequence[Any], column: KeyColumn | None) -> bool:
@@ -182,8 +194,10 @@ def _low_bytes() -> np.ndarray:
 # Below this many keys, plain Python finds where keys end faster than NumPy's fixed cost
 # per call (measured: NumPy's way costs more up to about 200 keys, a third at 10,000).
 _FEW_KEYS = 200
-# Between keys in a packed column's text (see KeyColumn).
+# Between keys in a packed column's text (see KeyColumn): a NUL where they were joined,
+# the comma and quotes between two strings where they were cut from a JSON array.
 _SEPARATOR = "\x00"
+_JSON_SEPARATOR = b'","'
 
 
 def _joined_text(keys: Sequence[Any]) -> tuple[str, bytes] | None:
@@ -236,11 +250,11 @@ def _packed_text(
     return column, (min(lengths), max(lengths)) if ascii_text else None
 
 
-def _widths(ends: np.ndarray) -> np.ndarray:
-    """Each key's length in bytes, from where the keys end in a packed text (one separator
-    between two keys)."""
+def _widths(ends: np.ndarray, gap: int = 1) -> np.ndarray:
+    """Each key's length in bytes, from where the keys end in a packed text (a separator
+    of ``gap`` bytes between two keys)."""
     widths = ends.copy()
-    widths[1:] -= ends[:-1] + 1
+    widths[1:] -= ends[:-1] + gap
     return widths
 
 
@@ -273,32 +287,81 @@ def key_from_cell(value: Any) -> Any:
     return value
 
 
-class KeyColumn:
+class KeyColumn(Sequence[Any]):
     """Keys as the runner hop carries them: a few buffers, not a Python object per key.
 
     The hop pickles what it sends (BentoML's own format); an object array of 10,000 keys
     pickles an object per key there and back (measured 3.5 ms of a W3 request, with the
     array's making). Here integer keys are one buffer of int64, string keys one buffer of
-    UTF-8 text (the keys with a NUL between each two, as one join and one encode make it)
-    and one of int64 ends (where each key ends in it; the next starts one byte later);
-    keys of both kinds in one block stay an object array. A key's type survives:
-    ``tolist()`` gives back ``1`` and ``"1"`` as they were sent. ``same_as`` compares two
-    columns key by key and type by type: one comparison of bytes where both hold keys of
-    one kind."""
+    UTF-8 text and one of int64 ends (where each key ends in the text; the next starts
+    after a separator: the NUL that one join put between each two keys, or the ``","``
+    between them in the JSON array they were cut from, see ``from_json``); keys of both
+    kinds in one block stay an object array. A key's type survives: ``tolist()`` gives
+    back ``1`` and ``"1"`` as they were sent. ``same_as`` compares two columns key by key
+    and type by type: one comparison of bytes where both hold keys of one kind and
+    layout."""
 
-    __slots__ = ("_data", "_ends", "_kind", "_nul_free", "_size", "json")
+    __slots__ = ("_data", "_ends", "_kind", "_nul_free", "_separator", "_size", "json", "usable")
 
     def __init__(
-        self, kind: str, data: Any, ends: bytes | None = None, *, nul_free: bool = False
+        self,
+        kind: str,
+        data: Any,
+        ends: bytes | None = None,
+        separator: bytes = b"\x00",
+        *,
+        nul_free: bool = False,
     ) -> None:
         self._kind, self._data, self._ends = kind, data, ends
+        self._separator = separator
         # String keys known to hold no NUL of their own (the packing counted the
-        # separators); else ``words`` counts them. Not sent over the hop.
+        # separators, or from_json saw only printable text); else ``words`` counts them.
+        # Not sent over the hop.
         self._nul_free = nul_free
         self._size = len(data) // 8 if kind == "int" else len(ends) // 8 if ends else len(data)
         # The keys as a JSON array, where the checks that packed them wrote it (string keys
-        # from find_key_problems): an answer writes them as they are. Not sent over the hop.
+        # from find_key_problems) or they were cut from it (from_json): an answer writes
+        # them as they are. Not sent over the hop.
         self.json: bytes | None = None
+        # Every key known to be a usable one (from_json judged them). Not sent over the hop.
+        self.usable = False
+
+    @classmethod
+    def from_json(cls, text: bytes) -> KeyColumn | None:
+        """String keys cut from the JSON text of an array of them, with no Python string
+        made per key: where ``text`` is exactly ``["k1","k2",...]`` (no space, no escape,
+        printable ASCII only) and holds at least ``_FEW_KEYS`` keys, each a usable one.
+        None otherwise; the caller then reads the text as JSON, as it would have.
+
+        In such a text every quote starts or ends a string (a quote inside one would need
+        a backslash), so the quotes tell where the keys are: the text holds the keys
+        exactly as they are read when its only quotes are the two at its ends and the two
+        of each ``","`` between keys, all different ones. Nothing inside them is then
+        anything JSON would escape or read otherwise, and nothing outside them but the
+        brackets and a comma between each two. The text is kept as it is: its keys stand
+        apart by ``","``, and it is the keys' JSON text (``json``)."""
+        if text[:2] != b'["' or text[-2:] != b'"]' or b"\\" in text:
+            return None
+        codes = np.frombuffer(text, dtype=np.uint8)
+        if int(codes.min()) < 0x20 or int(codes.max()) > 0x7E:  # a control or non-ASCII byte
+            return None
+        quotes = codes == ord('"')
+        separators = codes[1:-1] == ord(",")  # then `","` (in place: a body may be large)
+        separators &= quotes[:-2]
+        separators &= quotes[2:]
+        between = np.flatnonzero(separators)
+        n = len(between) + 1
+        if n < _FEW_KEYS or np.count_nonzero(quotes) != 2 * n:  # a quote shared or elsewhere
+            return None
+        # In text[2:-2] a key ends where its closing quote was, two bytes earlier.
+        ends = np.empty(n, dtype=np.int64)
+        ends[:-1], ends[-1] = between - 2, len(text) - 4
+        widths = _widths(ends, len(_JSON_SEPARATOR))
+        if int(widths.min()) < 1 or int(widths.max()) > MAX_KEY_LENGTH:
+            return None
+        column = cls("str", text[2:-2], ends.tobytes(), _JSON_SEPARATOR, nul_free=True)
+        column.json, column.usable = text, True
+        return column
 
     @classmethod
     def of(cls, keys: Any) -> KeyColumn:
@@ -349,12 +412,18 @@ class KeyColumn:
             return KeyColumn("int", self._data[8 * start : 8 * end])
         if self._kind == "str":
             all_ends = np.frombuffer(self._ends, dtype=np.int64)  # type: ignore[arg-type]
-            first = int(all_ends[start - 1]) + 1 if start else 0
+            first = int(all_ends[start - 1]) + len(self._separator) if start else 0
             ends = all_ends[start:end]
             last = int(ends[-1]) if len(ends) else first
             text: bytes = self._data
             cut_ends = (ends - first).tobytes()
-            return KeyColumn("str", text[first:last], cut_ends, nul_free=self._nul_free)
+            return KeyColumn(
+                "str",
+                text[first:last],
+                cut_ends,
+                self._separator,
+                nul_free=self._nul_free,
+            )
         return KeyColumn("object", self._data[start:end])
 
     def _key(self, index: int) -> Any:
@@ -367,17 +436,21 @@ class KeyColumn:
             return int(np.frombuffer(self._data, dtype=np.int64)[index])
         if self._kind == "str":
             ends = np.frombuffer(self._ends, dtype=np.int64)  # type: ignore[arg-type]
-            start = int(ends[index - 1]) + 1 if index else 0
+            start = int(ends[index - 1]) + len(self._separator) if index else 0
             text: bytes = self._data
             return text[start : int(ends[index])].decode("utf-8")
         return self._data[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.tolist())
 
     def tolist(self) -> list[Any]:
         if self._kind == "int":
             return list(np.frombuffer(self._data, dtype=np.int64).tolist())
         if self._kind == "str":
             ends = np.frombuffer(self._ends, dtype=np.int64).tolist()  # type: ignore[arg-type]
-            starts = [0, *(end + 1 for end in ends)][: len(ends)]
+            gap = len(self._separator)
+            starts = [0, *(end + gap for end in ends)][: len(ends)]
             text: bytes = self._data
             decoded = text.decode("utf-8")
             if len(decoded) == len(text):  # ASCII: slices of one decoded string
@@ -395,10 +468,11 @@ class KeyColumn:
         if self._kind != "str" or not self._size:
             return None
         text: bytes = self._data
-        if not self._nul_free and text.count(0) != self._size - 1:  # a NUL of a key's own
+        separators = (self._size - 1) * self._separator.count(0)
+        if not self._nul_free and text.count(0) != separators:  # a NUL of a key's own
             return None
         ends = np.frombuffer(self._ends, dtype=np.int64)  # type: ignore[arg-type]
-        widths = _widths(ends)
+        widths = _widths(ends, len(self._separator))
         if int(widths.max()) > 8:
             return None
         starts = ends - widths
@@ -410,13 +484,13 @@ class KeyColumn:
 
     def same_as(self, other: KeyColumn) -> bool:
         """The same keys, of the same types, in the same order."""
-        if self._kind == other._kind != "object":
+        if self._kind == other._kind != "object" and self._separator == other._separator:
             return self._data == other._data and self._ends == other._ends
         mine, theirs = self.tolist(), other.tolist()
         return mine == theirs and list(map(type, mine)) == list(map(type, theirs))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (KeyColumn, (self._kind, self._data, self._ends))
+        return (KeyColumn, (self._kind, self._data, self._ends, self._separator))
 
     def __repr__(self) -> str:
         return f"KeyColumn({self._kind}, {self._size} keys)"

@@ -17,6 +17,7 @@ from keyed_serving.keys import (
     MAX_INTEGER_KEY,
     MIN_INTEGER_KEY,
     KeyColumn,
+    KeyProblems,
     find_key_problems,
     key_from_cell,
     key_problem,
@@ -266,3 +267,95 @@ def test_keys_that_fit_in_64_bits_get_a_number_no_other_key_has(
         return
     assert words is not None and len(words) == len(keys)
     assert len(np.unique(words)) == len(keys)
+
+
+# Keys cut from a request's JSON text (KeyColumn.from_json): the ones it can take, and the
+# ones JSON writes otherwise or that are no keys, which must send it back to orjson.
+_PLAIN = st.text(st.sampled_from("ab-_0:/ ~{}"), min_size=1, max_size=12)
+_AWKWARD = st.one_of(
+    _PLAIN,
+    st.sampled_from(["", "k" * 256, "k" * 257, "]", '"', "\\", ",", '","', "\x1f", "\x7f"]),
+    st.text(st.sampled_from(["a", '"', "\\", "]", "[", ",", " ", "\x00", "\u00e9"]), max_size=4),
+)
+
+
+def _plain(key: str) -> bool:
+    """A key from_json cuts: printable ASCII JSON writes as it is, and not a lone comma
+    (between its quotes it looks like the `","` between two keys: left to orjson)."""
+    printable = all(" " <= c <= "~" and c not in '"\\' for c in key)
+    return 0 < len(key) <= 256 and printable and key != ","
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fresh=st.integers(0, 260),
+    awkward=st.lists(st.tuples(st.integers(0), _AWKWARD), max_size=4),
+    spaced=st.booleans(),
+)
+def test_keys_cut_from_a_json_array_are_the_keys_orjson_reads_from_it(
+    fresh: int, awkward: list[tuple[int, str]], spaced: bool
+) -> None:
+    """Cut where the text is the compact array of at least 200 printable keys that JSON
+    writes as they are; not cut (None: read by orjson) for anything else. Cut, they are
+    exactly the keys, their JSON text is the text, and the checks judge them as they judge
+    the keys read."""
+    keys = [f"r{i}" for i in range(fresh)]
+    for where, key in awkward:
+        keys.insert(where % (len(keys) + 1), key)
+    text = orjson.dumps(keys) if not spaced else orjson.dumps(keys).replace(b'","', b'", "')
+    column = KeyColumn.from_json(text)
+    if spaced or len(keys) < 200 or not all(map(_plain, keys)):
+        assert column is None
+        return
+    assert column is not None and column.usable
+    assert column.tolist() == orjson.loads(text) == keys and column.json == text
+    assert [column[i] for i in (0, len(keys) // 2, -1)] == [keys[0], keys[len(keys) // 2], keys[-1]]
+    read = find_key_problems(keys)
+    assert find_key_problems(column) == KeyProblems(read.unusable, read.duplicated, column)
+
+
+_BYTES = st.sampled_from([b'"', b",", b"]", b"[", b"\\", b" ", b"a", b"\x00", b"\xc3", b"\n"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0), st.sampled_from(["put", "insert", "drop"]), _BYTES),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_a_json_array_of_keys_changed_anywhere_is_cut_as_orjson_reads_it_or_not_at_all(
+    edits: list[tuple[int, str, bytes]],
+) -> None:
+    """A fuzzer's array: wherever bytes are put, inserted or dropped, what is cut is what
+    orjson reads, and orjson reads it; else it is not cut."""
+    text = bytearray(orjson.dumps([f"k{i}" for i in range(210)]))
+    for where, edit, byte in edits:
+        at = where % (len(text) + 1)
+        if edit == "insert":
+            text[at:at] = byte
+        elif at < len(text):
+            text[at : at + 1] = byte if edit == "put" else b""
+    column = KeyColumn.from_json(bytes(text))
+    if column is not None:
+        assert column.tolist() == orjson.loads(bytes(text))
+
+
+def test_a_column_cut_from_json_crosses_the_hop_and_is_cut_like_a_joined_one() -> None:
+    """Its keys stand apart by the JSON's `","`, not a NUL: over the hop, in runs, key by
+    key and as numbers it is the column of the same keys joined."""
+    keys = [f"b3-{i}" for i in range(1_000)] + ["k" * 20]
+    cut = KeyColumn.from_json(orjson.dumps(keys))
+    joined = KeyColumn.pack(keys)
+    assert cut is not None
+    back = pickle.loads(pickle.dumps(cut, protocol=5))
+    assert back.tolist() == keys and back.same_as(cut) and back.same_as(joined)
+    assert joined.same_as(back) and not back.same_as(KeyColumn.pack(keys[::-1]))
+    for start, end in ((0, 0), (0, 1), (5, 700), (999, 1_001), (1_000, 1_001)):
+        run = pickle.loads(pickle.dumps(back[start:end]))
+        assert run.tolist() == keys[start:end] and run.same_as(joined[start:end])
+    short = KeyColumn.from_json(orjson.dumps(keys[:1_000]))
+    words = short.words() if short is not None else None
+    assert words is not None
+    assert np.array_equal(words, KeyColumn.pack(keys[:1_000]).words())
