@@ -97,6 +97,7 @@ from keyed_serving.serving.validate import (
     InvalidRequest,
     ValidBatch,
     decode_body,
+    decode_predict_body,
     rejection,
     validate_request,
 )
@@ -326,7 +327,7 @@ class KeyedPrediction:
     async def predict_raw(self, raw: bytes) -> Response:
         """/predict for the bytes of a body (also the lean route's entry, see LeanRoutes)."""
         try:
-            decoded = decode_body(raw)
+            decoded = decode_predict_body(raw)
         except InvalidRequest as exc:
             return error_response(400, exc.summary, exc.details)  # type: ignore[no-any-return]
         return await self.predict_body(decoded)

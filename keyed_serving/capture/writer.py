@@ -83,7 +83,8 @@ def sampled(batch: Captured, sample: float) -> Captured | None:
     """The part of a batch whose keys the sample keeps (None: none of them)."""
     if sample >= 1:
         return batch
-    keep = [index for index, key in enumerate(batch.keys) if keeps(key, sample)]
+    keys = list(batch.keys)  # once: a column of keys (KeyColumn) is read whole here
+    keep = [index for index, key in enumerate(keys) if keeps(key, sample)]
     refused = [entry for entry in batch.refused if keeps(entry[0], sample)]
     if not keep and not refused:
         return None
@@ -94,7 +95,7 @@ def sampled(batch: Captured, sample: float) -> Captured | None:
     predictions = list(batch.predictions)
     return replace(
         batch,
-        keys=[batch.keys[index] for index in keep],
+        keys=[keys[index] for index in keep],
         columns=[_rows_of(column, rows) for column in batch.columns],
         predictions=[predictions[index] for index in keep],
         probabilities=None

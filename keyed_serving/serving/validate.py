@@ -97,6 +97,45 @@ def decode_body(raw: bytes) -> Any:
         raise _invalid("json_invalid", f"the body is not valid JSON: {exc}", ["body"]) from None
 
 
+def decode_predict_body(raw: bytes) -> Any:
+    """``decode_body`` for /predict: a columnar body that sends its keys first has them cut
+    from its text as they are (``KeyColumn.from_json``), not read as a Python string each
+    (at 10,000 keys, reading them was a third of reading the body); the rest is read by
+    orjson. The decoded body is the same either way; a body whose keys cannot be cut so is
+    read whole."""
+    return _keys_cut_out(raw) or decode_body(raw)
+
+
+_KEYS_FIRST = b'{"keys":'
+
+
+def _keys_cut_out(raw: bytes) -> dict[str, Any] | None:
+    """``{"keys":["k1",...],"<member>"...}`` -> the body, its keys a ``KeyColumn`` cut from
+    the text. None for any other body, and for one whose keys or rest orjson would read
+    otherwise or refuse (then read whole, which says why).
+
+    The array is taken to end at the first ``]``, followed by ``,"``: ``from_json``
+    refuses an array that ends elsewhere (a key holding a ``]`` is read whole). What
+    follows the comma is the next member, so ``{`` and it are the body's other members,
+    valid exactly when the body is."""
+    if not raw.startswith(_KEYS_FIRST):
+        return None
+    end = raw.find(b"]", len(_KEYS_FIRST))
+    if end < 0 or raw[end + 1 : end + 3] != b',"':
+        return None
+    column = KeyColumn.from_json(raw[len(_KEYS_FIRST) : end + 1])
+    if column is None:
+        return None
+    rest_text = bytearray(memoryview(raw)[end + 1 :])  # `,"<member>"...}`
+    rest_text[0] = ord("{")
+    try:
+        rest = orjson.loads(rest_text)
+    except orjson.JSONDecodeError:
+        return None
+    # A "keys" sent again among the rest is the one taken, as JSON's last value of a name is.
+    return {"keys": column, **rest}
+
+
 def read_json(raw: bytes) -> Any:
     """JSON as a body holds it; raises ``ValueError`` saying why a body is not JSON.
 
@@ -180,7 +219,9 @@ def validate_request(
         failed = {failure.index for failure in failures}
         kept = [i for i in range(len(keys)) if i not in failed]
         batch.positions = kept
-        batch.keys = [keys[i] for i in kept]
+        listed = keys.tolist() if isinstance(keys, KeyColumn) else keys
+        batch.all_keys = listed  # the answer writes every key received, as a list
+        batch.keys = [listed[i] for i in kept]
         batch.failures = sorted(failures, key=lambda failure: failure.index)
     batch.columns = [
         _as_array(column, feature, kept)
@@ -327,7 +368,7 @@ def _malformed(index: int, instance: Any) -> ErrorDetail:
 def _from_columns(
     keys: Any, columns: Any, spec: ModelSpec, max_instances: int, keyed: bool = True
 ) -> tuple[Sequence[Key], KeyColumn | None, list[Any], list[InstanceFailure]]:
-    if not isinstance(keys, list if keyed else range):
+    if not isinstance(keys, (list, KeyColumn) if keyed else range):
         raise _invalid("body", "keys must be a list (one key per row)", ["keys"])
     if not isinstance(columns, dict):
         raise _invalid("body", "columns must be an object {feature: [values]}", ["columns"])

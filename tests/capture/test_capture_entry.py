@@ -73,3 +73,26 @@ def test_a_v2_request_is_captured_as_v2_http(entry: Any) -> None:
     assert response.status_code == 200
     [row] = captured(entry)
     assert (row["key"], row["key_type"], row["source"]) == ("v", "str", "v2_http")
+
+
+@pytest.mark.parametrize("sample", [1.0, 0.3])
+def test_keys_cut_from_a_columnar_body_are_captured_each_with_its_answer(
+    entry: Any, sample: float
+) -> None:
+    """A columnar body of many keys has its keys cut from its text as one column
+    (validate.decode_predict_body): every key kept by the sample is captured with its own
+    prediction, whole or sampled."""
+    entry.capture = CaptureWriter(entry.capture.root, CapturedModel.of(entry.spec), sample=sample)
+    keys = [f"row-{i}" for i in range(400)]
+    columns = {name: [value + (i % 7) / 10 for i in range(400)] for name, value in FLOWER.items()}
+    response = asyncio.run(entry.predict_raw(orjson.dumps({"keys": keys, "columns": columns})))
+    answer = orjson.loads(response.body)
+    assert response.status_code == 200 and answer["keys"] == keys
+    rows = {row["key"]: row for row in captured(entry)}
+    expected = dict(zip(keys, answer["predictions"], strict=True))
+    assert {key: row["prediction"] for key, row in rows.items()} == {
+        key: expected[key] for key in rows
+    }
+    assert all(rows[f"row-{i}"]["feature_petal_width_cm"] == columns["petal_width_cm"][i]
+               for i in range(400) if f"row-{i}" in rows)  # fmt: skip
+    assert len(rows) == 400 if sample == 1.0 else 60 < len(rows) < 200

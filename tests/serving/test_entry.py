@@ -585,3 +585,57 @@ def test_results_of_another_model_version_are_answered_503_never_200(
             assert answer.headers["Retry-After"] == str(get_settings().retry_after_s)
             assert entry.spec.tag.encode() in answer.body
         assert version_mismatches("entry") == before + 2
+
+
+def test_a_body_whose_keys_are_cut_from_its_text_is_answered_as_one_read_whole(
+    entry: Any, poisoned_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same answer, byte for byte, whether /predict cuts a columnar body's keys from its
+    text or reads them as strings: clean, with rows the model raises on and a bad value
+    answered per key, with a key sent twice. The blocks and results cross a pickled hop."""
+    import pickle
+
+    from keyed_serving.serving import validate
+
+    batching = MicroBatchingRunner(poisoned_model)
+
+    async def over_the_hop(blocks: Blocks) -> list[BlockResult]:
+        results = await batching.predict(pickle.loads(pickle.dumps(blocks)))
+        return pickle.loads(pickle.dumps(results))  # type: ignore[no-any-return]
+
+    entry.runner = runner(over_the_hop)
+    instances = poison(flowers(600, seed=44, keys=[f"c-{i}" for i in range(600)]), 17, 420)
+    columns = {f: [i["features"][f] for i in instances] for f in FEATURES}
+    clean = {"keys": [f"k{i}" for i in range(600)], "columns": flowers_columns(600, seed=45)}
+    columns["petal_width_cm"][99] = "wide"
+    per_key = {"keys": [i["key"] for i in instances], "columns": columns, "errors": "per_instance"}
+    twice = {"keys": [*clean["keys"][:-1], "k3"], "columns": clean["columns"]}
+    cut_out = validate._keys_cut_out
+    taken: list[bool] = []
+
+    def spied(raw: bytes) -> Any:
+        read = cut_out(raw)
+        taken.append(read is not None)
+        return read
+
+    def answer(body: dict[str, Any], cut: bool) -> tuple[int, bytes]:
+        monkeypatch.setattr(validate, "_keys_cut_out", spied if cut else lambda raw: None)
+        response = asyncio.run(entry.predict_raw(orjson.dumps(body)))
+        return response.status_code, response.body
+
+    for body, status in ((clean, 200), (per_key, 200), (twice, 400)):
+        assert answer(body, cut=True) == answer(body, cut=False)
+        assert answer(body, cut=True)[0] == status
+    assert taken == [True] * 6
+    read = orjson.loads(answer(per_key, cut=True)[1])
+    assert read["keys"] == per_key["keys"]
+    assert {e["key"]: e["error"]["code"] for e in read["errors"]} == {
+        "c-17": "model_error",
+        "c-420": "model_error",
+        "c-99": "wrong_type",
+    }
+
+
+def flowers_columns(n: int, seed: int) -> dict[str, list[Any]]:
+    instances = flowers(n, seed)
+    return {f: [i["features"][f] for i in instances] for f in FEATURES}

@@ -3,11 +3,22 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from keyed_serving.keys import KeyColumn
 from keyed_serving.model.spec import ModelSpec
 from keyed_serving.schemas import FeatureInfo, Score
-from keyed_serving.serving.validate import InvalidRequest, ValidBatch, rejection, validate_request
+from keyed_serving.serving.validate import (
+    InvalidRequest,
+    ValidBatch,
+    decode_body,
+    decode_predict_body,
+    rejection,
+    validate_request,
+)
 
 SPEC = ModelSpec(
     tag="m:1",
@@ -181,3 +192,113 @@ def test_empty_and_oversized_requests_are_refused() -> None:
     error = refused({"instances": many}, max_instances=3)
     assert error.details[0].type == "too_many_instances"
     assert "at most 3" in error.details[0].msg
+
+
+# /predict's reader cuts the keys of a columnar body that sends them first out of its text
+# (decode_predict_body); whatever the body, what it reads must be what orjson reads.
+_KEYS = [f"k{i}" for i in range(250)]
+_COLUMNS = {"age": list(range(250)), "plan": ["a", None] * 125}
+
+
+def _read_alike(body: bytes) -> Any:
+    """What decode_predict_body reads, checked against decode_body (orjson): the same
+    document, or the same refusal."""
+    try:
+        whole = decode_body(body)
+    except InvalidRequest as exc:
+        with pytest.raises(InvalidRequest) as caught:
+            decode_predict_body(body)
+        assert caught.value.details == exc.details
+        return None
+    cut = decode_predict_body(body)
+    assert type(cut) is type(whole)
+    if isinstance(cut, dict) and isinstance(cut.get("keys"), KeyColumn):
+        assert {**cut, "keys": cut["keys"].tolist()} == whole
+    else:
+        assert cut == whole
+    return cut
+
+
+@pytest.mark.parametrize(
+    ("body", "cut"),
+    [
+        (orjson.dumps({"keys": _KEYS, "columns": _COLUMNS}), True),
+        (orjson.dumps({"keys": _KEYS, "columns": _COLUMNS, "errors": "per_instance"}), True),
+        (orjson.dumps({"keys": _KEYS, "errors": "reject", "columns": _COLUMNS}), True),
+        (orjson.dumps({"columns": _COLUMNS, "keys": _KEYS}), False),  # keys last
+        (orjson.dumps({"keys": _KEYS[:199], "columns": _COLUMNS}), False),  # few keys
+        (orjson.dumps({"keys": [*_KEYS[:-1], "k]"], "columns": _COLUMNS}), False),
+        (orjson.dumps({"keys": [*_KEYS[:-1], "k\\"], "columns": _COLUMNS}), False),
+        (orjson.dumps({"keys": [*_KEYS[:-1], "\u00e9"], "columns": _COLUMNS}), False),
+        (orjson.dumps({"keys": list(range(250)), "columns": _COLUMNS}), False),
+        (orjson.dumps({"keys": _KEYS, "columns": _COLUMNS})[:-1] + b',"keys":["x"]}', False),
+        (orjson.dumps({"keys": _KEYS, "columns": _COLUMNS})[:-1] + b" ", False),  # cut short
+        (orjson.dumps({"keys": _KEYS})[:-1] + b',"columns":{"age":[NaN]}}', False),
+        (orjson.dumps({"keys": _KEYS})[:-1] + b",}", False),  # a comma JSON does not allow
+        (orjson.dumps({"keys": _KEYS})[:-1] + b',"columns":{}} {}', False),
+        (orjson.dumps({"keys": _KEYS}), False),  # nothing after the keys
+    ],
+    ids=[
+        "columns", "errors-after", "errors-between", "keys-last", "199-keys", "bracket-in-key",
+        "backslash", "non-ascii", "integer-keys", "keys-again", "truncated", "nan",
+        "trailing-comma", "two-documents", "keys-alone",
+    ],
+)  # fmt: skip
+def test_predict_bodies_are_read_as_orjson_reads_them_with_keys_cut_where_they_can_be(
+    body: bytes, cut: bool
+) -> None:
+    read = _read_alike(body)
+    keys = read.get("keys") if isinstance(read, dict) else None
+    assert isinstance(keys, KeyColumn) == cut
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.integers(-40, 40),
+            st.sampled_from(["put", "insert", "drop"]),
+            st.sampled_from([b'"', b",", b"]", b"[", b"{", b"}", b":", b"\\", b" ", b"a", b"1"]),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_a_body_changed_around_the_end_of_its_keys_is_read_as_orjson_reads_it(
+    edits: list[tuple[int, str, bytes]],
+) -> None:
+    """A fuzzer's bytes where the cut is made (the end of the keys and the next member):
+    read as orjson reads them, or refused as it refuses them."""
+    body = bytearray(orjson.dumps({"keys": _KEYS, "columns": _COLUMNS, "errors": "reject"}))
+    where = body.index(b'"],"') + 2
+    for offset, edit, byte in edits:
+        at = min(max(where + offset, 0), len(body))
+        if edit == "insert":
+            body[at:at] = byte
+        elif at < len(body):
+            body[at : at + 1] = byte if edit == "put" else b""
+    _read_alike(bytes(body))
+
+
+def test_a_body_whose_keys_are_cut_is_validated_as_one_read_whole() -> None:
+    """The same batch, its keys a column: clean, with a bad value kept per key, with a key
+    sent twice."""
+    columns = {"age": list(range(250)), "plan": ["a"] * 250}
+    body = {"keys": _KEYS, "columns": columns}
+    cut, whole = decode_predict_body(orjson.dumps(body)), body
+    assert isinstance(cut["keys"], KeyColumn)
+    batch, expected = validate_request(cut, SPEC, 1_000), validate_request(whole, SPEC, 1_000)
+    assert list(batch.keys) == list(expected.keys) == _KEYS
+    assert batch.key_column is cut["keys"] and batch.key_column.json == orjson.dumps(_KEYS)
+    assert [c.tolist() for c in batch.columns] == [c.tolist() for c in expected.columns]
+    columns["age"][7] = "old"
+    body["errors"] = "per_instance"
+    batch = validate_request(decode_predict_body(orjson.dumps(body)), SPEC, 1_000)
+    assert [(f.index, f.key) for f in batch.failures] == [(7, "k7")]
+    assert batch.keys == [k for k in _KEYS if k != "k7"] and batch.all_keys == _KEYS
+    assert batch.key_column is None
+    twice = orjson.dumps({"keys": [*_KEYS, "k3"], "columns": _COLUMNS | {"age": [1] * 251}})
+    refusal = refused(decode_predict_body(twice), 1_000)
+    assert [(d.type, d.loc, d.key) for d in refusal.details] == [
+        ("duplicate_key", ["keys", 3], "k3")
+    ]
