@@ -195,9 +195,10 @@ def _low_bytes() -> np.ndarray:
 # per call (measured: NumPy's way costs more up to about 200 keys, a third at 10,000).
 _FEW_KEYS = 200
 # Between keys in a packed column's text (see KeyColumn): a NUL where they were joined,
-# the comma and quotes between two strings where they were cut from a JSON array.
+# the comma (and space) and quotes between two strings where they were cut from a JSON
+# array.
 _SEPARATOR = "\x00"
-_JSON_SEPARATOR = b'","'
+_JSON_SEPARATORS = (b'","', b'", "')  # compact, and as Python's json writes it
 
 
 def _joined_text(keys: Sequence[Any]) -> tuple[str, bytes] | None:
@@ -329,37 +330,42 @@ class KeyColumn(Sequence[Any]):
     @classmethod
     def from_json(cls, text: bytes) -> KeyColumn | None:
         """String keys cut from the JSON text of an array of them, with no Python string
-        made per key: where ``text`` is exactly ``["k1","k2",...]`` (no space, no escape,
-        printable ASCII only) and holds at least ``_FEW_KEYS`` keys, each a usable one.
-        None otherwise; the caller then reads the text as JSON, as it would have.
+        made per key: where ``text`` is exactly ``["k1","k2",...]``, or ``["k1", "k2",
+        ...]`` as Python's own JSON writer spaces it (no other space, no escape, printable
+        ASCII only), and holds at least ``_FEW_KEYS`` keys, each a usable one. None
+        otherwise; the caller then reads the text as JSON, as it would have.
 
         In such a text every quote starts or ends a string (a quote inside one would need
         a backslash), so the quotes tell where the keys are: the text holds the keys
         exactly as they are read when its only quotes are the two at its ends and the two
-        of each ``","`` between keys, all different ones. Nothing inside them is then
-        anything JSON would escape or read otherwise, and nothing outside them but the
-        brackets and a comma between each two. The text is kept as it is: its keys stand
-        apart by ``","``, and it is the keys' JSON text (``json``)."""
+        of each ``","`` (or ``", "``) between keys, all different ones. Nothing inside
+        them is then anything JSON would escape or read otherwise, and nothing outside
+        them but the brackets and the separators. The text is kept as it is: its keys
+        stand apart by that separator, and it is the keys' JSON text (``json``)."""
         if text[:2] != b'["' or text[-2:] != b'"]' or b"\\" in text:
             return None
         codes = np.frombuffer(text, dtype=np.uint8)
         if int(codes.min()) < 0x20 or int(codes.max()) > 0x7E:  # a control or non-ASCII byte
             return None
+        first_end = text.find(b'"', 2)
+        separator = _JSON_SEPARATORS[text[first_end + 1 : first_end + 3] == b", "]
+        width = len(separator)
         quotes = codes == ord('"')
-        separators = codes[1:-1] == ord(",")  # then `","` (in place: a body may be large)
-        separators &= quotes[:-2]
-        separators &= quotes[2:]
-        between = np.flatnonzero(separators)
+        # Where each separator starts; built in place (a body may be large).
+        starts = quotes[: len(codes) - width + 1].copy()
+        for offset in range(1, width):
+            starts &= codes[offset : len(codes) - width + 1 + offset] == separator[offset]
+        between = np.flatnonzero(starts)
         n = len(between) + 1
         if n < _FEW_KEYS or np.count_nonzero(quotes) != 2 * n:  # a quote shared or elsewhere
             return None
         # In text[2:-2] a key ends where its closing quote was, two bytes earlier.
         ends = np.empty(n, dtype=np.int64)
         ends[:-1], ends[-1] = between - 2, len(text) - 4
-        widths = _widths(ends, len(_JSON_SEPARATOR))
+        widths = _widths(ends, width)
         if int(widths.min()) < 1 or int(widths.max()) > MAX_KEY_LENGTH:
             return None
-        column = cls("str", text[2:-2], ends.tobytes(), _JSON_SEPARATOR, nul_free=True)
+        column = cls("str", text[2:-2], ends.tobytes(), separator, nul_free=True)
         column.json, column.usable = text, True
         return column
 

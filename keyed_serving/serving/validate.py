@@ -110,20 +110,22 @@ _KEYS_FIRST = b'{"keys":'
 
 
 def _keys_cut_out(raw: bytes) -> dict[str, Any] | None:
-    """``{"keys":["k1",...],"<member>"...}`` -> the body, its keys a ``KeyColumn`` cut from
-    the text. None for any other body, and for one whose keys or rest orjson would read
-    otherwise or refuse (then read whole, which says why).
+    """``{"keys":["k1",...],"<member>"...}`` (compact, or spaced as Python's own JSON
+    writer and ``requests`` write it: ``{"keys": ["k1", ...], "<member>"...``) -> the body,
+    its keys a ``KeyColumn`` cut from the text. None for any other body, and for one whose
+    keys or rest orjson would read otherwise or refuse (then read whole, which says why).
 
-    The array is taken to end at the first ``]``, followed by ``,"``: ``from_json``
-    refuses an array that ends elsewhere (a key holding a ``]`` is read whole). What
-    follows the comma is the next member, so ``{`` and it are the body's other members,
-    valid exactly when the body is."""
+    The array is taken to end at the first ``]``, followed by a comma and the next name's
+    quote: ``from_json`` refuses an array that ends elsewhere (a key holding a ``]`` is
+    read whole). What follows the comma is the next member, so ``{`` and it are the
+    body's other members, valid exactly when the body is."""
     if not raw.startswith(_KEYS_FIRST):
         return None
-    end = raw.find(b"]", len(_KEYS_FIRST))
-    if end < 0 or raw[end + 1 : end + 3] != b',"':
+    start = len(_KEYS_FIRST) + (raw[len(_KEYS_FIRST) : len(_KEYS_FIRST) + 1] == b" ")
+    end = raw.find(b"]", start)
+    if end < 0 or raw[end + 1 : end + 3] not in (b',"', b", "):
         return None
-    column = KeyColumn.from_json(raw[len(_KEYS_FIRST) : end + 1])
+    column = KeyColumn.from_json(raw[start : end + 1])
     if column is None:
         return None
     rest_text = bytearray(memoryview(raw)[end + 1 :])  # `,"<member>"...}`

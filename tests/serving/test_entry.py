@@ -4,6 +4,7 @@ runner that merges, drops, repeats, swaps or fails rows on purpose."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
@@ -592,7 +593,8 @@ def test_a_body_whose_keys_are_cut_from_its_text_is_answered_as_one_read_whole(
 ) -> None:
     """The same answer, byte for byte, whether /predict cuts a columnar body's keys from its
     text or reads them as strings: clean, with rows the model raises on and a bad value
-    answered per key, with a key sent twice. The blocks and results cross a pickled hop."""
+    answered per key, with a key sent twice (and the same document for a spaced body). The
+    blocks and results cross a pickled hop."""
     import pickle
 
     from keyed_serving.serving import validate
@@ -618,15 +620,21 @@ def test_a_body_whose_keys_are_cut_from_its_text_is_answered_as_one_read_whole(
         taken.append(read is not None)
         return read
 
-    def answer(body: dict[str, Any], cut: bool) -> tuple[int, bytes]:
+    def answer(body: dict[str, Any] | bytes, cut: bool) -> tuple[int, bytes]:
         monkeypatch.setattr(validate, "_keys_cut_out", spied if cut else lambda raw: None)
-        response = asyncio.run(entry.predict_raw(orjson.dumps(body)))
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        response = asyncio.run(entry.predict_raw(raw))
         return response.status_code, response.body
 
     for body, status in ((clean, 200), (per_key, 200), (twice, 400)):
         assert answer(body, cut=True) == answer(body, cut=False)
         assert answer(body, cut=True)[0] == status
-    assert taken == [True] * 6
+    # Spaced as Python's json (and requests) write it: the keys are answered as their text
+    # has them, spaces and all; the same document.
+    spaced_status, spaced = answer(json.dumps(clean).encode(), cut=True)
+    assert spaced_status == 200 and b'"k0", "k1"' in spaced
+    assert orjson.loads(spaced) == orjson.loads(answer(clean, cut=False)[1])
+    assert taken == [True] * 7
     read = orjson.loads(answer(per_key, cut=True)[1])
     assert read["keys"] == per_key["keys"]
     assert {e["key"]: e["error"]["code"] for e in read["errors"]} == {

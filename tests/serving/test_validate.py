@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -225,6 +226,8 @@ def _read_alike(body: bytes) -> Any:
         (orjson.dumps({"keys": _KEYS, "columns": _COLUMNS}), True),
         (orjson.dumps({"keys": _KEYS, "columns": _COLUMNS, "errors": "per_instance"}), True),
         (orjson.dumps({"keys": _KEYS, "errors": "reject", "columns": _COLUMNS}), True),
+        (json.dumps({"keys": _KEYS, "columns": _COLUMNS}).encode(), True),  # as requests
+        (json.dumps({"keys": _KEYS, "columns": _COLUMNS}).encode().replace(b" ", b"  "), False),
         (orjson.dumps({"columns": _COLUMNS, "keys": _KEYS}), False),  # keys last
         (orjson.dumps({"keys": _KEYS[:199], "columns": _COLUMNS}), False),  # few keys
         (orjson.dumps({"keys": [*_KEYS[:-1], "k]"], "columns": _COLUMNS}), False),
@@ -239,9 +242,9 @@ def _read_alike(body: bytes) -> Any:
         (orjson.dumps({"keys": _KEYS}), False),  # nothing after the keys
     ],
     ids=[
-        "columns", "errors-after", "errors-between", "keys-last", "199-keys", "bracket-in-key",
-        "backslash", "non-ascii", "integer-keys", "keys-again", "truncated", "nan",
-        "trailing-comma", "two-documents", "keys-alone",
+        "columns", "errors-after", "errors-between", "spaced", "spaced-twice", "keys-last",
+        "199-keys", "bracket-in-key", "backslash", "non-ascii", "integer-keys", "keys-again",
+        "truncated", "nan", "trailing-comma", "two-documents", "keys-alone",
     ],
 )  # fmt: skip
 def test_predict_bodies_are_read_as_orjson_reads_them_with_keys_cut_where_they_can_be(
@@ -262,15 +265,17 @@ def test_predict_bodies_are_read_as_orjson_reads_them_with_keys_cut_where_they_c
         ),
         min_size=1,
         max_size=3,
-    )
+    ),
+    spaced=st.booleans(),
 )
 def test_a_body_changed_around_the_end_of_its_keys_is_read_as_orjson_reads_it(
-    edits: list[tuple[int, str, bytes]],
+    edits: list[tuple[int, str, bytes]], spaced: bool
 ) -> None:
     """A fuzzer's bytes where the cut is made (the end of the keys and the next member):
     read as orjson reads them, or refused as it refuses them."""
-    body = bytearray(orjson.dumps({"keys": _KEYS, "columns": _COLUMNS, "errors": "reject"}))
-    where = body.index(b'"],"') + 2
+    document = {"keys": _KEYS, "columns": _COLUMNS, "errors": "reject"}
+    body = bytearray(json.dumps(document).encode() if spaced else orjson.dumps(document))
+    where = body.index(b'"]') + 2
     for offset, edit, byte in edits:
         at = min(max(where + offset, 0), len(body))
         if edit == "insert":
