@@ -29,6 +29,28 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
+def byte_edits(offsets: Any, values: Sequence[bytes]) -> Any:
+    """A hypothesis strategy of one to three fuzzer's edits for ``edited``: (an offset drawn
+    from ``offsets``, "put" | "insert" | "drop", one of ``values``)."""
+    from hypothesis import strategies as st
+
+    edit = st.tuples(offsets, st.sampled_from(["put", "insert", "drop"]), st.sampled_from(values))
+    return st.lists(edit, min_size=1, max_size=3)
+
+
+def edited(text: bytes, edits: Sequence[tuple[int, str, bytes]], around: int = 0) -> bytes:
+    """``text`` as a fuzzer leaves it: each (offset, "put" | "insert" | "drop", byte) puts,
+    inserts or drops a byte at ``around + offset``, kept within the text."""
+    changed = bytearray(text)
+    for offset, edit, byte in edits:
+        at = min(max(around + offset, 0), len(changed))
+        if edit == "insert":
+            changed[at:at] = byte
+        elif at < len(changed):
+            changed[at : at + 1] = byte if edit == "put" else b""
+    return bytes(changed)
+
+
 def make_customer_table(rows: int, seed: int = 7) -> pd.DataFrame:
     """A churn-like table the models have never seen: numbers, categories, gaps, a key."""
     rng = np.random.default_rng(seed)

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import byte_edits, edited
 
 from keyed_serving.keys import (
     MAX_INTEGER_KEY,
@@ -316,35 +317,21 @@ def test_keys_cut_from_a_json_array_are_the_keys_orjson_reads_from_it(
     assert find_key_problems(column) == KeyProblems(read.unusable, read.duplicated, column)
 
 
-_BYTES = st.sampled_from([b'"', b",", b"]", b"[", b"\\", b" ", b"a", b"\x00", b"\xc3", b"\n"])
+_BYTES = [b'"', b",", b"]", b"[", b"\\", b" ", b"a", b"\x00", b"\xc3", b"\n"]
 
 
 @settings(max_examples=500, deadline=None)
-@given(
-    edits=st.lists(
-        st.tuples(st.integers(0), st.sampled_from(["put", "insert", "drop"]), _BYTES),
-        min_size=1,
-        max_size=3,
-    ),
-    spaced=st.booleans(),
-)
+@given(edits=byte_edits(st.integers(0, 2_000), _BYTES), spaced=st.booleans())
 def test_a_json_array_of_keys_changed_anywhere_is_cut_as_orjson_reads_it_or_not_at_all(
     edits: list[tuple[int, str, bytes]], spaced: bool
 ) -> None:
     """A fuzzer's array: wherever bytes are put, inserted or dropped, what is cut is what
     orjson reads, and orjson reads it; else it is not cut."""
-    text = bytearray(orjson.dumps([f"k{i}" for i in range(210)]))
-    if spaced:
-        text = bytearray(json.dumps([f"k{i}" for i in range(210)]).encode())
-    for where, edit, byte in edits:
-        at = where % (len(text) + 1)
-        if edit == "insert":
-            text[at:at] = byte
-        elif at < len(text):
-            text[at : at + 1] = byte if edit == "put" else b""
-    column = KeyColumn.from_json(bytes(text))
+    keys = [f"k{i}" for i in range(210)]
+    text = edited(json.dumps(keys).encode() if spaced else orjson.dumps(keys), edits)
+    column = KeyColumn.from_json(text)
     if column is not None:
-        assert column.tolist() == orjson.loads(bytes(text))
+        assert column.tolist() == orjson.loads(text)
 
 
 def test_a_column_cut_from_json_crosses_the_hop_and_is_cut_like_a_joined_one() -> None:

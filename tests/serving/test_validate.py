@@ -8,6 +8,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import byte_edits, edited
 
 from keyed_serving.keys import KeyColumn
 from keyed_serving.model.spec import ModelSpec
@@ -255,34 +256,19 @@ def test_predict_bodies_are_read_as_orjson_reads_them_with_keys_cut_where_they_c
     assert isinstance(keys, KeyColumn) == cut
 
 
+_BYTES = [b'"', b",", b"]", b"[", b"{", b"}", b":", b"\\", b" ", b"a", b"1"]
+
+
 @settings(max_examples=400, deadline=None)
-@given(
-    edits=st.lists(
-        st.tuples(
-            st.integers(-40, 40),
-            st.sampled_from(["put", "insert", "drop"]),
-            st.sampled_from([b'"', b",", b"]", b"[", b"{", b"}", b":", b"\\", b" ", b"a", b"1"]),
-        ),
-        min_size=1,
-        max_size=3,
-    ),
-    spaced=st.booleans(),
-)
+@given(edits=byte_edits(st.integers(-40, 40), _BYTES), spaced=st.booleans())
 def test_a_body_changed_around_the_end_of_its_keys_is_read_as_orjson_reads_it(
     edits: list[tuple[int, str, bytes]], spaced: bool
 ) -> None:
     """A fuzzer's bytes where the cut is made (the end of the keys and the next member):
     read as orjson reads them, or refused as it refuses them."""
     document = {"keys": _KEYS, "columns": _COLUMNS, "errors": "reject"}
-    body = bytearray(json.dumps(document).encode() if spaced else orjson.dumps(document))
-    where = body.index(b'"]') + 2
-    for offset, edit, byte in edits:
-        at = min(max(where + offset, 0), len(body))
-        if edit == "insert":
-            body[at:at] = byte
-        elif at < len(body):
-            body[at : at + 1] = byte if edit == "put" else b""
-    _read_alike(bytes(body))
+    body = json.dumps(document).encode() if spaced else orjson.dumps(document)
+    _read_alike(edited(body, edits, around=body.index(b'"]') + 2))
 
 
 def test_a_body_whose_keys_are_cut_is_validated_as_one_read_whole() -> None:
