@@ -302,7 +302,7 @@ class KeyColumn(Sequence[Any]):
     and type by type: one comparison of bytes where both hold keys of one kind and
     layout."""
 
-    __slots__ = ("_data", "_ends", "_kind", "_nul_free", "_separator", "_size", "json", "usable")
+    __slots__ = ("_data", "_ends", "_kind", "_nul_free", "_separator", "_size", "json")
 
     def __init__(
         self,
@@ -324,8 +324,6 @@ class KeyColumn(Sequence[Any]):
         # from find_key_problems) or they were cut from it (from_json): an answer writes
         # them as they are. Not sent over the hop.
         self.json: bytes | None = None
-        # Every key known to be a usable one (from_json judged them). Not sent over the hop.
-        self.usable = False
 
     @classmethod
     def from_json(cls, text: bytes) -> KeyColumn | None:
@@ -366,8 +364,14 @@ class KeyColumn(Sequence[Any]):
         if int(widths.min()) < 1 or int(widths.max()) > MAX_KEY_LENGTH:
             return None
         column = cls("str", text[2:-2], ends.tobytes(), separator, nul_free=True)
-        column.json, column.usable = text, True
+        column.json = text
         return column
+
+    @property
+    def usable(self) -> bool:
+        """Every key known to be a usable one: the keys were cut from JSON (their separator
+        says so, here or after the hop), and ``from_json`` cuts only usable keys."""
+        return self._separator in _JSON_SEPARATORS
 
     @classmethod
     def of(cls, keys: Any) -> KeyColumn:

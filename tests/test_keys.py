@@ -351,3 +351,14 @@ def test_a_column_cut_from_json_crosses_the_hop_and_is_cut_like_a_joined_one() -
     words = short.words() if short is not None else None
     assert words is not None
     assert np.array_equal(words, KeyColumn.pack(keys[:1_000]).words())
+
+
+def test_a_column_cut_from_json_is_known_usable_after_the_hop_and_a_joined_one_is_not() -> None:
+    """The verdict travels with the layout: a cut column and its runs stay judged (the
+    checks do not look at their keys again), a joined column is judged by its keys."""
+    keys = [f"k{i}" for i in range(300)]
+    cut = KeyColumn.from_json(orjson.dumps(keys))
+    assert cut is not None and cut.usable and cut[10:20].usable
+    assert pickle.loads(pickle.dumps(cut)).usable
+    assert not KeyColumn.pack(keys).usable and not KeyColumn.pack([*keys, ""]).usable
+    assert [i for i, _ in find_key_problems(KeyColumn.pack([*keys, ""])).unusable] == [300]
