@@ -12,6 +12,9 @@ import tempfile
 
 _HOME = tempfile.mkdtemp(prefix="keyed-tests-bentoml-")
 os.environ["BENTOML_HOME"] = _HOME
+# Hypothesis keeps its examples and caches there too, not in the checkout (.hypothesis/):
+# tests write only to their temporary directories. A failure prints its example.
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = os.path.join(_HOME, "hypothesis")
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 os.environ.pop("MODEL_TAG", None)
 
